@@ -1,0 +1,220 @@
+//! ADD: allocate, wire the pod, install masquerade; on any failure undo all of it.
+
+use serde_json::Value;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::runtime;
+use crate::cni::env::Attachment;
+use crate::cni::error::{CniError, Result};
+use crate::cni::types::{AddResult, Interface, IpConfig, Route};
+use crate::config::{Ipam, NetConf, PoolConfig};
+use crate::dataplane::{self, sysctl, Netlink, DEFAULT_MTU, GATEWAY, HOST_MAC};
+use crate::ipam::store::LOCK_TIMEOUT;
+use crate::ipam::{attachment_hash, Record, Store};
+use crate::nat::PoolNat;
+use crate::netns::Netns;
+
+/// What the data path looks like once wired.
+struct Wired {
+    host_veth: String,
+    pod_mac: String,
+    mtu: u32,
+}
+
+pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
+    let pool = match &conf.ipam {
+        Ipam::Builtin(p) => p,
+        Ipam::Delegated { plugin } => {
+            return Err(CniError::new(
+                crate::cni::error::Code::UnsupportedField,
+                format!("ipam.type {plugin:?}: delegating to another IPAM plugin is not supported by this build; remove ipam.type to use the built-in store"),
+            ))
+        }
+    };
+    // Validate the namespace before touching anything on the node.
+    let netns = Netns::open(&att.netns)?;
+    let host_veth = dataplane::host_veth_name(
+        &conf.host_veth_prefix,
+        &attachment_hash(&att.container_id, &att.ifname),
+    );
+    let store = Store::open(pool)?;
+    let template = Record {
+        ip: std::net::Ipv4Addr::UNSPECIFIED,
+        container_id: att.container_id.clone(),
+        ifname: att.ifname.clone(),
+        host_veth: host_veth.clone(),
+        pod_namespace: att.pod.namespace.clone(),
+        pod_name: att.pod.name.clone(),
+        network: conf.name.clone(),
+        netns: att.netns.clone(),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let (record, reused) = store.lock(LOCK_TIMEOUT)?.allocate(&template)?;
+    crate::debug!(
+        "allocated {} for {}/{} from pool {}{}",
+        record.ip,
+        att.container_id,
+        att.ifname,
+        pool.subnet,
+        if reused {
+            " (kept from an earlier ADD)"
+        } else {
+            ""
+        }
+    );
+    let rt = runtime()?;
+    let wired = rt.block_on(wire(conf, att, &netns, &host_veth, record.ip));
+    let wired = match wired.and_then(|w| ensure_nat(conf, pool, &store).map(|()| w)) {
+        Ok(w) => w,
+        Err(e) => {
+            rollback(&rt, conf, pool, &store, att, &host_veth);
+            return Err(e);
+        }
+    };
+    let result = AddResult {
+        interfaces: vec![
+            Interface {
+                name: wired.host_veth,
+                mac: dataplane::format_mac(&HOST_MAC),
+                mtu: Some(wired.mtu),
+                sandbox: None,
+            },
+            Interface {
+                name: att.ifname.clone(),
+                mac: wired.pod_mac,
+                mtu: Some(wired.mtu),
+                sandbox: Some(att.netns.clone()),
+            },
+        ],
+        ips: vec![IpConfig {
+            address: record.ip,
+            prefix: 32,
+            gateway: Some(GATEWAY),
+            interface: Some(1),
+        }],
+        routes: vec![Route {
+            dst: "0.0.0.0/0".into(),
+            gw: Some(GATEWAY),
+        }],
+        dns: conf.dns.clone(),
+    };
+    Ok(result.to_json(&conf.cni_version))
+}
+
+async fn wire(
+    conf: &NetConf,
+    att: &Attachment,
+    netns: &Netns,
+    host_veth: &str,
+    ip: std::net::Ipv4Addr,
+) -> Result<Wired> {
+    let host = Netlink::connect()?;
+    let pod = Netlink::connect_in(netns)?;
+    let mtu = match conf.mtu {
+        Some(m) => m,
+        None => host.default_route_mtu().await?.unwrap_or(DEFAULT_MTU),
+    };
+    // A host veth of our name is a leftover of a crashed or retried ADD of this very
+    // attachment: remove it (and with it its pod end) and start clean.
+    if host.delete_link(host_veth).await? {
+        crate::warn!("removed stale host veth {host_veth} left by an earlier ADD");
+    }
+    if pod.link_by_name(&att.ifname).await?.is_some() {
+        return Err(CniError::dataplane(format!(
+            "the pod namespace {} already has an interface named {} that routed-cni did not create; \
+             another CNI plugin configured this pod, or CNI_IFNAME is wrong (see `ip -n <ns> link`)",
+            att.netns, att.ifname
+        )));
+    }
+    host.create_veth(host_veth, &att.ifname, netns, mtu).await?;
+
+    // Host end: answer ARP for the gateway at once, and forward the pod's packets.
+    // proxy_delay=0: the kernel otherwise delays proxy ARP replies by up to 0.8 s.
+    sysctl::ensure(&format!("net/ipv4/conf/{host_veth}/proxy_arp"), "1")?;
+    sysctl::ensure(&format!("net/ipv4/neigh/{host_veth}/proxy_delay"), "0")?;
+    sysctl::ensure(&format!("net/ipv4/conf/{host_veth}/forwarding"), "1")?;
+    sysctl::ensure("net/ipv4/ip_forward", "1")?;
+
+    let pod_link = pod.link_by_name(&att.ifname).await?.ok_or_else(|| {
+        CniError::dataplane(format!(
+            "{} vanished from {} right after it was created",
+            att.ifname, att.netns
+        ))
+    })?;
+    let pod_index = pod_link.header.index;
+    pod.add_address(pod_index, ip, 32).await?;
+    pod.set_up(pod_index, &att.ifname).await?;
+    pod.add_link_route(GATEWAY, 32, pod_index).await?;
+    pod.add_default_route(GATEWAY, pod_index).await?;
+    pod.add_permanent_neighbour(pod_index, GATEWAY, &HOST_MAC)
+        .await?;
+
+    let host_link = host.link_by_name(host_veth).await?.ok_or_else(|| {
+        CniError::dataplane(format!(
+            "host veth {host_veth} vanished right after it was created"
+        ))
+    })?;
+    host.add_host_route(ip, host_link.header.index, &conf.host_veth_prefix)
+        .await?;
+    Ok(Wired {
+        host_veth: host_veth.to_string(),
+        pod_mac: dataplane::link_mac(&pod_link)
+            .map(|m| dataplane::format_mac(&m))
+            .unwrap_or_default(),
+        mtu,
+    })
+}
+
+fn nat_of(conf: &NetConf, pool: &PoolConfig) -> PoolNat {
+    PoolNat {
+        subnet: pool.subnet,
+        non_masquerade: conf.non_masquerade_cidrs.clone(),
+    }
+}
+
+fn ensure_nat(conf: &NetConf, pool: &PoolConfig, store: &Store) -> Result<()> {
+    if !conf.masquerade {
+        return Ok(());
+    }
+    let nat = nat_of(conf, pool);
+    if nat.is_installed()? {
+        return Ok(());
+    }
+    // First pod of the pool (or rules were lost): install under the pool lock, so a parallel
+    // ADD does not race us and a DEL emptying the pool does not remove them under our feet.
+    let _lock = store.lock(LOCK_TIMEOUT)?;
+    nat.install()
+}
+
+/// Undoes a failed ADD: host veth (which takes the pod end and the /32 route with it), the
+/// allocation, and the pool's NAT rules if the pool is now empty. Problems are logged: the
+/// runtime gets the error that made the ADD fail.
+fn rollback(
+    rt: &tokio::runtime::Runtime,
+    conf: &NetConf,
+    pool: &PoolConfig,
+    store: &Store,
+    att: &Attachment,
+    host_veth: &str,
+) {
+    let undo_link = rt.block_on(async {
+        let host = Netlink::connect()?;
+        host.delete_link(host_veth).await
+    });
+    if let Err(e) = undo_link {
+        crate::error!("rollback: {e}");
+    }
+    let undo_ip = store.lock(LOCK_TIMEOUT).and_then(|lock| {
+        lock.release(&att.container_id, &att.ifname)?;
+        if lock.is_empty()? {
+            nat_of(conf, pool).uninstall()?;
+        }
+        Ok(())
+    });
+    if let Err(e) = undo_ip {
+        crate::error!("rollback: {e}");
+    }
+}

@@ -1,0 +1,614 @@
+//! The plugin's network configuration: parsed from stdin JSON and validated, each problem named
+//! by its key and value (code 7), unknown keys ignored as CNI requires.
+
+use ipnetwork::Ipv4Network;
+use serde_json::{Map, Value};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use crate::cni::error::{CniError, Code, Result};
+use crate::cni::types::{Dns, Version, SUPPORTED_VERSIONS};
+use crate::log::Level;
+
+pub const DEFAULT_DATA_DIR: &str = "/run/routed-cni";
+pub const DEFAULT_HOST_VETH_PREFIX: &str = "rcni";
+/// The largest config we accept on stdin; real ones are a few KiB.
+pub const MAX_CONFIG_BYTES: usize = 4 << 20;
+
+/// An address range handed out by the built-in store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub subnet: Ipv4Network,
+    pub range_start: Ipv4Addr,
+    pub range_end: Ipv4Addr,
+    pub data_dir: PathBuf,
+}
+
+impl PoolConfig {
+    pub fn size(&self) -> u32 {
+        u32::from(self.range_end) - u32::from(self.range_start) + 1
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ipam {
+    /// Our own on-disk store.
+    Builtin(PoolConfig),
+    /// Another IPAM plugin, run from CNI_PATH.
+    Delegated { plugin: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    pub ipam: Ipam,
+    pub masquerade: bool,
+    pub non_masquerade_cidrs: Vec<Ipv4Network>,
+    pub mtu: Option<u32>,
+    pub host_veth_prefix: String,
+    pub log_file: Option<PathBuf>,
+    pub log_level: Level,
+    pub dns: Dns,
+    pub prev_result: Option<Value>,
+    /// The document as received, for delegated plugins.
+    pub raw: Value,
+}
+
+impl NetConf {
+    pub fn version(&self) -> Version {
+        Version::parse(&self.cni_version).expect("validated at parse time")
+    }
+}
+
+/// Parses stdin bytes into JSON: code 6 when it is not a JSON object.
+pub fn parse_json(bytes: &[u8]) -> Result<Value> {
+    if bytes.len() > MAX_CONFIG_BYTES {
+        return Err(CniError::new(
+            Code::Decode,
+            format!(
+                "network config on stdin is {} bytes; at most {MAX_CONFIG_BYTES} are accepted",
+                bytes.len()
+            ),
+        ));
+    }
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(CniError::new(
+            Code::Decode,
+            "no network config on stdin: the runtime must pass the plugin's JSON config",
+        ));
+    }
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+        CniError::new(
+            Code::Decode,
+            format!("network config on stdin is not valid JSON: {e}"),
+        )
+    })?;
+    if !v.is_object() {
+        return Err(CniError::new(
+            Code::Decode,
+            "network config on stdin must be a JSON object",
+        ));
+    }
+    Ok(v)
+}
+
+/// The `cniVersion` of a config, if it has a usable one: for choosing the error's version.
+pub fn declared_version(v: &Value) -> Option<&str> {
+    v.get("cniVersion")
+        .and_then(Value::as_str)
+        .filter(|s| Version::is_supported(s))
+}
+
+/// Checks the config's `cniVersion` against ours (code 1 when we do not speak it).
+pub fn check_version(v: &Value) -> Result<String> {
+    match v.get("cniVersion") {
+        Some(Value::String(s)) if Version::is_supported(s) => Ok(s.clone()),
+        Some(Value::String(s)) => Err(CniError::new(
+            Code::IncompatibleVersion,
+            format!("cniVersion {s:?} is not supported; this plugin speaks {}", SUPPORTED_VERSIONS.join(", ")),
+        )),
+        None => Err(CniError::new(
+            Code::IncompatibleVersion,
+            format!("config has no cniVersion (that means 0.1.0, which is not supported); set one of {}", SUPPORTED_VERSIONS.join(", ")),
+        )),
+        Some(other) => Err(CniError::invalid_config("cniVersion", format!("must be a string, got {other}"))),
+    }
+}
+
+fn str_field<'a>(o: &'a Map<String, Value>, key: &str, path: &str) -> Result<Option<&'a str>> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(CniError::invalid_config(
+            path,
+            format!("must be a string, got {other}"),
+        )),
+    }
+}
+
+fn parse_subnet(s: &str, path: &str) -> Result<Ipv4Network> {
+    let net: Ipv4Network = s.parse().map_err(|_| {
+        CniError::invalid_config(
+            path,
+            format!("{s:?} is not an IPv4 CIDR like 10.244.1.0/24"),
+        )
+    })?;
+    if net.ip() != net.network() {
+        return Err(CniError::invalid_config(
+            path,
+            format!(
+                "{s:?} has host bits set; did you mean {}/{}?",
+                net.network(),
+                net.prefix()
+            ),
+        ));
+    }
+    Ok(net)
+}
+
+fn parse_addr(s: &str, path: &str) -> Result<Ipv4Addr> {
+    s.parse()
+        .map_err(|_| CniError::invalid_config(path, format!("{s:?} is not an IPv4 address")))
+}
+
+/// One range: subnet plus optional start/end, network and broadcast excluded.
+fn parse_range(o: &Map<String, Value>, prefix: &str, data_dir: PathBuf) -> Result<PoolConfig> {
+    let subnet_key = format!("{prefix}subnet");
+    let subnet_s = str_field(o, "subnet", &subnet_key)?.ok_or_else(|| {
+        CniError::invalid_config(
+            &subnet_key,
+            "is missing; set the pod subnet of this node, e.g. \"10.244.1.0/24\"",
+        )
+    })?;
+    let subnet = parse_subnet(subnet_s, &subnet_key)?;
+    if subnet.prefix() > 30 {
+        return Err(CniError::invalid_config(
+            &subnet_key,
+            format!("{subnet} is too small: a pool needs at least a /30 (network and broadcast are never handed out)"),
+        ));
+    }
+    let first = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+    let last = Ipv4Addr::from(u32::from(subnet.broadcast()) - 1);
+    let bound = |key: &str, default: Ipv4Addr| -> Result<Ipv4Addr> {
+        let path = format!("{prefix}{key}");
+        match str_field(o, key, &path)? {
+            None => Ok(default),
+            Some(s) => {
+                let a = parse_addr(s, &path)?;
+                if !subnet.contains(a) {
+                    return Err(CniError::invalid_config(
+                        &path,
+                        format!("{a} is outside subnet {subnet}"),
+                    ));
+                }
+                if a == subnet.network() || a == subnet.broadcast() {
+                    return Err(CniError::invalid_config(
+                        &path,
+                        format!("{a} is the network or broadcast address of {subnet}; pick one between {first} and {last}"),
+                    ));
+                }
+                Ok(a)
+            }
+        }
+    };
+    let range_start = bound("rangeStart", first)?;
+    let range_end = bound("rangeEnd", last)?;
+    if range_start > range_end {
+        return Err(CniError::invalid_config(
+            &format!("{prefix}rangeStart"),
+            format!("{range_start} is after rangeEnd {range_end}"),
+        ));
+    }
+    Ok(PoolConfig {
+        subnet,
+        range_start,
+        range_end,
+        data_dir,
+    })
+}
+
+fn parse_ipam(v: Option<&Value>) -> Result<Ipam> {
+    let o = match v {
+        Some(Value::Object(o)) => o,
+        None | Some(Value::Null) => {
+            return Err(CniError::invalid_config(
+                "ipam",
+                "is missing; set at least {\"subnet\": \"<this node's pod CIDR>\"}",
+            ));
+        }
+        Some(other) => {
+            return Err(CniError::invalid_config(
+                "ipam",
+                format!("must be an object, got {other}"),
+            ))
+        }
+    };
+    match str_field(o, "type", "ipam.type")? {
+        None | Some("") | Some("routed-cni") => {}
+        Some(plugin) => {
+            if plugin.contains('/') || plugin.starts_with('.') {
+                return Err(CniError::invalid_config(
+                    "ipam.type",
+                    format!("{plugin:?} must be a plugin name, not a path"),
+                ));
+            }
+            return Ok(Ipam::Delegated {
+                plugin: plugin.to_string(),
+            });
+        }
+    }
+    let data_dir = match str_field(o, "dataDir", "ipam.dataDir")? {
+        None => PathBuf::from(DEFAULT_DATA_DIR),
+        Some(d) if d.starts_with('/') => PathBuf::from(d),
+        Some(d) => {
+            return Err(CniError::invalid_config(
+                "ipam.dataDir",
+                format!("{d:?} must be an absolute path"),
+            ))
+        }
+    };
+    match (o.get("subnet"), o.get("ranges")) {
+        (Some(_), Some(_)) => Err(CniError::invalid_config(
+            "ipam",
+            "set either \"subnet\" or \"ranges\", not both",
+        )),
+        (Some(_), None) => parse_range(o, "ipam.", data_dir).map(Ipam::Builtin),
+        (None, Some(ranges)) => {
+            // host-local's shape: a list of range sets, each a list of ranges.
+            let sets = ranges
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| CniError::invalid_config("ipam.ranges", "must be a non-empty list of range sets, e.g. [[{\"subnet\": \"10.244.1.0/24\"}]]"))?;
+            if sets.len() > 1 {
+                return Err(CniError::new(
+                    Code::UnsupportedField,
+                    format!("ipam.ranges has {} range sets; this version hands out one IPv4 address per pod, so give exactly one", sets.len()),
+                ));
+            }
+            let set = sets[0]
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| {
+                    CniError::invalid_config("ipam.ranges[0]", "must be a non-empty list of ranges")
+                })?;
+            if set.len() > 1 {
+                return Err(CniError::new(
+                    Code::UnsupportedField,
+                    format!(
+                        "ipam.ranges[0] has {} ranges; this version supports one range per set",
+                        set.len()
+                    ),
+                ));
+            }
+            let r = set[0].as_object().ok_or_else(|| {
+                CniError::invalid_config("ipam.ranges[0][0]", "must be an object with \"subnet\"")
+            })?;
+            parse_range(r, "ipam.ranges[0][0].", data_dir).map(Ipam::Builtin)
+        }
+        (None, None) => Err(CniError::invalid_config(
+            "ipam.subnet",
+            "is missing; set this node's pod CIDR, e.g. \"10.244.1.0/24\"",
+        )),
+    }
+}
+
+/// Parses and validates a plugin config that already passed `check_version`.
+pub fn parse(v: Value) -> Result<NetConf> {
+    let cni_version = check_version(&v)?;
+    let o = v.as_object().expect("parse_json only returns objects");
+    let name = str_field(o, "name", "name")?
+        .unwrap_or_default()
+        .to_string();
+    if name.contains('/') || name.contains('\0') {
+        return Err(CniError::invalid_config(
+            "name",
+            format!("{name:?} must not contain '/' or NUL"),
+        ));
+    }
+    let ipam = parse_ipam(o.get("ipam"))?;
+    let masquerade = match (o.get("masquerade"), o.get("ipMasq")) {
+        (Some(Value::Bool(b)), _) => *b,
+        (Some(other), _) => {
+            return Err(CniError::invalid_config(
+                "masquerade",
+                format!("must be true or false, got {other}"),
+            ))
+        }
+        (None, Some(Value::Bool(b))) => *b,
+        (None, Some(other)) => {
+            return Err(CniError::invalid_config(
+                "ipMasq",
+                format!("must be true or false, got {other}"),
+            ))
+        }
+        (None, None) => true,
+    };
+    let non_masquerade_cidrs = match o.get("nonMasqueradeCIDRs") {
+        None | Some(Value::Null) => match &ipam {
+            Ipam::Builtin(p) => vec![p.subnet],
+            Ipam::Delegated { .. } => Vec::new(),
+        },
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let path = format!("nonMasqueradeCIDRs[{i}]");
+                let s = item.as_str().ok_or_else(|| {
+                    CniError::invalid_config(&path, format!("must be a CIDR string, got {item}"))
+                })?;
+                parse_subnet(s, &path)
+            })
+            .collect::<Result<Vec<_>>>()?,
+        Some(other) => {
+            return Err(CniError::invalid_config(
+                "nonMasqueradeCIDRs",
+                format!("must be a list of CIDRs, got {other}"),
+            ))
+        }
+    };
+    let mtu =
+        match o.get("mtu") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(m) if (68..=65535).contains(&m) => Some(m as u32),
+                _ => return Err(CniError::invalid_config(
+                    "mtu",
+                    format!(
+                        "{n} is out of range; use 68..65535 (or leave it out to follow the uplink)"
+                    ),
+                )),
+            },
+            Some(other) => {
+                return Err(CniError::invalid_config(
+                    "mtu",
+                    format!("must be a number, got {other}"),
+                ))
+            }
+        };
+    let host_veth_prefix = str_field(o, "hostVethPrefix", "hostVethPrefix")?
+        .unwrap_or(DEFAULT_HOST_VETH_PREFIX)
+        .to_string();
+    if host_veth_prefix.is_empty()
+        || host_veth_prefix.len() > 4
+        || !host_veth_prefix.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(CniError::invalid_config(
+            "hostVethPrefix",
+            format!("{host_veth_prefix:?} must be 1 to 4 letters or digits (11 hash characters follow, and names have at most 15)"),
+        ));
+    }
+    let log_file = match str_field(o, "logFile", "logFile")? {
+        None | Some("") => None,
+        Some(p) if p.starts_with('/') => Some(PathBuf::from(p)),
+        Some(p) => {
+            return Err(CniError::invalid_config(
+                "logFile",
+                format!("{p:?} must be an absolute path"),
+            ))
+        }
+    };
+    let log_level = match str_field(o, "logLevel", "logLevel")? {
+        None => Level::Info,
+        Some(s) => Level::parse(s).ok_or_else(|| {
+            CniError::invalid_config(
+                "logLevel",
+                format!("{s:?} is not one of error, warn, info, debug"),
+            )
+        })?,
+    };
+    let dns = match o.get("dns") {
+        None | Some(Value::Null) => Dns::default(),
+        Some(d) => serde_json::from_value(d.clone())
+            .map_err(|e| CniError::invalid_config("dns", format!("{e}; expected {{\"nameservers\": [..], \"search\": [..], \"domain\": .., \"options\": [..]}}")))?,
+    };
+    let prev_result = o.get("prevResult").filter(|p| !p.is_null()).cloned();
+    Ok(NetConf {
+        cni_version,
+        name,
+        ipam,
+        masquerade,
+        non_masquerade_cidrs,
+        mtu,
+        host_veth_prefix,
+        log_file,
+        log_level,
+        dns,
+        prev_result,
+        raw: v,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conf(v: Value) -> Result<NetConf> {
+        parse(v)
+    }
+
+    fn base() -> Value {
+        json!({"cniVersion":"1.0.0","name":"k8s","type":"routed-cni","ipam":{"subnet":"10.244.1.0/24"}})
+    }
+
+    fn err_with(v: Value) -> CniError {
+        conf(v).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn defaults() {
+        let c = conf(base()).unwrap();
+        let Ipam::Builtin(p) = &c.ipam else { panic!() };
+        assert_eq!(p.range_start, Ipv4Addr::new(10, 244, 1, 1));
+        assert_eq!(p.range_end, Ipv4Addr::new(10, 244, 1, 254));
+        assert_eq!(p.size(), 254);
+        assert_eq!(p.data_dir, PathBuf::from("/run/routed-cni"));
+        assert!(c.masquerade);
+        assert_eq!(
+            c.non_masquerade_cidrs,
+            vec!["10.244.1.0/24".parse::<Ipv4Network>().unwrap()]
+        );
+        assert_eq!(c.host_veth_prefix, "rcni");
+        assert_eq!(c.mtu, None);
+        assert_eq!(c.log_level, Level::Info);
+    }
+
+    #[test]
+    fn full_config_from_the_design() {
+        let c = conf(json!({
+            "cniVersion":"0.3.1","name":"k8s","type":"routed-cni",
+            "ipam":{"subnet":"10.244.1.0/24","rangeStart":"10.244.1.10","rangeEnd":"10.244.1.250","dataDir":"/var/lib/rcni"},
+            "masquerade":false,"nonMasqueradeCIDRs":["10.244.0.0/16","10.96.0.0/12"],"mtu":1450,
+            "hostVethPrefix":"cali","logFile":"/var/log/routed-cni.log","logLevel":"debug",
+            "dns":{"nameservers":["10.96.0.10"],"search":["svc.cluster.local"]},
+            "someUnknownKey":{"x":1},"runtimeConfig":{},"args":{"cni":{}}
+        }))
+        .unwrap();
+        let Ipam::Builtin(p) = &c.ipam else { panic!() };
+        assert_eq!(p.size(), 241);
+        assert_eq!(p.data_dir, PathBuf::from("/var/lib/rcni"));
+        assert!(!c.masquerade);
+        assert_eq!(c.non_masquerade_cidrs.len(), 2);
+        assert_eq!(c.mtu, Some(1450));
+        assert_eq!(c.host_veth_prefix, "cali");
+        assert_eq!(c.log_level, Level::Debug);
+        assert_eq!(c.dns.nameservers, vec!["10.96.0.10"]);
+    }
+
+    #[test]
+    fn host_local_ranges_shape() {
+        let mut v = base();
+        v["ipam"] = json!({"type":"routed-cni","ranges":[[{"subnet":"10.10.0.0/16","rangeStart":"10.10.1.1","rangeEnd":"10.10.1.2"}]]});
+        let c = conf(v).unwrap();
+        let Ipam::Builtin(p) = &c.ipam else { panic!() };
+        assert_eq!(p.subnet.to_string(), "10.10.0.0/16");
+        assert_eq!(p.size(), 2);
+    }
+
+    #[test]
+    fn delegated_ipam() {
+        let mut v = base();
+        v["ipam"] = json!({"type":"host-local","subnet":"10.1.0.0/24"});
+        let c = conf(v).unwrap();
+        assert_eq!(
+            c.ipam,
+            Ipam::Delegated {
+                plugin: "host-local".into()
+            }
+        );
+        let mut v = base();
+        v["ipam"] = json!({"type":"../../bin/sh"});
+        assert_eq!(err_with(v).code, Code::InvalidConfig);
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        let cases: Vec<(Value, &str, &str)> = vec![
+            (
+                json!({"subnet":"10.244.1.0/33"}),
+                "ipam.subnet",
+                "10.244.1.0/33",
+            ),
+            (json!({"subnet":"banana"}), "ipam.subnet", "banana"),
+            (
+                json!({"subnet":"10.244.1.7/24"}),
+                "ipam.subnet",
+                "host bits",
+            ),
+            (
+                json!({"subnet":"10.244.1.0/31"}),
+                "ipam.subnet",
+                "too small",
+            ),
+            (json!({"subnet":42}), "ipam.subnet", "42"),
+            (
+                json!({"subnet":"10.244.1.0/24","rangeStart":"10.244.2.5"}),
+                "ipam.rangeStart",
+                "outside",
+            ),
+            (
+                json!({"subnet":"10.244.1.0/24","rangeEnd":"10.244.1.255"}),
+                "ipam.rangeEnd",
+                "broadcast",
+            ),
+            (
+                json!({"subnet":"10.244.1.0/24","rangeStart":"10.244.1.9","rangeEnd":"10.244.1.8"}),
+                "ipam.rangeStart",
+                "after",
+            ),
+            (
+                json!({"subnet":"10.244.1.0/24","dataDir":"relative/dir"}),
+                "ipam.dataDir",
+                "absolute",
+            ),
+            (json!({}), "ipam.subnet", "missing"),
+        ];
+        for (ipam, key, needle) in cases {
+            let mut v = base();
+            v["ipam"] = ipam.clone();
+            let e = err_with(v);
+            assert_eq!(e.code, Code::InvalidConfig, "{ipam}");
+            assert!(
+                e.msg.contains(key) && e.msg.contains(needle),
+                "{ipam}: {}",
+                e.msg
+            );
+        }
+        let top: Vec<(&str, Value, &str)> = vec![
+            ("mtu", json!("big"), "mtu"),
+            ("mtu", json!(10), "mtu"),
+            ("masquerade", json!("yes"), "masquerade"),
+            (
+                "nonMasqueradeCIDRs",
+                json!(["10.0.0.0/8", "x"]),
+                "nonMasqueradeCIDRs[1]",
+            ),
+            ("hostVethPrefix", json!("toolong"), "hostVethPrefix"),
+            ("hostVethPrefix", json!("a/b"), "hostVethPrefix"),
+            ("logLevel", json!("loud"), "logLevel"),
+            ("logFile", json!("rel.log"), "logFile"),
+            ("dns", json!({"nameservers":"x"}), "dns"),
+            ("name", json!("a/b"), "name"),
+            ("ipam", json!("x"), "ipam"),
+        ];
+        for (key, val, needle) in top {
+            let mut v = base();
+            v[key] = val.clone();
+            let e = err_with(v);
+            assert_eq!(e.code, Code::InvalidConfig, "{key}={val}");
+            assert!(e.msg.contains(needle), "{key}={val}: {}", e.msg);
+        }
+    }
+
+    #[test]
+    fn versions_and_decoding() {
+        assert_eq!(parse_json(b"not json").unwrap_err().code, Code::Decode);
+        assert_eq!(parse_json(b"").unwrap_err().code, Code::Decode);
+        assert_eq!(parse_json(b"[1,2]").unwrap_err().code, Code::Decode);
+        assert_eq!(
+            parse_json(&vec![b' '; MAX_CONFIG_BYTES + 1])
+                .unwrap_err()
+                .code,
+            Code::Decode
+        );
+        let mut v = base();
+        v["cniVersion"] = json!("0.2.0");
+        assert_eq!(err_with(v).code, Code::IncompatibleVersion);
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("cniVersion");
+        assert_eq!(err_with(v).code, Code::IncompatibleVersion);
+        for ver in SUPPORTED_VERSIONS {
+            let mut v = base();
+            v["cniVersion"] = json!(ver);
+            assert_eq!(conf(v).unwrap().cni_version, *ver);
+        }
+    }
+
+    #[test]
+    fn unsupported_multi_range() {
+        let mut v = base();
+        v["ipam"] = json!({"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"10.2.0.0/24"}]]});
+        assert_eq!(err_with(v).code, Code::UnsupportedField);
+    }
+}

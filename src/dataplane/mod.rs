@@ -1,0 +1,390 @@
+//! The data path on the node and in the pod, over rtnetlink: the veth pair, the pod's /32 and
+//! routes, the gateway neighbour, the host /32 route, and the sysctls that make proxy ARP and
+//! forwarding work.
+
+pub mod sysctl;
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::neighbour::NeighbourState;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+use crate::cni::error::{CniError, Result};
+use crate::netns::Netns;
+
+/// The gateway every pod routes through. It exists nowhere: the host veth answers ARP for it.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// Every host veth carries this MAC, so the pod's neighbour entry for the gateway never changes.
+pub const HOST_MAC: [u8; 6] = [0xee; 6];
+pub const DEFAULT_MTU: u32 = 1500;
+
+const ENODEV: i32 = 19;
+const EEXIST: i32 = 17;
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The kernel's errno behind a netlink failure, if it is one.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+fn nl_err(what: impl std::fmt::Display, e: rtnetlink::Error) -> CniError {
+    let detail = match e {
+        rtnetlink::Error::NetlinkError(ref m) => m.to_io().to_string(),
+        ref other => other.to_string(),
+    };
+    CniError::dataplane(format!("{what}: {detail}"))
+}
+
+/// A netlink connection bound to one namespace, driven by the current tokio runtime.
+#[derive(Clone)]
+pub struct Netlink {
+    pub handle: Handle,
+}
+
+impl Netlink {
+    /// A connection in the calling thread's namespace.
+    pub fn connect() -> Result<Netlink> {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| CniError::dataplane(format!("open netlink socket: {e}")))?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// A connection in `ns`: the socket is created inside it and stays bound to it.
+    pub fn connect_in(ns: &Netns) -> Result<Netlink> {
+        let guard = ns.enter()?;
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| CniError::dataplane(format!("open netlink socket in {}: {e}", ns.path)))?;
+        drop(guard);
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(nl_err(format_args!("look up link {name}"), e)),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkMessage>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(link) => Ok(link),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) => Err(nl_err(format_args!("look up link #{index}"), e)),
+        }
+    }
+
+    /// Deletes a link by name; `Ok(false)` when it was already gone.
+    pub async fn delete_link(&self, name: &str) -> Result<bool> {
+        let Some(link) = self.link_by_name(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(link.header.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(false),
+            Err(e) => Err(nl_err(format_args!("delete link {name}"), e)),
+        }
+    }
+
+    /// Creates the veth pair in one request: the host end `host_name` here (up, fixed MAC),
+    /// the peer `pod_ifname` born directly in `pod`, so it is never visible on the node. The
+    /// peer cannot be brought up in the same request (the kernel answers ENOTCONN when the peer
+    /// lives in another namespace): see `set_up`.
+    pub async fn create_veth(
+        &self,
+        host_name: &str,
+        pod_ifname: &str,
+        pod: &Netns,
+        mtu: u32,
+    ) -> Result<()> {
+        let peer = LinkUnspec::new_with_name(pod_ifname)
+            .setns_by_fd(pod.file.as_raw_fd())
+            .mtu(mtu)
+            .build();
+        let msg = LinkVeth::new(host_name, pod_ifname)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .address(HOST_MAC.to_vec())
+            .mtu(mtu)
+            .up()
+            .build();
+        self.handle.link().add(msg).execute().await.map_err(|e| {
+            if errno(&e) == Some(EEXIST) {
+                CniError::dataplane(format!(
+                    "create veth {host_name} <-> {pod_ifname}: an interface named {host_name} exists on the node, or {pod_ifname} in {}",
+                    pod.path
+                ))
+            } else {
+                nl_err(format_args!("create veth {host_name} <-> {pod_ifname} in {}", pod.path), e)
+            }
+        })
+    }
+
+    pub async fn set_up(&self, index: u32, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| nl_err(format_args!("set {name} up"), e))
+    }
+
+    pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+        match self
+            .handle
+            .address()
+            .add(index, IpAddr::V4(ip), prefix)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(nl_err(format_args!("add address {ip}/{prefix}"), e)),
+        }
+    }
+
+    /// `<dst>/<prefix> dev <index> scope link`.
+    pub async fn add_link_route(&self, dst: Ipv4Addr, prefix: u8, index: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, prefix)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        self.add_route(msg, format_args!("add route {dst}/{prefix} scope link"))
+            .await
+    }
+
+    /// `default via <gw> dev <index>`.
+    pub async fn add_default_route(&self, gw: Ipv4Addr, index: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gw)
+            .output_interface(index)
+            .build();
+        self.add_route(msg, format_args!("add default route via {gw}"))
+            .await
+    }
+
+    async fn add_route(&self, msg: RouteMessage, what: std::fmt::Arguments<'_>) -> Result<()> {
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(nl_err(what, e)),
+        }
+    }
+
+    /// A permanent neighbour entry: the pod never has to ARP for the gateway.
+    pub async fn add_permanent_neighbour(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: &[u8],
+    ) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                nl_err(
+                    format_args!("add neighbour {ip} lladdr {}", format_mac(mac)),
+                    e,
+                )
+            })
+    }
+
+    /// IPv4 routes of the main table whose destination is exactly `dst/prefix`.
+    pub async fn routes_to(&self, dst: Ipv4Addr, prefix: u8) -> Result<Vec<RouteMessage>> {
+        let mut out = Vec::new();
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(r) = routes
+            .try_next()
+            .await
+            .map_err(|e| nl_err("list routes", e))?
+        {
+            if r.header.destination_prefix_length == prefix
+                && route_table(&r) == 254
+                && route_dst(&r) == Some(dst)
+            {
+                out.push(r);
+            }
+        }
+        if prefix == 0 {
+            out.retain(|r| r.header.destination_prefix_length == 0);
+        }
+        Ok(out)
+    }
+
+    /// `<ip>/32 dev <host veth> scope link` on the node. A route to the same address through
+    /// another of our veths is a leftover of a pod that is gone (the store never hands out an
+    /// address twice), so it is replaced; one through any other interface is someone else's and
+    /// is reported rather than stolen.
+    pub async fn add_host_route(&self, ip: Ipv4Addr, index: u32, host_prefix: &str) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        match self.handle.route().add(msg.clone()).execute().await {
+            Ok(()) => return Ok(()),
+            Err(e) if errno(&e) != Some(EEXIST) => {
+                return Err(nl_err(format_args!("add host route {ip}/32"), e))
+            }
+            Err(_) => {}
+        }
+        for existing in self.routes_to(ip, 32).await? {
+            let oif = route_oif(&existing);
+            if oif == Some(index) {
+                return Ok(());
+            }
+            let name = match oif {
+                Some(i) => self.link_by_index(i).await?.and_then(|l| link_name(&l)),
+                None => None,
+            };
+            match name {
+                Some(n) if n.starts_with(host_prefix) => {}
+                other => {
+                    return Err(CniError::dataplane(format!(
+                        "the node already routes {ip}/32 via {}; this address belongs to routed-cni's pool, remove that route (`ip route del {ip}/32`) or fix the overlapping configuration",
+                        other.unwrap_or_else(|| "another path".into())
+                    )))
+                }
+            }
+        }
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| nl_err(format_args!("replace host route {ip}/32"), e))
+    }
+
+    /// Deletes the /32 route to `ip` if it goes through `index`.
+    pub async fn delete_host_route(&self, ip: Ipv4Addr, index: u32) -> Result<()> {
+        for r in self.routes_to(ip, 32).await? {
+            if route_oif(&r) == Some(index) {
+                match self.handle.route().del(r).execute().await {
+                    Ok(()) => {}
+                    Err(e) if matches!(errno(&e), Some(ESRCH) | Some(ENOENT)) => {}
+                    Err(e) => return Err(nl_err(format_args!("delete host route {ip}/32"), e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The MTU of the interface that holds the default route, if there is one.
+    pub async fn default_route_mtu(&self) -> Result<Option<u32>> {
+        for r in self.routes_to(Ipv4Addr::UNSPECIFIED, 0).await? {
+            if let Some(i) = route_oif(&r) {
+                if let Some(link) = self.link_by_index(i).await? {
+                    return Ok(link_mtu(&link));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+pub fn link_name(link: &LinkMessage) -> Option<String> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+pub fn link_mac(link: &LinkMessage) -> Option<Vec<u8>> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(m) => Some(m.clone()),
+        _ => None,
+    })
+}
+
+pub fn link_mtu(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })
+}
+
+pub fn link_is_up(link: &LinkMessage) -> bool {
+    link.header.flags.contains(LinkFlags::Up)
+}
+
+pub fn route_oif(r: &RouteMessage) -> Option<u32> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
+pub fn route_dst(r: &RouteMessage) -> Option<Ipv4Addr> {
+    if r.header.destination_prefix_length == 0 {
+        return Some(Ipv4Addr::UNSPECIFIED);
+    }
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+        _ => None,
+    })
+}
+
+fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
+}
+
+/// The host veth's name: prefix + 11 hex characters of sha256("<containerID>/<ifname>"), so
+/// DEL and a retried ADD find it without any state.
+pub fn host_veth_name(prefix: &str, attachment_hash: &str) -> String {
+    format!("{prefix}{}", &attachment_hash[..11])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::attachment_hash;
+
+    #[test]
+    fn host_veth_names_are_deterministic_and_fit() {
+        let h = attachment_hash("abc", "eth0");
+        let n = host_veth_name("rcni", &h);
+        assert_eq!(n.len(), 15);
+        assert_eq!(n, host_veth_name("rcni", &attachment_hash("abc", "eth0")));
+        assert_ne!(n, host_veth_name("rcni", &attachment_hash("abc", "eth1")));
+        assert_eq!(format_mac(&HOST_MAC), "ee:ee:ee:ee:ee:ee");
+    }
+}

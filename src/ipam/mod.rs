@@ -1,0 +1,5 @@
+//! Address management: the built-in on-disk store.
+
+pub mod store;
+
+pub use store::{attachment_hash, PoolLock, Record, Store};

@@ -1,0 +1,158 @@
+//! Minimal logging to stderr or the configured file. Never stdout: stdout carries the protocol.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl Level {
+    pub fn parse(s: &str) -> Option<Level> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "error" => Level::Error,
+            "warn" | "warning" => Level::Warn,
+            "info" => Level::Info,
+            "debug" => Level::Debug,
+            _ => return None,
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+}
+
+struct Sink {
+    level: Level,
+    file: Option<std::fs::File>,
+}
+
+static SINK: Mutex<Sink> = Mutex::new(Sink {
+    level: Level::Info,
+    file: None,
+});
+
+/// Sends further lines to `file` (appended, 0600) at `level`. If the file cannot be opened we
+/// say so on stderr and keep logging there: a log problem must not fail a pod.
+pub fn configure(level: Level, file: Option<&Path>) {
+    let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
+    sink.level = level;
+    sink.file = file.and_then(|path| {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                eprintln!(
+                    "routed-cni: cannot open log file {}: {e}; logging to stderr",
+                    path.display()
+                )
+            })
+            .ok()
+    });
+}
+
+pub fn enabled(level: Level) -> bool {
+    level <= SINK.lock().unwrap_or_else(|p| p.into_inner()).level
+}
+
+pub fn write(level: Level, msg: std::fmt::Arguments<'_>) {
+    let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
+    if level > sink.level {
+        return;
+    }
+    let line = format!(
+        "{} {} pid={} {}\n",
+        timestamp(),
+        level.as_str(),
+        std::process::id(),
+        msg
+    );
+    // One write call per line keeps lines whole when many plugin processes share the file.
+    let written = match sink.file.as_mut() {
+        Some(f) => f.write_all(line.as_bytes()).is_ok(),
+        None => false,
+    };
+    if !written {
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, without a date crate.
+fn timestamp() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_millis()
+    )
+}
+
+#[macro_export]
+macro_rules! log_at {
+    ($lvl:expr, $($arg:tt)*) => { $crate::log::write($lvl, format_args!($($arg)*)) };
+}
+#[macro_export]
+macro_rules! error { ($($arg:tt)*) => { $crate::log_at!($crate::log::Level::Error, $($arg)*) }; }
+#[macro_export]
+macro_rules! warn { ($($arg:tt)*) => { $crate::log_at!($crate::log::Level::Warn, $($arg)*) }; }
+#[macro_export]
+macro_rules! info { ($($arg:tt)*) => { $crate::log_at!($crate::log::Level::Info, $($arg)*) }; }
+#[macro_export]
+macro_rules! debug { ($($arg:tt)*) => { $crate::log_at!($crate::log::Level::Debug, $($arg)*) }; }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_shape() {
+        let t = timestamp();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(
+            t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T',
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn levels() {
+        assert_eq!(Level::parse("WARN"), Some(Level::Warn));
+        assert_eq!(Level::parse("nope"), None);
+        assert!(Level::Error < Level::Debug);
+    }
+}

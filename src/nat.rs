@@ -1,0 +1,188 @@
+//! Masquerade for pod traffic leaving the cluster: one chain per pool in the `nat` table and
+//! one jump to it from POSTROUTING, never a rule per pod. The steady-state ADD costs a single
+//! `iptables -C`.
+
+use ipnetwork::Ipv4Network;
+use iptables::IPTables;
+use sha2::{Digest, Sha256};
+
+use crate::cni::error::{CniError, Result};
+
+const TABLE: &str = "nat";
+const POSTROUTING: &str = "POSTROUTING";
+/// Multicast is link-local business; masquerading it breaks it.
+const MULTICAST: &str = "224.0.0.0/4";
+
+/// The masquerade rules of one pool.
+#[derive(Debug, Clone)]
+pub struct PoolNat {
+    pub subnet: Ipv4Network,
+    pub non_masquerade: Vec<Ipv4Network>,
+}
+
+fn iptables() -> IPTables {
+    // Built directly: iptables::new() would exec `iptables --version` on every call, and every
+    // iptables we run on (1.6+, Debian 12 ships 1.8.9) has -C and --wait.
+    IPTables {
+        cmd: "iptables",
+        has_check: true,
+        has_wait: true,
+        is_numeric: false,
+    }
+}
+
+fn ipt_err(what: impl std::fmt::Display, e: Box<dyn std::error::Error>) -> CniError {
+    CniError::nat(format!(
+        "{what}: {e}; check that the `iptables` command works on this node (`iptables -t nat -S`)"
+    ))
+}
+
+impl PoolNat {
+    /// The comment that marks the pool's jump; teardown finds jumps by it.
+    fn pool_comment(&self) -> String {
+        format!("routed-cni pool {}", self.subnet)
+    }
+
+    /// `RCNI-` + 16 hex of sha256 of the pool and its exceptions: a config that changes
+    /// `nonMasqueradeCIDRs` gets a fresh chain instead of silently keeping the old rules.
+    pub fn chain(&self) -> String {
+        let mut key = self.subnet.to_string();
+        for c in &self.non_masquerade {
+            key.push(' ');
+            key.push_str(&c.to_string());
+        }
+        let digest = Sha256::digest(key.as_bytes());
+        let hex: String = digest.iter().take(8).map(|b| format!("{b:02X}")).collect();
+        format!("RCNI-{hex}")
+    }
+
+    pub fn jump_rule(&self) -> String {
+        format!(
+            "-s {} -m comment --comment \"{}\" -j {}",
+            self.subnet,
+            self.pool_comment(),
+            self.chain()
+        )
+    }
+
+    pub fn chain_rules(&self) -> Vec<String> {
+        let mut rules: Vec<String> = self
+            .non_masquerade
+            .iter()
+            .map(|c| {
+                format!("-d {c} -m comment --comment \"routed-cni no masquerade to {c}\" -j RETURN")
+            })
+            .collect();
+        rules.push(format!(
+            "! -d {MULTICAST} -m comment --comment \"routed-cni masquerade {}\" -j MASQUERADE",
+            self.subnet
+        ));
+        rules
+    }
+
+    /// One `iptables -C`: is the pool's jump in place?
+    pub fn is_installed(&self) -> Result<bool> {
+        iptables()
+            .exists(TABLE, POSTROUTING, &self.jump_rule())
+            .map_err(|e| ipt_err("check masquerade jump", e))
+    }
+
+    /// Creates (or refills) the pool's chain, then adds the jump, then drops jumps of the same
+    /// pool left by an older config. Call with the pool lock held so two ADDs do not race.
+    pub fn install(&self) -> Result<()> {
+        let ipt = iptables();
+        let chain = self.chain();
+        if self.is_installed()? {
+            return Ok(());
+        }
+        if ipt
+            .chain_exists(TABLE, &chain)
+            .map_err(|e| ipt_err("list chains", e))?
+        {
+            ipt.flush_chain(TABLE, &chain)
+                .map_err(|e| ipt_err(format_args!("flush chain {chain}"), e))?;
+        } else {
+            ipt.new_chain(TABLE, &chain)
+                .map_err(|e| ipt_err(format_args!("create chain {chain}"), e))?;
+        }
+        for rule in self.chain_rules() {
+            ipt.append(TABLE, &chain, &rule)
+                .map_err(|e| ipt_err(format_args!("append to {chain}"), e))?;
+        }
+        ipt.append(TABLE, POSTROUTING, &self.jump_rule())
+            .map_err(|e| ipt_err(format_args!("add jump POSTROUTING -> {chain}"), e))?;
+        self.remove_jumps(|c| c != chain)
+    }
+
+    /// Removes every jump and chain of this pool (any config). Missing rules are fine.
+    pub fn uninstall(&self) -> Result<()> {
+        self.remove_jumps(|_| true)
+    }
+
+    fn remove_jumps(&self, select: impl Fn(&str) -> bool) -> Result<()> {
+        let ipt = iptables();
+        let marker = self.pool_comment();
+        let rules = ipt
+            .list(TABLE, POSTROUTING)
+            .map_err(|e| ipt_err("list POSTROUTING", e))?;
+        let mut errors = Vec::new();
+        for line in rules {
+            if !line.contains(&marker) {
+                continue;
+            }
+            let Some(target) = line.rsplit_once("-j ").map(|(_, t)| t.trim().to_string()) else {
+                continue;
+            };
+            if !target.starts_with("RCNI-") || !select(&target) {
+                continue;
+            }
+            let spec = line.trim_start_matches("-A POSTROUTING").trim();
+            if let Err(e) = ipt.delete(TABLE, POSTROUTING, spec) {
+                errors.push(ipt_err(format_args!("delete jump to {target}"), e));
+                continue;
+            }
+            if ipt.chain_exists(TABLE, &target).unwrap_or(false) {
+                if let Err(e) = ipt
+                    .flush_chain(TABLE, &target)
+                    .and_then(|_| ipt.delete_chain(TABLE, &target))
+                {
+                    errors.push(ipt_err(format_args!("delete chain {target}"), e));
+                }
+            }
+        }
+        crate::cni::error::join(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_names_fit_and_follow_config() {
+        let a = PoolNat {
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            non_masquerade: vec!["10.244.0.0/16".parse().unwrap()],
+        };
+        let mut b = a.clone();
+        b.non_masquerade.push("10.96.0.0/12".parse().unwrap());
+        assert!(
+            a.chain().len() <= 28,
+            "iptables chain names are at most 28 chars"
+        );
+        assert!(a.chain().starts_with("RCNI-"));
+        assert_ne!(a.chain(), b.chain());
+        assert_eq!(
+            a.jump_rule(),
+            format!(
+                "-s 10.244.1.0/24 -m comment --comment \"routed-cni pool 10.244.1.0/24\" -j {}",
+                a.chain()
+            )
+        );
+        assert_eq!(b.chain_rules().len(), 3);
+        assert!(
+            b.chain_rules()[2].contains("! -d 224.0.0.0/4")
+                && b.chain_rules()[2].ends_with("-j MASQUERADE")
+        );
+    }
+}
