@@ -347,25 +347,26 @@ pub fn parse(v: Value) -> Result<NetConf> {
             ))
         }
     };
-    let mtu =
-        match o.get("mtu") {
-            None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(m) if (68..=65535).contains(&m) => Some(m as u32),
-                _ => return Err(CniError::invalid_config(
+    let mtu = match o.get("mtu") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(m) if (68..=65535).contains(&m) => Some(m as u32),
+            _ => {
+                return Err(CniError::invalid_config(
                     "mtu",
                     format!(
                         "{n} is out of range; use 68..65535 (or leave it out to follow the uplink)"
                     ),
-                )),
-            },
-            Some(other) => {
-                return Err(CniError::invalid_config(
-                    "mtu",
-                    format!("must be a number, got {other}"),
                 ))
             }
-        };
+        },
+        Some(other) => {
+            return Err(CniError::invalid_config(
+                "mtu",
+                format!("must be a number, got {other}"),
+            ))
+        }
+    };
     let host_veth_prefix = str_field(o, "hostVethPrefix", "hostVethPrefix")?
         .unwrap_or(DEFAULT_HOST_VETH_PREFIX)
         .to_string();

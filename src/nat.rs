@@ -20,6 +20,25 @@ pub struct PoolNat {
     pub non_masquerade: Vec<Ipv4Network>,
 }
 
+/// Serializes NAT installs when there is no pool lock to hold (delegated IPAM).
+pub fn lock() -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::path::Path::new(crate::config::DEFAULT_DATA_DIR);
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CniError::nat(format!("create {}: {e}", dir.display())))?;
+    let path = dir.join("nat.lock");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| CniError::nat(format!("open {}: {e}", path.display())))?;
+    file.lock()
+        .map_err(|e| CniError::nat(format!("lock {}: {e}", path.display())))?;
+    Ok(file)
+}
+
 fn iptables() -> IPTables {
     // Built directly: iptables::new() would exec `iptables --version` on every call, and every
     // iptables we run on (1.6+, Debian 12 ships 1.8.9) has -C and --wait.
@@ -114,9 +133,37 @@ impl PoolNat {
         self.remove_jumps(|c| c != chain)
     }
 
+    /// CHECK: the jump and every rule of the chain are in place; names the first one missing.
+    pub fn check(&self) -> Result<()> {
+        let ipt = iptables();
+        let chain = self.chain();
+        let mut wanted = vec![(POSTROUTING.to_string(), self.jump_rule())];
+        wanted.extend(self.chain_rules().into_iter().map(|r| (chain.clone(), r)));
+        for (in_chain, rule) in wanted {
+            let present = ipt
+                .exists(TABLE, &in_chain, &rule)
+                .map_err(|e| ipt_err("check masquerade rules", e))?;
+            if !present {
+                return Err(CniError::nat(format!(
+                    "masquerade rule missing: `iptables -t nat -A {in_chain} {rule}` (see `iptables -t nat -S {in_chain}`)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Removes every jump and chain of this pool (any config). Missing rules are fine.
     pub fn uninstall(&self) -> Result<()> {
-        self.remove_jumps(|_| true)
+        self.remove_jumps(|_| true)?;
+        // The chain of the current config may have lost its jump (someone flushed POSTROUTING).
+        let ipt = iptables();
+        let chain = self.chain();
+        if ipt.chain_exists(TABLE, &chain).unwrap_or(false) {
+            ipt.flush_chain(TABLE, &chain)
+                .and_then(|_| ipt.delete_chain(TABLE, &chain))
+                .map_err(|e| ipt_err(format_args!("delete chain {chain}"), e))?;
+        }
+        Ok(())
     }
 
     fn remove_jumps(&self, select: impl Fn(&str) -> bool) -> Result<()> {

@@ -1,16 +1,18 @@
 //! ADD: allocate, wire the pod, install masquerade; on any failure undo all of it.
 
+use ipnetwork::Ipv4Network;
 use serde_json::Value;
+use std::net::Ipv4Addr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::runtime;
-use crate::cni::env::Attachment;
-use crate::cni::error::{CniError, Result};
+use crate::cni::env::{Attachment, Command};
+use crate::cni::error::{CniError, Code, Result};
 use crate::cni::types::{AddResult, Interface, IpConfig, Route};
-use crate::config::{Ipam, NetConf, PoolConfig};
+use crate::config::{Ipam, NetConf};
 use crate::dataplane::{self, sysctl, Netlink, DEFAULT_MTU, GATEWAY, HOST_MAC};
 use crate::ipam::store::LOCK_TIMEOUT;
-use crate::ipam::{attachment_hash, Record, Store};
+use crate::ipam::{attachment_hash, delegate, Record, Store};
 use crate::nat::PoolNat;
 use crate::netns::Netns;
 
@@ -21,56 +23,79 @@ struct Wired {
     mtu: u32,
 }
 
+/// Where the pod's address came from, so a failed ADD can give it back.
+enum Lease {
+    Store(Store),
+    Delegated(String),
+}
+
 pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
-    let pool = match &conf.ipam {
-        Ipam::Builtin(p) => p,
-        Ipam::Delegated { plugin } => {
-            return Err(CniError::new(
-                crate::cni::error::Code::UnsupportedField,
-                format!("ipam.type {plugin:?}: delegating to another IPAM plugin is not supported by this build; remove ipam.type to use the built-in store"),
-            ))
-        }
-    };
     // Validate the namespace before touching anything on the node.
     let netns = Netns::open(&att.netns)?;
     let host_veth = dataplane::host_veth_name(
         &conf.host_veth_prefix,
         &attachment_hash(&att.container_id, &att.ifname),
     );
-    let store = Store::open(pool)?;
-    let template = Record {
-        ip: std::net::Ipv4Addr::UNSPECIFIED,
-        container_id: att.container_id.clone(),
-        ifname: att.ifname.clone(),
-        host_veth: host_veth.clone(),
-        pod_namespace: att.pod.namespace.clone(),
-        pod_name: att.pod.name.clone(),
-        network: conf.name.clone(),
-        netns: att.netns.clone(),
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    };
-    let (record, reused) = store.lock(LOCK_TIMEOUT)?.allocate(&template)?;
-    crate::debug!(
-        "allocated {} for {}/{} from pool {}{}",
-        record.ip,
-        att.container_id,
-        att.ifname,
-        pool.subnet,
-        if reused {
-            " (kept from an earlier ADD)"
-        } else {
-            ""
+    let (ip, subnet, lease) = match &conf.ipam {
+        Ipam::Builtin(pool) => {
+            let store = Store::open(pool)?;
+            let template = Record {
+                ip: Ipv4Addr::UNSPECIFIED,
+                container_id: att.container_id.clone(),
+                ifname: att.ifname.clone(),
+                host_veth: host_veth.clone(),
+                pod_namespace: att.pod.namespace.clone(),
+                pod_name: att.pod.name.clone(),
+                network: conf.name.clone(),
+                netns: att.netns.clone(),
+                created: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            };
+            let (record, reused) = store.lock(LOCK_TIMEOUT)?.allocate(&template)?;
+            crate::debug!(
+                "allocated {} for {}/{} from pool {}{}",
+                record.ip,
+                att.container_id,
+                att.ifname,
+                pool.subnet,
+                if reused {
+                    " (kept from an earlier ADD)"
+                } else {
+                    ""
+                }
+            );
+            (record.ip, pool.subnet, Lease::Store(store))
         }
-    );
+        Ipam::Delegated { plugin } => {
+            let result = delegate::exec(plugin, Command::Add, &conf.raw)?;
+            let net = match result.as_ref().map(delegate::first_ipv4) {
+                Some(Ok(net)) => net,
+                failed => {
+                    release_delegated(conf, plugin);
+                    return Err(failed.and_then(|r| r.err()).unwrap_or_else(|| {
+                        CniError::new(
+                            Code::DelegatedIpam,
+                            format!("IPAM plugin {plugin} printed no result"),
+                        )
+                    }));
+                }
+            };
+            let subnet =
+                Ipv4Network::new(net.network(), net.prefix()).expect("prefix came from a network");
+            (net.ip(), subnet, Lease::Delegated(plugin.clone()))
+        }
+    };
     let rt = runtime()?;
-    let wired = rt.block_on(wire(conf, att, &netns, &host_veth, record.ip));
-    let wired = match wired.and_then(|w| ensure_nat(conf, pool, &store).map(|()| w)) {
+    let nat = pool_nat(conf, subnet);
+    let wired = rt
+        .block_on(wire(conf, att, &netns, &host_veth, ip))
+        .and_then(|w| ensure_nat(conf, &nat, &lease).map(|()| w));
+    let wired = match wired {
         Ok(w) => w,
         Err(e) => {
-            rollback(&rt, conf, pool, &store, att, &host_veth);
+            rollback(&rt, conf, &nat, &lease, att, &host_veth);
             return Err(e);
         }
     };
@@ -90,7 +115,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
             },
         ],
         ips: vec![IpConfig {
-            address: record.ip,
+            address: ip,
             prefix: 32,
             gateway: Some(GATEWAY),
             interface: Some(1),
@@ -102,6 +127,13 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
         dns: conf.dns.clone(),
     };
     Ok(result.to_json(&conf.cni_version))
+}
+
+/// Gives a delegated address back; the spec asks for an IPAM DEL when ADD fails after it.
+fn release_delegated(conf: &NetConf, plugin: &str) {
+    if let Err(e) = delegate::exec(plugin, Command::Del, &conf.raw) {
+        crate::error!("rollback: {e}");
+    }
 }
 
 async fn wire(
@@ -168,53 +200,65 @@ async fn wire(
     })
 }
 
-fn nat_of(conf: &NetConf, pool: &PoolConfig) -> PoolNat {
+/// The masquerade rules for a pool; `nonMasqueradeCIDRs` defaults to the pool itself.
+pub fn pool_nat(conf: &NetConf, subnet: Ipv4Network) -> PoolNat {
+    let non_masquerade = if conf.non_masquerade_cidrs.is_empty() {
+        vec![subnet]
+    } else {
+        conf.non_masquerade_cidrs.clone()
+    };
     PoolNat {
-        subnet: pool.subnet,
-        non_masquerade: conf.non_masquerade_cidrs.clone(),
+        subnet,
+        non_masquerade,
     }
 }
 
-fn ensure_nat(conf: &NetConf, pool: &PoolConfig, store: &Store) -> Result<()> {
-    if !conf.masquerade {
+fn ensure_nat(conf: &NetConf, nat: &PoolNat, lease: &Lease) -> Result<()> {
+    if !conf.masquerade || nat.is_installed()? {
         return Ok(());
     }
-    let nat = nat_of(conf, pool);
-    if nat.is_installed()? {
-        return Ok(());
+    // First pod of the pool (or rules were lost): install under a lock, so a parallel ADD does
+    // not race us and (built-in store) a DEL emptying the pool does not remove them under us.
+    match lease {
+        Lease::Store(store) => {
+            let _lock = store.lock(LOCK_TIMEOUT)?;
+            nat.install()
+        }
+        Lease::Delegated(_) => {
+            let _lock = crate::nat::lock()?;
+            nat.install()
+        }
     }
-    // First pod of the pool (or rules were lost): install under the pool lock, so a parallel
-    // ADD does not race us and a DEL emptying the pool does not remove them under our feet.
-    let _lock = store.lock(LOCK_TIMEOUT)?;
-    nat.install()
 }
 
 /// Undoes a failed ADD: host veth (which takes the pod end and the /32 route with it), the
-/// allocation, and the pool's NAT rules if the pool is now empty. Problems are logged: the
+/// address, and the pool's NAT rules if the pool is now empty. Problems are logged: the
 /// runtime gets the error that made the ADD fail.
 fn rollback(
     rt: &tokio::runtime::Runtime,
     conf: &NetConf,
-    pool: &PoolConfig,
-    store: &Store,
+    nat: &PoolNat,
+    lease: &Lease,
     att: &Attachment,
     host_veth: &str,
 ) {
-    let undo_link = rt.block_on(async {
-        let host = Netlink::connect()?;
-        host.delete_link(host_veth).await
-    });
+    let undo_link = rt.block_on(async { Netlink::connect()?.delete_link(host_veth).await });
     if let Err(e) = undo_link {
         crate::error!("rollback: {e}");
     }
-    let undo_ip = store.lock(LOCK_TIMEOUT).and_then(|lock| {
-        lock.release(&att.container_id, &att.ifname)?;
-        if lock.is_empty()? {
-            nat_of(conf, pool).uninstall()?;
+    match lease {
+        Lease::Store(store) => {
+            let undo_ip = store.lock(LOCK_TIMEOUT).and_then(|lock| {
+                lock.release(&att.container_id, &att.ifname)?;
+                if lock.is_empty()? {
+                    nat.uninstall()?;
+                }
+                Ok(())
+            });
+            if let Err(e) = undo_ip {
+                crate::error!("rollback: {e}");
+            }
         }
-        Ok(())
-    });
-    if let Err(e) = undo_ip {
-        crate::error!("rollback: {e}");
+        Lease::Delegated(plugin) => release_delegated(conf, plugin),
     }
 }

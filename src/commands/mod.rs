@@ -2,7 +2,10 @@
 //! turns environment + stdin into exactly one JSON document (or none) and an exit code.
 
 pub mod add;
+pub mod check;
 pub mod del;
+pub mod gc;
+pub mod status;
 
 use serde_json::Value;
 use std::io::Read;
@@ -136,20 +139,15 @@ fn dispatch(cmd: Command, conf: &NetConf) -> Result<Option<Value>> {
         Command::Del => del::run(conf, &env::attachment(cmd)?).map(|()| None),
         Command::Check => {
             requires(v.has_check(), "0.4.0")?;
-            Err(CniError::new(
-                Code::UnsupportedField,
-                "CHECK is not implemented yet by this build of routed-cni",
-            ))
+            check::run(conf, &env::attachment(cmd)?).map(|()| None)
         }
-        Command::Gc | Command::Status => {
+        Command::Gc => {
             requires(v.is_1_1(), "1.1.0")?;
-            Err(CniError::new(
-                Code::UnsupportedField,
-                format!(
-                    "{} is not implemented yet by this build of routed-cni",
-                    cmd.as_str()
-                ),
-            ))
+            gc::run(conf).map(|()| None)
+        }
+        Command::Status => {
+            requires(v.is_1_1(), "1.1.0")?;
+            status::run(conf).map(|()| None)
         }
         Command::Version => unreachable!("handled before config parsing"),
     }

@@ -5,8 +5,12 @@
 pub mod sysctl;
 
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::NeighbourState;
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
@@ -313,6 +317,129 @@ impl Netlink {
         }
         Ok(None)
     }
+}
+
+/// A route as CHECK and doctor look at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub dst: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    pub scope: RouteScope,
+}
+
+impl Netlink {
+    /// IPv4 routes of the main table.
+    pub async fn main_routes(&self) -> Result<Vec<RouteInfo>> {
+        let mut out = Vec::new();
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(r) = routes
+            .try_next()
+            .await
+            .map_err(|e| nl_err("list routes", e))?
+        {
+            if route_table(&r) != 254 {
+                continue;
+            }
+            let gateway = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(dst) = route_dst(&r) {
+                out.push(RouteInfo {
+                    dst,
+                    prefix: r.header.destination_prefix_length,
+                    gateway,
+                    oif: route_oif(&r),
+                    scope: r.header.scope,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// IPv4 addresses (with prefix length) on link `index`.
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let mut out = Vec::new();
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .map_err(|e| nl_err("list addresses", e))?
+        {
+            if a.header.index != index {
+                continue;
+            }
+            for attr in &a.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                    out.push((*ip, a.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The neighbour entry for `ip` on link `index`: its MAC and state.
+    pub async fn neighbour(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+    ) -> Result<Option<(Vec<u8>, NeighbourState)>> {
+        let mut neighs = self.handle.neighbours().get().execute();
+        while let Some(n) = neighs
+            .try_next()
+            .await
+            .map_err(|e| nl_err("list neighbours", e))?
+        {
+            if n.header.ifindex != index {
+                continue;
+            }
+            let dst = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => Some(*d),
+                _ => None,
+            });
+            if dst == Some(ip) {
+                let mac = n
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        NeighbourAttribute::LinkLayerAddress(m) => Some(m.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                return Ok(Some((mac, n.header.state)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The ifindex of a veth's peer (IFLA_LINK), as seen from the link's own namespace.
+pub fn link_peer_index(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(i) => Some(*i),
+        _ => None,
+    })
+}
+
+/// True when the link is a veth.
+pub fn link_is_veth(link: &LinkMessage) -> bool {
+    link.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
+        _ => false,
+    })
 }
 
 pub fn link_name(link: &LinkMessage) -> Option<String> {

@@ -1,5 +1,6 @@
-//! Address management: the built-in on-disk store.
+//! Address management: the built-in on-disk store, or delegation to another IPAM plugin.
 
+pub mod delegate;
 pub mod store;
 
 pub use store::{attachment_hash, PoolLock, Record, Store};

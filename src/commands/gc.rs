@@ -1,0 +1,134 @@
+//! GC: release every allocation of this network whose attachment the runtime no longer knows
+//! (`cni.dev/valid-attachments`), with its host veth. Keeps going on errors and reports all.
+
+use serde_json::Value;
+use std::collections::HashSet;
+
+use super::add::pool_nat;
+use super::runtime;
+use crate::cni::env::Command;
+use crate::cni::error::{self, CniError, Result};
+use crate::config::{Ipam, NetConf};
+use crate::dataplane::Netlink;
+use crate::ipam::store::LOCK_TIMEOUT;
+use crate::ipam::{delegate, Store};
+
+/// The attachments the runtime still uses, or `None` when it did not say (then GC does nothing).
+/// libcni sends the list under both names; the spec text of 1.1.0 used the older one.
+pub fn valid_attachments(raw: &Value) -> Result<Option<HashSet<(String, String)>>> {
+    let Some(list) = raw
+        .get("cni.dev/valid-attachments")
+        .or_else(|| raw.get("cni.dev/attachments"))
+    else {
+        return Ok(None);
+    };
+    let items = list.as_array().ok_or_else(|| {
+        CniError::invalid_config(
+            "cni.dev/valid-attachments",
+            format!("must be a list, got {list}"),
+        )
+    })?;
+    items
+        .iter()
+        .map(|a| {
+            let field = |k: &str| a.get(k).and_then(Value::as_str).map(str::to_string);
+            match (field("containerID"), field("ifname")) {
+                (Some(c), Some(i)) => Ok((c, i)),
+                _ => Err(CniError::invalid_config(
+                    "cni.dev/valid-attachments",
+                    format!("entry {a} needs string fields containerID and ifname"),
+                )),
+            }
+        })
+        .collect::<Result<HashSet<_>>>()
+        .map(Some)
+}
+
+pub fn run(conf: &NetConf) -> Result<()> {
+    let pool = match &conf.ipam {
+        Ipam::Builtin(pool) => pool,
+        Ipam::Delegated { plugin } => {
+            return delegate::exec(plugin, Command::Gc, &conf.raw).map(|_| ())
+        }
+    };
+    let Some(valid) = valid_attachments(&conf.raw)? else {
+        crate::info!("GC: no cni.dev/valid-attachments in the config; nothing to do");
+        return Ok(());
+    };
+    let Some(store) = Store::open_existing(pool) else {
+        return Ok(());
+    };
+    let mut errors = Vec::new();
+    let mut stale_veths = Vec::new();
+    {
+        let lock = store.lock(LOCK_TIMEOUT)?;
+        for record in lock.records()? {
+            // Other networks may share the pool directory; their runtime GCs them.
+            if record.network != conf.name
+                || valid.contains(&(record.container_id.clone(), record.ifname.clone()))
+            {
+                continue;
+            }
+            match lock.release(&record.container_id, &record.ifname) {
+                Ok(_) => {
+                    crate::info!(
+                        "GC released {} of {}/{} (pod {}/{})",
+                        record.ip,
+                        record.container_id,
+                        record.ifname,
+                        record.pod_namespace.as_deref().unwrap_or("-"),
+                        record.pod_name.as_deref().unwrap_or("-")
+                    );
+                    if !record.host_veth.is_empty() {
+                        stale_veths.push(record.host_veth);
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        match lock.is_empty() {
+            Ok(true) => {
+                if let Err(e) = pool_nat(conf, pool.subnet).uninstall() {
+                    errors.push(e);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    if !stale_veths.is_empty() {
+        let rt = runtime()?;
+        rt.block_on(async {
+            match Netlink::connect() {
+                Ok(host) => {
+                    for veth in &stale_veths {
+                        if let Err(e) = host.delete_link(veth).await {
+                            errors.push(e);
+                        }
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        });
+    }
+    error::join(errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_both_keys_and_absence() {
+        let v = json!({"cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]});
+        assert!(valid_attachments(&v)
+            .unwrap()
+            .unwrap()
+            .contains(&("a".to_string(), "eth0".to_string())));
+        let v = json!({"cni.dev/attachments":[]});
+        assert!(valid_attachments(&v).unwrap().unwrap().is_empty());
+        assert!(valid_attachments(&json!({})).unwrap().is_none());
+        assert!(valid_attachments(&json!({"cni.dev/attachments":[{"containerID":1}]})).is_err());
+    }
+}
