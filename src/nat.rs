@@ -41,13 +41,23 @@ pub fn lock() -> Result<std::fs::File> {
 
 fn iptables() -> IPTables {
     // Built directly: iptables::new() would exec `iptables --version` on every call, and every
-    // iptables we run on (1.6+, Debian 12 ships 1.8.9) has -C and --wait.
+    // iptables we run on (1.6+, Debian 12 ships 1.8.9) has -C and --wait. Only `-S` listings
+    // are used (see `chain_exists`), which never resolve names, so `is_numeric` stays off:
+    // iptables rejects `-S … -n`.
     IPTables {
         cmd: "iptables",
         has_check: true,
         has_wait: true,
         is_numeric: false,
     }
+}
+
+/// The crate's `chain_exists` runs `-L` without `-n`, which resolves every address in the
+/// chain through DNS and hangs a DEL for 20 s on a node whose resolver is unreachable.
+fn chain_exists(ipt: &IPTables, chain: &str) -> Result<bool> {
+    ipt.execute(TABLE, &format!("-S {chain}"))
+        .map(|out| out.status.success())
+        .map_err(|e| ipt_err(format_args!("list chain {chain}"), e))
 }
 
 fn ipt_err(what: impl std::fmt::Display, e: Box<dyn std::error::Error>) -> CniError {
@@ -114,10 +124,7 @@ impl PoolNat {
         if self.is_installed()? {
             return Ok(());
         }
-        if ipt
-            .chain_exists(TABLE, &chain)
-            .map_err(|e| ipt_err("list chains", e))?
-        {
+        if chain_exists(&ipt, &chain)? {
             ipt.flush_chain(TABLE, &chain)
                 .map_err(|e| ipt_err(format_args!("flush chain {chain}"), e))?;
         } else {
@@ -158,7 +165,7 @@ impl PoolNat {
         // The chain of the current config may have lost its jump (someone flushed POSTROUTING).
         let ipt = iptables();
         let chain = self.chain();
-        if ipt.chain_exists(TABLE, &chain).unwrap_or(false) {
+        if chain_exists(&ipt, &chain)? {
             ipt.flush_chain(TABLE, &chain)
                 .and_then(|_| ipt.delete_chain(TABLE, &chain))
                 .map_err(|e| ipt_err(format_args!("delete chain {chain}"), e))?;
@@ -188,7 +195,7 @@ impl PoolNat {
                 errors.push(ipt_err(format_args!("delete jump to {target}"), e));
                 continue;
             }
-            if ipt.chain_exists(TABLE, &target).unwrap_or(false) {
+            if chain_exists(&ipt, &target).unwrap_or(false) {
                 if let Err(e) = ipt
                     .flush_chain(TABLE, &target)
                     .and_then(|_| ipt.delete_chain(TABLE, &target))

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# cnitool (upstream, built from Debian's source) drives routed-cni in a scratch node namespace,
+# for every cniVersion we speak: add, check (>= 0.4.0, including a broken pod it must catch),
+# connectivity with masquerade, del twice, nothing left. Debian's libcni (1.1.2) predates GC and
+# STATUS, so those verbs are sent the way libcni 1.1 sends them (same env, stdin with
+# cni.dev/valid-attachments) by this script.
+set -euo pipefail
+. "$(dirname "$0")/lib/world.sh"
+
+CNITOOL=$(bash "$(dirname "$0")/lib/get-cnitool.sh" | tail -1)
+[ -x "$CNITOOL" ] || die "cnitool could not be built"
+export NETCONFPATH=$WORK/net.d CNI_PATH=/usr/lib/cni:$(dirname "$BIN")
+mkdir -p "$NETCONFPATH"
+STORE=$WORK/store
+
+make_node
+serve_peer_addr "$OUTSIDE" 8080
+
+cnitool() { on_node env NETCONFPATH="$NETCONFPATH" CNI_PATH="$CNI_PATH" "$CNITOOL" "$@"; }
+# libcni caches results per network under /var/lib/cni/results: remove ours on exit.
+trap 'rm -f /var/lib/cni/results/e2e-$RUN_ID-*; cleanup_world' EXIT
+
+conflist() { # conflist VERSION SUBNET -> network name
+    local v=$1 subnet=$2 net=e2e-$RUN_ID-${1//./}
+    cat >"$NETCONFPATH/$net.conflist" <<JSON
+{"cniVersion":"$v","name":"$net","plugins":[{"type":"routed-cni",
+ "ipam":{"subnet":"$subnet","dataDir":"$STORE"},"nonMasqueradeCIDRs":["10.200.0.0/16"],
+ "dns":{"nameservers":["10.96.0.10"]},"logFile":"$WORK/cni.log","logLevel":"debug"}]}
+JSON
+    echo "$net"
+}
+
+i=0
+for v in 0.3.0 0.3.1 0.4.0 1.0.0 1.1.0; do
+    i=$((i + 1))
+    log "--- cniVersion $v"
+    net=$(conflist "$v" "10.200.$i.0/24")
+    pod=rcn-p$i-$RUN_ID
+    make_pod "$pod"
+    # Debian's libcni 1.1.2 rejects 1.1.0 results ("unsupported CNI result version"): for 1.1.0
+    # this script plays the runtime itself, with the same environment and stdin libcni builds.
+    if [ "$v" == 1.1.0 ]; then
+        jq '.plugins[0] + {name: .name, cniVersion: .cniVersion}' "$NETCONFPATH/$net.conflist" >"$WORK/$net.json"
+        cid=direct-$RUN_ID
+        cnitool() {
+            local verb=$1 conf=$WORK/$net.json
+            if [ "$verb" != add ]; then
+                jq --argjson prev "$result" '. + {prevResult: $prev}' "$WORK/$net.json" >"$WORK/$net-prev.json"
+                conf=$WORK/$net-prev.json
+            fi
+            cni "${verb^^}" "$cid" "$pod" "$conf"
+        }
+    fi
+    if ! result=$(cnitool add "$net" /run/netns/$pod); then
+        fail "cnitool add ($v): $result"
+        continue
+    fi
+    expect_eq "result cniVersion" "$(jq -r .cniVersion <<<"$result")" "$v"
+    expect_eq "pod interface sandbox" "$(jq -r '.interfaces[] | select(.name=="eth0") | .sandbox' <<<"$result")" "/run/netns/$pod"
+    expect_eq "ips[0].gateway" "$(jq -r '.ips[0].gateway' <<<"$result")" "169.254.1.1"
+    if [[ $v == 0.* ]]; then
+        expect_eq "ips[0].version" "$(jq -r '.ips[0].version' <<<"$result")" "4"
+    else
+        expect_eq "ips[0] has no version" "$(jq -r '.ips[0] | has("version")' <<<"$result")" "false"
+    fi
+    ip=$(pod_ip "$pod")
+    expect_eq "address on eth0 matches result" "$ip/32" "$(jq -r '.ips[0].address' <<<"$result")"
+    expect_eq "outside sees the node (masquerade)" "$(seen_by "$pod" $OUTSIDE_ADDR 8080)" "$NODE_UPLINK"
+
+    if [[ $v != 0.3.* ]]; then
+        out=$(cnitool check "$net" /run/netns/$pod 2>&1) && ok "check passes on a healthy pod" || fail "check ($v): $out"
+        ip -n "$pod" route del default
+        if out=$(cnitool check "$net" /run/netns/$pod 2>&1); then
+            fail "check did not notice the missing default route"
+        else
+            grep -q "default route" <<<"$out" && ok "check names the missing default route" || fail "check said: $out"
+        fi
+        ip -n "$pod" route add default via 169.254.1.1 dev eth0
+    fi
+
+    cnitool del "$net" /run/netns/$pod && ok "del" || fail "del ($v)"
+    cnitool del "$net" /run/netns/$pod && ok "second del" || fail "second del ($v)"
+    expect_eq "pod has no eth0 after del" "$(ip -n "$pod" -o link show eth0 2>/dev/null | wc -l)" "0"
+done
+expect_clean_node "$STORE"
+
+log "--- GC and STATUS (cniVersion 1.1.0)"
+conf=$WORK/gc.json
+cat >"$conf" <<JSON
+{"cniVersion":"1.1.0","name":"e2e-gc","type":"routed-cni","ipam":{"subnet":"10.201.0.0/30","dataDir":"$STORE"}}
+JSON
+make_pod rcn-gc1-$RUN_ID
+make_pod rcn-gc2-$RUN_ID
+cni ADD keep rcn-gc1-$RUN_ID "$conf" >/dev/null && cni ADD stale rcn-gc2-$RUN_ID "$conf" >/dev/null || fail "ADD for GC"
+out=$(ip netns exec "$NODE" env CNI_COMMAND=STATUS CNI_PATH=/usr/lib/cni "$BIN" <"$conf") && fail "STATUS on a full pool passed" ||
+    expect_eq "STATUS code on a full pool" "$(jq -r .code <<<"$out")" "50"
+jq '. + {"cni.dev/valid-attachments":[{"containerID":"keep","ifname":"eth0"}]}' "$conf" >"$WORK/gc-run.json"
+ip netns exec "$NODE" env CNI_COMMAND=GC CNI_PATH=/usr/lib/cni "$BIN" <"$WORK/gc-run.json" && ok "GC" || fail "GC failed"
+expect_eq "GC left the valid pod's eth0" "$(ip -n rcn-gc1-$RUN_ID -o link show eth0 | wc -l)" "1"
+expect_eq "GC removed the stale pod's eth0" "$(ip -n rcn-gc2-$RUN_ID -o link show eth0 2>/dev/null | wc -l)" "0"
+ip netns exec "$NODE" env CNI_COMMAND=STATUS CNI_PATH=/usr/lib/cni "$BIN" <"$conf" && ok "STATUS with room" || fail "STATUS with room"
+for verb in GC STATUS; do
+    out=$(jq '.cniVersion="1.0.0"' "$conf" | ip netns exec "$NODE" env CNI_COMMAND=$verb "$BIN") || true
+    expect_eq "$verb on cniVersion 1.0.0 answers code" "$(jq -r .code <<<"$out")" "1"
+done
+cni DEL keep rcn-gc1-$RUN_ID "$conf" >/dev/null || fail "DEL after GC"
+expect_clean_node "$STORE"
+finish
