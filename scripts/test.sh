@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The whole routed-cni test suite, in order, failing fast:
+#   packages, cargo fmt --check, clippy, release build, cargo test (unit +
+#   node integration tests), every executable e2e/*.sh, then scripts/demo.sh.
+# Needs root (the node tests and the demo create network namespaces).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+PASSED=0
+FAILED=0
+summary() { echo "test.sh: $PASSED passed, $FAILED failed"; }
+
+stage() { # stage NAME COMMAND...
+    local name=$1; shift
+    local start=$SECONDS
+    printf '\n===== %s =====\n' "$name"
+    if "$@"; then
+        PASSED=$((PASSED + 1))
+        echo "----- ok: $name ($((SECONDS - start))s)"
+    else
+        FAILED=$((FAILED + 1))
+        echo "----- FAILED: $name ($((SECONDS - start))s)"
+        summary
+        exit 1
+    fi
+}
+
+packages() {
+    local need=() pkg
+    for pkg in iproute2 iptables iputils-ping socat jq containernetworking-plugins; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+    done
+    if [ ${#need[@]} -eq 0 ]; then
+        echo "all Debian packages present"
+        return 0
+    fi
+    echo "installing: ${need[*]}"
+    apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+}
+
+if [ "$(id -u)" != 0 ]; then
+    echo "test.sh: must run as root (the tests create network namespaces)" >&2
+    exit 1
+fi
+command -v cargo >/dev/null || {
+    echo "test.sh: cargo not found; install Rust with rustup (https://rustup.rs)" >&2
+    exit 1
+}
+
+# Every stage tests the binary this script builds (e2e/lib/world.sh reads ROUTED_CNI_BIN).
+ROUTED_CNI_BIN=$(realpath -m "${CARGO_TARGET_DIR:-target}")/release/routed-cni
+export ROUTED_CNI_BIN
+
+stage "debian packages" packages
+stage "cargo fmt --check" cargo fmt --check
+stage "cargo clippy" cargo clippy --all-targets -- -D warnings
+stage "cargo build --release" cargo build --release
+# Each node test builds its own namespaces, so they can run in parallel.
+stage "cargo test --release" cargo test --release
+shopt -s nullglob
+for script in e2e/*.sh; do
+    if [ -x "$script" ]; then
+        stage "$script" "./$script"
+    else
+        echo "test.sh: warning: $script is not executable; running it with bash"
+        stage "$script" bash "$script"
+    fi
+done
+stage "scripts/demo.sh" ./scripts/demo.sh
+summary

@@ -1,0 +1,882 @@
+//! Node-level integration tests: the real `routed-cni` binary wires pods in
+//! network namespaces created by the test, and we check the data path with
+//! real traffic (ping, TCP) and the node state with `ip` / `iptables-save`.
+//!
+//! Every test builds its own world of namespaces:
+//!   node     routed-cni runs inside it; uplink 198.51.100.1/24, default via .2
+//!   outside  "the internet": 198.51.100.2/24, no route back to the pod subnet
+//!   pods     empty namespaces handed to the plugin as CNI_NETNS
+//! and a `World` guard removes all of it (and its temp dir) on drop, also on
+//! panic. Nothing touches the host's own network namespace.
+//!
+//! The tests need root; without it each one prints "skipped: needs root".
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ipnetwork::Ipv4Network;
+use nix::sched::{setns, CloneFlags};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const BIN: &str = env!("CARGO_BIN_EXE_routed-cni");
+const NODE_IP: &str = "198.51.100.1";
+const OUTSIDE_IP: &str = "198.51.100.2";
+const GATEWAY: &str = "169.254.1.1";
+const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+macro_rules! require_root {
+    () => {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+// ------------------------------------------------------------------ helpers
+
+fn run(prog: &str, args: &[&str]) -> Output {
+    Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
+}
+
+/// Runs a command that must succeed and returns its stdout.
+fn run_ok(prog: &str, args: &[&str]) -> String {
+    let out = run(prog, args);
+    assert!(
+        out.status.success(),
+        "{prog} {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ip(args: &[&str]) -> String {
+    run_ok("ip", args)
+}
+
+/// Name of the host-side veth for a container: "rcni" + 11 hex of sha256("<id>/<ifname>").
+fn host_veth(container_id: &str, ifname: &str) -> String {
+    let digest = Sha256::digest(format!("{container_id}/{ifname}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("rcni{}", &hex[..11])
+}
+
+fn is_ipv4_name(name: &str) -> bool {
+    name.parse::<Ipv4Addr>().is_ok()
+}
+
+/// Moves the calling thread into the named network namespace.
+fn enter_netns(ns: &str) {
+    let f = fs::File::open(format!("/run/netns/{ns}"))
+        .unwrap_or_else(|e| panic!("open /run/netns/{ns}: {e}"));
+    setns(&f, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {ns}: {e}"));
+}
+
+/// One plugin run.
+struct CniRun {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for CniRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {:?}\n  stdout: {}\n  stderr: {}",
+            self.code,
+            self.stdout.trim(),
+            self.stderr.trim()
+        )
+    }
+}
+
+impl CniRun {
+    fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts success and returns the result JSON.
+    fn result(&self) -> Value {
+        assert!(self.ok(), "plugin failed: {self:?}");
+        self.json()
+    }
+
+    /// Asserts a CNI error (exit 1, error JSON on stdout) and returns (code, msg + details).
+    fn error(&self) -> (u64, String) {
+        assert_eq!(self.code, Some(1), "expected exit 1: {self:?}");
+        let v = self.json();
+        let code = v["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no numeric code: {v}"));
+        let msg = v["msg"].as_str().unwrap_or_else(|| panic!("no msg: {v}"));
+        assert!(!msg.is_empty(), "empty msg: {v}");
+        assert!(v["cniVersion"].is_string(), "no cniVersion: {v}");
+        let details = v["details"].as_str().unwrap_or("");
+        (code, format!("{msg} {details}"))
+    }
+}
+
+struct Pod {
+    ns: String,
+    container_id: String,
+}
+
+impl Pod {
+    fn netns(&self) -> String {
+        format!("/run/netns/{}", self.ns)
+    }
+}
+
+/// A node, an outside network and pods, all in namespaces owned by this guard.
+struct World {
+    prefix: String,
+    node: String,
+    outside: String,
+    namespaces: Vec<String>,
+    dir: PathBuf,
+    subnet: Ipv4Network,
+    config: Value,
+}
+
+impl World {
+    fn new(test: &str, subnet: &str) -> World {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("rcnit-{}-{n}-{test}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut w = World {
+            node: format!("{prefix}-node"),
+            outside: format!("{prefix}-out"),
+            prefix,
+            namespaces: Vec::new(),
+            subnet: subnet.parse().unwrap(),
+            config: json!({
+                "cniVersion": "1.0.0",
+                "name": "test",
+                "type": "routed-cni",
+                "ipam": {"subnet": subnet, "dataDir": dir.join("store")},
+                "masquerade": true,
+                "nonMasqueradeCIDRs": [CLUSTER_CIDR],
+                "mtu": 1500,
+                "logLevel": "debug",
+                "logFile": dir.join("cni.log"),
+            }),
+            dir,
+        };
+        let (node, outside) = (w.node.clone(), w.outside.clone());
+        w.netns_add(&node);
+        w.netns_add(&outside);
+        ip(&[
+            "-n", &node, "link", "add", "uplink", "type", "veth", "peer", "name", "wan", "netns",
+            &outside,
+        ]);
+        ip(&[
+            "-n",
+            &node,
+            "addr",
+            "add",
+            &format!("{NODE_IP}/24"),
+            "dev",
+            "uplink",
+        ]);
+        ip(&["-n", &node, "link", "set", "uplink", "up"]);
+        ip(&["-n", &node, "route", "add", "default", "via", OUTSIDE_IP]);
+        ip(&[
+            "-n",
+            &outside,
+            "addr",
+            "add",
+            &format!("{OUTSIDE_IP}/24"),
+            "dev",
+            "wan",
+        ]);
+        ip(&["-n", &outside, "link", "set", "wan", "up"]);
+        w
+    }
+
+    fn netns_add(&mut self, name: &str) {
+        ip(&["netns", "add", name]);
+        self.namespaces.push(name.to_string());
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+    }
+
+    fn pod(&mut self, name: &str) -> Pod {
+        let ns = format!("{}-{name}", self.prefix);
+        self.netns_add(&ns);
+        Pod {
+            container_id: format!("ctr-{}-{name}", self.prefix),
+            ns,
+        }
+    }
+
+    fn config_str(&self) -> String {
+        self.config.to_string()
+    }
+
+    /// Runs the plugin inside the node namespace with exactly `env` (plus PATH) and `stdin`.
+    fn exec(&self, env: &[(&str, &str)], stdin: &str) -> CniRun {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.node, BIN])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn plugin");
+        // The plugin may fail before reading stdin; ignore a broken pipe.
+        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+        let out = child.wait_with_output().expect("wait for plugin");
+        CniRun {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The environment a runtime passes for `pod`, with CNI_NETNS overridable.
+    fn cni_with(&self, command: &str, pod: &Pod, netns: &str, config: &str) -> CniRun {
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={}",
+            pod.ns
+        );
+        self.exec(
+            &[
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", &pod.container_id),
+                ("CNI_NETNS", netns),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", "/usr/lib/cni"),
+                ("CNI_ARGS", &args),
+            ],
+            config,
+        )
+    }
+
+    fn add(&self, pod: &Pod) -> CniRun {
+        self.cni_with("ADD", pod, &pod.netns(), &self.config_str())
+    }
+
+    fn del(&self, pod: &Pod) -> CniRun {
+        self.cni_with("DEL", pod, &pod.netns(), &self.config_str())
+    }
+
+    /// ADD that must succeed; checks the result and the state it built; returns the pod IP.
+    fn add_ok(&self, pod: &Pod) -> Ipv4Addr {
+        let res = self.add(pod).result();
+        self.check_add_result(&res, pod, "1.0.0")
+    }
+
+    /// DEL that must succeed silently.
+    fn del_ok(&self, pod: &Pod) {
+        let r = self.del(pod);
+        assert!(r.ok(), "DEL {} failed: {r:?}", pod.ns);
+        assert_eq!(r.stdout.trim(), "", "DEL must print nothing: {r:?}");
+    }
+
+    /// Checks the ADD result JSON and that the pod and node really look like it says.
+    fn check_add_result(&self, res: &Value, pod: &Pod, version: &str) -> Ipv4Addr {
+        assert_eq!(res["cniVersion"], version, "result: {res}");
+        let ifs = res["interfaces"].as_array().expect("interfaces");
+        assert_eq!(ifs.len(), 2, "two interfaces expected: {res}");
+        let hv = host_veth(&pod.container_id, "eth0");
+        assert_eq!(ifs[0]["name"], hv.as_str(), "host veth name: {res}");
+        assert_eq!(ifs[0]["mac"], HOST_MAC, "host veth mac: {res}");
+        assert!(
+            ifs[0].get("sandbox").is_none_or(|s| s.as_str() == Some("")),
+            "host veth has no sandbox: {res}"
+        );
+        assert_eq!(ifs[1]["name"], "eth0", "{res}");
+        assert_eq!(ifs[1]["sandbox"], pod.netns().as_str(), "{res}");
+
+        let ips = res["ips"].as_array().expect("ips");
+        assert_eq!(ips.len(), 1, "{res}");
+        let addr = ips[0]["address"].as_str().expect("ips[0].address");
+        let (ip_s, len) = addr.split_once('/').expect("address is a CIDR");
+        assert_eq!(len, "32", "pod address is a /32: {res}");
+        let pod_ip: Ipv4Addr = ip_s.parse().expect("IPv4 address");
+        assert!(
+            self.subnet.contains(pod_ip),
+            "{pod_ip} not in {}",
+            self.subnet
+        );
+        assert_ne!(pod_ip, self.subnet.network(), "network address handed out");
+        assert_ne!(
+            pod_ip,
+            self.subnet.broadcast(),
+            "broadcast address handed out"
+        );
+        assert_eq!(ips[0]["gateway"], GATEWAY, "{res}");
+        assert_eq!(ips[0]["interface"], 1, "{res}");
+        let routes = res["routes"].as_array().expect("routes");
+        assert!(
+            routes
+                .iter()
+                .any(|r| r["dst"] == "0.0.0.0/0" && r["gw"] == GATEWAY),
+            "default route via {GATEWAY} in result: {res}"
+        );
+
+        // The pod side.
+        let link: Value =
+            serde_json::from_str(&ip(&["-n", &pod.ns, "-j", "addr", "show", "dev", "eth0"]))
+                .unwrap();
+        assert_eq!(
+            link[0]["address"].as_str().map(str::to_lowercase),
+            ifs[1]["mac"].as_str().map(str::to_lowercase),
+            "eth0 mac as reported: {link}"
+        );
+        assert!(
+            link[0]["flags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "UP"),
+            "pod eth0 is up: {link}"
+        );
+        let inet: Vec<String> = link[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["family"] == "inet")
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+            .collect();
+        assert_eq!(inet, vec![format!("{pod_ip}/32")], "pod eth0 addresses");
+        // Routes are compared on their meaning (dst, gateway, dev, scope), not on
+        // text, so that e.g. "proto static" does not matter.
+        let routes = routes_json(&pod.ns);
+        assert!(
+            routes
+                .iter()
+                .any(|r| r["dst"] == "default" && r["gateway"] == GATEWAY && r["dev"] == "eth0"),
+            "pod default route via {GATEWAY} dev eth0: {routes:?}"
+        );
+        assert!(
+            routes.iter().any(|r| r["dst"] == GATEWAY
+                && r["dev"] == "eth0"
+                && r["scope"] == "link"
+                && r.get("gateway").is_none()),
+            "pod route {GATEWAY} dev eth0 scope link: {routes:?}"
+        );
+        let neigh = ip(&["-n", &pod.ns, "neigh", "show", GATEWAY, "dev", "eth0"]);
+        assert!(
+            neigh.contains(&format!("lladdr {HOST_MAC}")) && neigh.contains("PERMANENT"),
+            "permanent neighbour {GATEWAY} -> {HOST_MAC} in pod: {neigh}"
+        );
+
+        // The node side.
+        let hl: Value =
+            serde_json::from_str(&ip(&["-n", &self.node, "-j", "link", "show", "dev", &hv]))
+                .unwrap();
+        assert_eq!(hl[0]["address"], HOST_MAC, "host veth mac: {hl}");
+        assert!(
+            hl[0]["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+            "host veth is up: {hl}"
+        );
+        let to_pod: Vec<Value> = routes_json(&self.node)
+            .into_iter()
+            .filter(|r| r["dst"] == pod_ip.to_string().as_str())
+            .collect();
+        assert!(
+            to_pod.len() == 1
+                && to_pod[0]["dev"] == hv.as_str()
+                && to_pod[0]["scope"] == "link"
+                && to_pod[0].get("gateway").is_none(),
+            "node route {pod_ip} dev {hv} scope link: {to_pod:?}"
+        );
+        assert_eq!(
+            self.node_sysctl(&format!("net/ipv4/conf/{hv}/proxy_arp")),
+            "1"
+        );
+        assert_eq!(self.node_sysctl("net/ipv4/ip_forward"), "1");
+        pod_ip
+    }
+
+    fn node_sysctl(&self, key: &str) -> String {
+        run_ok(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.node,
+                "cat",
+                &format!("/proc/sys/{key}"),
+            ],
+        )
+        .trim()
+        .to_string()
+    }
+
+    fn pool_dir(&self) -> PathBuf {
+        self.dir
+            .join("store")
+            .join(self.subnet.to_string().replace('/', "-"))
+    }
+
+    /// IP-named allocation records in the pool directory.
+    fn records(&self) -> Vec<String> {
+        list_dir(&self.pool_dir())
+            .into_iter()
+            .filter(|n| is_ipv4_name(n))
+            .collect()
+    }
+
+    fn keys(&self) -> Vec<String> {
+        list_dir(&self.pool_dir().join("keys"))
+    }
+
+    /// Names of rcni* links in the node.
+    fn host_veths(&self) -> Vec<String> {
+        ip(&["-n", &self.node, "-o", "link", "show"])
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap().to_string())
+            .filter(|n| n.starts_with("rcni"))
+            .collect()
+    }
+
+    fn nat(&self) -> String {
+        run_ok(
+            "ip",
+            &["netns", "exec", &self.node, "iptables-save", "-t", "nat"],
+        )
+    }
+
+    /// Asserts the per-pool NAT chain: POSTROUTING -s subnet jumps to RCNI-<16 hex>,
+    /// which RETURNs for the cluster CIDR before MASQUERADE; all rules tagged.
+    fn assert_nat_rules(&self) {
+        let nat = self.nat();
+        let jump = nat
+            .lines()
+            .find(|l| {
+                l.starts_with("-A POSTROUTING")
+                    && l.contains(&format!("-s {}", self.subnet))
+                    && l.contains("-j RCNI-")
+            })
+            .unwrap_or_else(|| panic!("no POSTROUTING jump for {}:\n{nat}", self.subnet));
+        let chain = jump
+            .rsplit("-j ")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        let hex = chain.strip_prefix("RCNI-").unwrap();
+        assert!(
+            hex.len() == 16 && hex.chars().all(|c| c.is_ascii_hexdigit()),
+            "chain name RCNI-<16 hex>: {chain}"
+        );
+        let rules: Vec<&str> = nat
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {chain} ")))
+            .collect();
+        let ret = rules
+            .iter()
+            .position(|l| l.contains(&format!("-d {CLUSTER_CIDR}")) && l.contains("-j RETURN"));
+        let masq = rules.iter().position(|l| l.contains("-j MASQUERADE"));
+        assert!(
+            matches!((ret, masq), (Some(r), Some(m)) if r < m),
+            "{chain}: RETURN for {CLUSTER_CIDR} before MASQUERADE:\n{nat}"
+        );
+        for l in nat
+            .lines()
+            .filter(|l| l.starts_with("-A") && l.contains("RCNI-"))
+        {
+            assert!(
+                l.contains("routed-cni"),
+                "rule without routed-cni comment: {l}"
+            );
+        }
+    }
+
+    /// Asserts that nothing of the plugin is left in the node or the store.
+    fn assert_clean(&self, pod_ips: &[Ipv4Addr]) {
+        assert_eq!(self.host_veths(), Vec::<String>::new(), "rcni veths left");
+        let routes = ip(&["-n", &self.node, "route", "show"]);
+        for p in pod_ips {
+            assert!(
+                !routes.lines().any(|l| l.starts_with(&format!("{p} "))),
+                "route to {p} left:\n{routes}"
+            );
+        }
+        assert_eq!(self.records(), Vec::<String>::new(), "allocations left");
+        assert_eq!(self.keys(), Vec::<String>::new(), "keys left");
+        let nat = self.nat();
+        assert!(
+            !nat.contains("routed-cni") && !nat.contains("RCNI"),
+            "NAT rules left:\n{nat}"
+        );
+    }
+
+    fn ping(&self, from: &str, to: &str) -> bool {
+        run(
+            "ip",
+            &[
+                "netns", "exec", from, "ping", "-c", "1", "-w", "3", "-q", to,
+            ],
+        )
+        .status
+        .success()
+    }
+
+    fn assert_ping(&self, from: &Pod, to: &str) {
+        assert!(self.ping(&from.ns, to), "ping {} -> {to} failed", from.ns);
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            if let Ok(log) = fs::read_to_string(self.dir.join("cni.log")) {
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("--- {} cni.log (last lines):", self.prefix);
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = run("ip", &["netns", "del", ns]);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The main routing table of a namespace, as `ip -j route` objects.
+fn routes_json(ns: &str) -> Vec<Value> {
+    let out = ip(&["-n", ns, "-j", "route", "show"]);
+    match serde_json::from_str(&out) {
+        Ok(Value::Array(v)) => v,
+        _ => panic!("ip -j route in {ns}: {out}"),
+    }
+}
+
+fn list_dir(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = match fs::read_dir(p) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("read {}: {e}", p.display()),
+    };
+    v.sort();
+    v
+}
+
+/// A TCP server in `server_ns` on `server_ip` accepts one connection from a client
+/// in `client_ns`, and answers with a greeting. Returns the peer address the server saw.
+fn tcp_source_seen(server_ns: &str, server_ip: Ipv4Addr, client_ns: &str) -> Ipv4Addr {
+    let (tx, rx) = mpsc::channel();
+    let sns = server_ns.to_string();
+    let server = thread::spawn(move || -> Result<SocketAddr, String> {
+        enter_netns(&sns);
+        let l = TcpListener::bind((server_ip, 0)).map_err(|e| format!("bind: {e}"))?;
+        tx.send(l.local_addr().unwrap().port()).unwrap();
+        l.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match l.accept() {
+                Ok((mut s, peer)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.write_all(b"hello from server\n")
+                        .map_err(|e| format!("write: {e}"))?;
+                    return Ok(peer);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => return Err(format!("accept: {e}")),
+            }
+        }
+    });
+    let Ok(port) = rx.recv_timeout(Duration::from_secs(10)) else {
+        panic!("server did not start: {:?}", server.join());
+    };
+    let cns = client_ns.to_string();
+    let client = thread::spawn(move || -> Result<String, String> {
+        enter_netns(&cns);
+        let addr = SocketAddr::from((server_ip, port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got)
+            .map_err(|e| format!("read: {e}"))?;
+        Ok(got)
+    });
+    let got = client.join().expect("client thread");
+    let peer = server.join().expect("server thread");
+    let got = got.unwrap_or_else(|e| panic!("client {client_ns} -> {server_ip}: {e}"));
+    assert_eq!(got, "hello from server\n");
+    match peer.unwrap_or_else(|e| panic!("server in {server_ns}: {e}")) {
+        SocketAddr::V4(a) => *a.ip(),
+        other => panic!("unexpected peer {other}"),
+    }
+}
+
+// -------------------------------------------------------------------- tests
+
+#[test]
+fn two_pods_reach_each_other_node_and_outside() {
+    require_root!();
+    let mut w = World::new("a", "10.244.1.0/24");
+    let p1 = w.pod("p1");
+    let p2 = w.pod("p2");
+    let ip1 = w.add_ok(&p1);
+    let ip2 = w.add_ok(&p2);
+    assert_ne!(ip1, ip2);
+    let mut veths = w.host_veths();
+    veths.sort();
+    let mut want = vec![
+        host_veth(&p1.container_id, "eth0"),
+        host_veth(&p2.container_id, "eth0"),
+    ];
+    want.sort();
+    assert_eq!(veths, want);
+    assert_eq!(w.records().len(), 2, "two allocation records");
+    assert_eq!(w.keys().len(), 2, "two key index files");
+    w.assert_nat_rules();
+
+    w.assert_ping(&p1, &ip2.to_string());
+    w.assert_ping(&p2, &ip1.to_string());
+    w.assert_ping(&p1, NODE_IP);
+    w.assert_ping(&p1, OUTSIDE_IP);
+    w.assert_ping(&p2, OUTSIDE_IP);
+
+    // Leaving the cluster: masqueraded to the node's uplink address.
+    let seen = tcp_source_seen(&w.outside, OUTSIDE_IP.parse().unwrap(), &p1.ns);
+    assert_eq!(
+        seen,
+        NODE_IP.parse::<Ipv4Addr>().unwrap(),
+        "outside sees the node"
+    );
+    // Pod to pod: inside nonMasqueradeCIDRs, the source address is kept.
+    let seen = tcp_source_seen(&p2.ns, ip2, &p1.ns);
+    assert_eq!(seen, ip1, "pod2 sees pod1's own address");
+
+    w.del_ok(&p1);
+    // Pool still in use by pod2: its NAT rules stay; pod1's state is gone.
+    w.assert_nat_rules();
+    assert_eq!(w.host_veths(), vec![host_veth(&p2.container_id, "eth0")]);
+    assert_eq!(w.records(), vec![ip2.to_string()]);
+    w.del_ok(&p2);
+    w.assert_clean(&[ip1, ip2]);
+
+    // DEL is idempotent.
+    w.del_ok(&p1);
+    w.del_ok(&p2);
+    w.assert_clean(&[ip1, ip2]);
+}
+
+#[test]
+fn thirty_parallel_adds_get_distinct_addresses() {
+    require_root!();
+    const N: usize = 30;
+    let mut w = World::new("b", "10.244.2.0/24");
+    let pods: Vec<Pod> = (0..N).map(|i| w.pod(&format!("p{i}"))).collect();
+    let w = &w;
+
+    // All ADDs start at the same moment to contend for the pool lock.
+    let start = Barrier::new(N);
+    let runs: Vec<CniRun> = thread::scope(|s| {
+        let hs: Vec<_> = pods
+            .iter()
+            .map(|p| {
+                let start = &start;
+                s.spawn(move || {
+                    start.wait();
+                    w.add(p)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ips: Vec<Ipv4Addr> = runs
+        .iter()
+        .zip(&pods)
+        .map(|(r, p)| w.check_add_result(&r.result(), p, "1.0.0"))
+        .collect();
+    let distinct: HashSet<_> = ips.iter().collect();
+    assert_eq!(distinct.len(), N, "distinct addresses: {ips:?}");
+    assert_eq!(w.host_veths().len(), N);
+    assert_eq!(w.records().len(), N);
+    assert_eq!(w.keys().len(), N);
+
+    let failed: Vec<&str> = thread::scope(|s| {
+        let hs: Vec<_> = pods
+            .iter()
+            .map(|p| s.spawn(move || (!w.ping(&p.ns, NODE_IP)).then_some(p.ns.as_str())))
+            .collect();
+        hs.into_iter().filter_map(|h| h.join().unwrap()).collect()
+    });
+    assert!(failed.is_empty(), "cannot ping the node from {failed:?}");
+
+    let runs: Vec<CniRun> = thread::scope(|s| {
+        let hs: Vec<_> = pods.iter().map(|p| s.spawn(move || w.del(p))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &runs {
+        assert!(r.ok() && r.stdout.trim().is_empty(), "DEL failed: {r:?}");
+    }
+    w.assert_clean(&ips);
+}
+
+#[test]
+fn failed_add_leaves_nothing() {
+    require_root!();
+    let subnet = "10.244.3.0/30"; // two usable addresses: .1 and .2
+    let mut w = World::new("c", subnet);
+    let p1 = w.pod("p1");
+    let p2 = w.pod("p2");
+    let p3 = w.pod("p3");
+    let ip1 = w.add_ok(&p1);
+
+    // A sandbox that does not exist: rejected, nothing allocated or created.
+    let missing = format!("/run/netns/{}-nosuchpod", w.prefix);
+    let ghost = Pod {
+        ns: format!("{}-ghost", w.prefix),
+        container_id: format!("ctr-{}-ghost", w.prefix),
+    };
+    let r = w.cni_with("ADD", &ghost, &missing, &w.config_str());
+    let (code, msg) = r.error();
+    assert_eq!(code, 4, "missing netns is an environment error: {r:?}");
+    assert!(msg.contains("CNI_NETNS"), "message names CNI_NETNS: {msg}");
+    assert_eq!(w.host_veths(), vec![host_veth(&p1.container_id, "eth0")]);
+    assert_eq!(w.records(), vec![ip1.to_string()]);
+    assert_eq!(w.keys().len(), 1);
+
+    let ip2 = w.add_ok(&p2);
+    let r = w.add(&p3);
+    let (code, msg) = r.error();
+    assert!(code >= 100, "pool exhaustion uses a plugin code: {r:?}");
+    assert!(
+        msg.contains(subnet) || msg.contains(&subnet.replace('/', "-")),
+        "message names the pool {subnet}: {msg}"
+    );
+    let links = ip(&["-n", &p3.ns, "-o", "link", "show"]);
+    assert!(!links.contains("eth0"), "pod3 has no eth0:\n{links}");
+    let mut veths = w.host_veths();
+    veths.sort();
+    let mut want = vec![
+        host_veth(&p1.container_id, "eth0"),
+        host_veth(&p2.container_id, "eth0"),
+    ];
+    want.sort();
+    assert_eq!(veths, want, "exactly the two working pods' veths");
+    let mut want_records = vec![ip1.to_string(), ip2.to_string()];
+    want_records.sort();
+    assert_eq!(w.records(), want_records);
+    assert_eq!(w.keys().len(), 2);
+
+    // The runtime calls DEL after a failed ADD: fine, and the others keep working.
+    w.del_ok(&p3);
+    w.assert_ping(&p1, &ip2.to_string());
+    w.assert_nat_rules();
+    assert_eq!(w.records().len(), 2);
+
+    w.del_ok(&p1);
+    w.del_ok(&p2);
+    w.assert_clean(&[ip1, ip2]);
+    // The freed addresses can be handed out again.
+    let ip3 = w.add_ok(&p3);
+    w.del_ok(&p3);
+    w.assert_clean(&[ip3]);
+}
+
+#[test]
+fn del_without_netns_and_version() {
+    require_root!();
+    let mut w = World::new("d", "10.244.4.0/24");
+    let p1 = w.pod("p1");
+
+    // DEL without a sandbox (it may already be gone) still releases everything.
+    let ip1 = w.add_ok(&p1);
+    assert_eq!(w.records(), vec![ip1.to_string()]);
+    let r = w.cni_with("DEL", &p1, "", &w.config_str());
+    assert!(
+        r.ok() && r.stdout.trim().is_empty(),
+        "DEL without netns: {r:?}"
+    );
+    w.assert_clean(&[ip1]);
+
+    // VERSION
+    let r = w.exec(&[("CNI_COMMAND", "VERSION")], r#"{"cniVersion":"1.0.0"}"#);
+    let v = r.result();
+    let supported: Vec<&str> = v["supportedVersions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("supportedVersions: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    for want in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        assert!(supported.contains(&want), "{want} in {supported:?}");
+    }
+    assert!(v["cniVersion"].is_string(), "{v}");
+
+    // An old cniVersion gets the old result format.
+    let mut old = w.config.clone();
+    old["cniVersion"] = json!("0.3.1");
+    let r = w.cni_with("ADD", &p1, &p1.netns(), &old.to_string());
+    let res = r.result();
+    let ip_old = w.check_add_result(&res, &p1, "0.3.1");
+    assert_eq!(
+        res["ips"][0]["version"], "4",
+        "0.3.x result has ips[].version: {res}"
+    );
+    w.assert_ping(&p1, NODE_IP);
+    let r = w.cni_with("DEL", &p1, &p1.netns(), &old.to_string());
+    assert!(r.ok(), "DEL 0.3.1: {r:?}");
+    w.assert_clean(&[ip_old]);
+
+    // Garbage on stdin: decode error, nothing created.
+    let r = w.cni_with("ADD", &p1, &p1.netns(), "this is { not json");
+    let (code, _) = r.error();
+    assert_eq!(code, 6, "{r:?}");
+    w.assert_clean(&[]);
+
+    // No CNI_CONTAINERID: environment error naming the variable.
+    let conf = w.config_str();
+    let netns = p1.netns();
+    let r = w.exec(
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_NETNS", &netns),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ],
+        &conf,
+    );
+    let (code, msg) = r.error();
+    assert_eq!(code, 4, "{r:?}");
+    assert!(
+        msg.contains("CNI_CONTAINERID"),
+        "message names CNI_CONTAINERID: {msg}"
+    );
+    w.assert_clean(&[]);
+    let links = ip(&["-n", &p1.ns, "-o", "link", "show"]);
+    assert!(!links.contains("eth0"), "no eth0 left in the pod:\n{links}");
+}
