@@ -99,6 +99,8 @@ ip netns exec "$NODE" env CNI_COMMAND=GC CNI_PATH=/usr/lib/cni "$BIN" <"$WORK/gc
 expect_eq "GC left the valid pod's eth0" "$(ip -n rcn-gc1-$RUN_ID -o link show eth0 | wc -l)" "1"
 expect_eq "GC removed the stale pod's eth0" "$(ip -n rcn-gc2-$RUN_ID -o link show eth0 2>/dev/null | wc -l)" "0"
 ip netns exec "$NODE" env CNI_COMMAND=STATUS CNI_PATH=/usr/lib/cni "$BIN" <"$conf" && ok "STATUS with room" || fail "STATUS with room"
+out=$(jq '.cniVersion="0.3.1" | .prevResult={}' "$conf" | cni CHECK keep rcn-gc1-$RUN_ID /dev/stdin) || true
+expect_eq "CHECK on cniVersion 0.3.1 answers code" "$(jq -r .code <<<"$out")" "1"
 for verb in GC STATUS; do
     out=$(jq '.cniVersion="1.0.0"' "$conf" | ip netns exec "$NODE" env CNI_COMMAND=$verb "$BIN") || true
     expect_eq "$verb on cniVersion 1.0.0 answers code" "$(jq -r .code <<<"$out")" "1"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Delegated IPAM: `ipam.type: host-local` runs Debian's host-local from CNI_PATH for ADD, CHECK
+# and DEL. Its address lands on eth0 as a /32 behind the same routed data path, and an ADD that
+# fails after host-local allocated calls host-local's DEL, so no address leaks.
+set -euo pipefail
+. "$(dirname "$0")/lib/world.sh"
+
+HL=$WORK/host-local
+CONF=$WORK/delegated.json
+cat >"$CONF" <<JSON
+{"cniVersion":"1.0.0","name":"e2e-deleg-$RUN_ID","type":"routed-cni",
+ "ipam":{"type":"host-local","ranges":[[{"subnet":"10.203.0.0/24"}]],"dataDir":"$HL"}}
+JSON
+allocated() { find "$HL" -regextype posix-extended -regex '.*/[0-9]+(\.[0-9]+){3}$' 2>/dev/null | wc -l; }
+
+make_node
+serve_peer_addr "$OUTSIDE" 8080
+make_pod rcn-dg1-$RUN_ID
+result=$(cni ADD dg1 rcn-dg1-$RUN_ID "$CONF") || die "ADD with host-local failed: $result"
+addr=$(jq -r '.ips[0].address' <<<"$result")
+expect_eq "host-local's address is a /32 in the result" "${addr#*/}" "32"
+expect_eq "eth0 holds it as a /32" "$(ip -n rcn-dg1-$RUN_ID -4 -o addr show eth0 | awk '{print $4}')" "$addr"
+expect_eq "host-local recorded one allocation" "$(allocated)" "1"
+expect_eq "outside sees the node (masquerade)" "$(seen_by rcn-dg1-$RUN_ID $OUTSIDE_ADDR 8080)" "$NODE_UPLINK"
+jq --argjson prev "$result" '. + {prevResult: $prev}' "$CONF" >"$WORK/check.json"
+cni CHECK dg1 rcn-dg1-$RUN_ID "$WORK/check.json" && ok "CHECK (forwarded to host-local)" || fail "CHECK"
+
+# A pod that already has a foreign eth0: ADD must fail after host-local allocated, and give the
+# address back.
+make_pod rcn-dg2-$RUN_ID
+ip -n rcn-dg2-$RUN_ID link add eth0 type veth peer name other0
+if out=$(cni ADD dg2 rcn-dg2-$RUN_ID "$CONF"); then
+    fail "ADD into a pod with a foreign eth0 succeeded"
+else
+    expect_eq "failed ADD error code" "$(jq -r .code <<<"$out")" "101"
+fi
+expect_eq "host-local allocations after the failed ADD" "$(allocated)" "1"
+
+cni DEL dg1 rcn-dg1-$RUN_ID "$CONF" >/dev/null && ok "DEL" || fail "DEL"
+cni DEL dg1 rcn-dg1-$RUN_ID "$CONF" >/dev/null && ok "second DEL" || fail "second DEL"
+expect_eq "host-local allocations after DEL" "$(allocated)" "0"
+left=$(ip -n "$NODE" -o link show | grep -o 'rcni[0-9a-f]*' || true)
+[ -z "$left" ] && ok "no host veth left" || fail "host veths left: $left"
+finish
