@@ -11,6 +11,7 @@ pub mod cni {
 }
 pub mod commands;
 pub mod config;
+pub mod crashpoint;
 pub mod dataplane;
 pub mod ipam;
 pub mod nat;

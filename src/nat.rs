@@ -135,6 +135,7 @@ impl PoolNat {
             ipt.append(TABLE, &chain, &rule)
                 .map_err(|e| ipt_err(format_args!("append to {chain}"), e))?;
         }
+        crate::crashpoint::here("nat:chain-filled");
         ipt.append(TABLE, POSTROUTING, &self.jump_rule())
             .map_err(|e| ipt_err(format_args!("add jump POSTROUTING -> {chain}"), e))?;
         self.remove_jumps(|c| c != chain)

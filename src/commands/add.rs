@@ -87,6 +87,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
             (net.ip(), subnet, Lease::Delegated(plugin.clone()))
         }
     };
+    crate::crashpoint::here("add:allocated");
     let rt = runtime()?;
     let nat = pool_nat(conf, subnet);
     let wired = rt
@@ -162,6 +163,7 @@ async fn wire(
         )));
     }
     host.create_veth(host_veth, &att.ifname, netns, mtu).await?;
+    crate::crashpoint::here("add:veth-created");
 
     // Host end: answer ARP for the gateway at once, and forward the pod's packets.
     // proxy_delay=0: the kernel otherwise delays proxy ARP replies by up to 0.8 s.
@@ -183,6 +185,7 @@ async fn wire(
     pod.add_default_route(GATEWAY, pod_index).await?;
     pod.add_permanent_neighbour(pod_index, GATEWAY, &HOST_MAC)
         .await?;
+    crate::crashpoint::here("add:pod-configured");
 
     let host_link = host.link_by_name(host_veth).await?.ok_or_else(|| {
         CniError::dataplane(format!(
@@ -214,6 +217,7 @@ pub fn pool_nat(conf: &NetConf, subnet: Ipv4Network) -> PoolNat {
 }
 
 fn ensure_nat(conf: &NetConf, nat: &PoolNat, lease: &Lease) -> Result<()> {
+    crate::crashpoint::here("add:before-nat");
     if !conf.masquerade || nat.is_installed()? {
         return Ok(());
     }

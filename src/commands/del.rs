@@ -48,6 +48,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
             }
         }
     }
+    crate::crashpoint::here("del:released");
     let rt = runtime()?;
     match rt.block_on(async { Netlink::connect()?.delete_link(&host_veth).await }) {
         Ok(true) => crate::debug!("deleted host veth {host_veth}"),

@@ -9,9 +9,9 @@ use super::runtime;
 use crate::cni::env::Command;
 use crate::cni::error::{self, CniError, Result};
 use crate::config::{Ipam, NetConf};
-use crate::dataplane::Netlink;
+use crate::dataplane::{self, Netlink};
 use crate::ipam::store::LOCK_TIMEOUT;
-use crate::ipam::{delegate, Store};
+use crate::ipam::{attachment_hash, delegate, Store};
 
 /// The attachments the runtime still uses, or `None` when it did not say (then GC does nothing).
 /// libcni sends the list under both names; the spec text of 1.1.0 used the older one.
@@ -60,6 +60,7 @@ pub fn run(conf: &NetConf) -> Result<()> {
     };
     let mut errors = Vec::new();
     let mut stale_veths = Vec::new();
+    let mut kept_veths = HashSet::new();
     {
         let lock = store.lock(LOCK_TIMEOUT)?;
         for record in lock.records()? {
@@ -67,6 +68,7 @@ pub fn run(conf: &NetConf) -> Result<()> {
             if record.network != conf.name
                 || valid.contains(&(record.container_id.clone(), record.ifname.clone()))
             {
+                kept_veths.insert(record.host_veth.clone());
                 continue;
             }
             match lock.release(&record.container_id, &record.ifname) {
@@ -96,21 +98,42 @@ pub fn run(conf: &NetConf) -> Result<()> {
             Err(e) => errors.push(e),
         }
     }
-    if !stale_veths.is_empty() {
-        let rt = runtime()?;
-        rt.block_on(async {
-            match Netlink::connect() {
-                Ok(host) => {
-                    for veth in &stale_veths {
-                        if let Err(e) = host.delete_link(veth).await {
-                            errors.push(e);
+    // Host veths that route into this pool but belong to no valid attachment: left by a DEL
+    // that was killed after releasing the address and before deleting the link.
+    let mut valid_veths: HashSet<String> = valid
+        .iter()
+        .map(|(c, i)| dataplane::host_veth_name(&conf.host_veth_prefix, &attachment_hash(c, i)))
+        .collect();
+    valid_veths.extend(kept_veths);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let host = match Netlink::connect() {
+            Ok(h) => h,
+            Err(e) => return errors.push(e),
+        };
+        match host.main_routes().await {
+            Ok(routes) => {
+                for r in routes.iter().filter(|r| r.prefix == 32 && pool.subnet.contains(r.dst)) {
+                    let Some(oif) = r.oif else { continue };
+                    if let Ok(Some(link)) = host.link_by_index(oif).await {
+                        match dataplane::link_name(&link) {
+                            Some(n) if n.starts_with(&conf.host_veth_prefix) && !valid_veths.contains(&n) && !stale_veths.contains(&n) => {
+                                crate::info!("GC: host veth {n} routes {} but belongs to no valid attachment", r.dst);
+                                stale_veths.push(n);
+                            }
+                            _ => {}
                         }
                     }
                 }
-                Err(e) => errors.push(e),
             }
-        });
-    }
+            Err(e) => errors.push(e),
+        }
+        for veth in &stale_veths {
+            if let Err(e) = host.delete_link(veth).await {
+                errors.push(e);
+            }
+        }
+    });
     error::join(errors)
 }
 

@@ -92,7 +92,8 @@ fn mkdir_private(path: &Path) -> Result<()> {
 }
 
 /// Writes `data` to `path` atomically: temp file in the same directory, fsync, rename.
-fn write_atomic(path: &Path, data: &[u8], sync: bool) -> Result<()> {
+/// `what` names the file for crash tests: `store:<what>-before-rename`.
+fn write_atomic(path: &Path, data: &[u8], sync: bool, what: &str) -> Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!("{TMP_PREFIX}{name}.{}", std::process::id()));
     let write = || -> std::io::Result<()> {
@@ -106,6 +107,7 @@ fn write_atomic(path: &Path, data: &[u8], sync: bool) -> Result<()> {
         if sync {
             f.sync_all()?;
         }
+        crate::crashpoint::here(&format!("store:{what}-before-rename"));
         fs::rename(&tmp, path)
     };
     write().map_err(|e| {
@@ -202,6 +204,7 @@ impl Store {
                 }
             }
         }
+        crate::crashpoint::here("store:locked");
         Ok(PoolLock {
             store: self,
             _file: file,
@@ -285,14 +288,15 @@ impl PoolLock<'_> {
                 ..template.clone()
             };
             let key = self.key_path(&record.container_id, &record.ifname);
-            write_atomic(&key, candidate.to_string().as_bytes(), true)?;
+            write_atomic(&key, candidate.to_string().as_bytes(), true, "key")?;
+            crate::crashpoint::here("store:key-written");
             let body = serde_json::to_vec_pretty(&record).expect("records serialize");
-            if let Err(e) = write_atomic(&self.record_path(candidate), &body, true) {
+            if let Err(e) = write_atomic(&self.record_path(candidate), &body, true, "record") {
                 let _ = remove_if_present(&key);
                 return Err(e);
             }
             // Only a hint for the next search: no fsync needed.
-            let _ = write_atomic(&last_path, candidate.to_string().as_bytes(), false);
+            let _ = write_atomic(&last_path, candidate.to_string().as_bytes(), false, "last");
             return Ok((record, false));
         }
         Err(CniError::new(
@@ -322,6 +326,7 @@ impl PoolLock<'_> {
             .filter(|r| r.is_for(container_id, ifname));
         if record.is_some() {
             remove_if_present(&self.record_path(ip))?;
+            crate::crashpoint::here("store:record-removed");
         }
         remove_if_present(&key)?;
         Ok(record)
