@@ -622,4 +622,65 @@ mod tests {
         drop(lock);
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+            /// Any byte string in a record file is an error or a record, never a panic.
+            #[test]
+            fn record_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                let _ = serde_json::from_slice::<Record>(&bytes);
+            }
+
+            /// Random allocate/release sequences against a model: never two attachments on one
+            /// address, a retried ADD keeps its address, exhaustion only when the pool is full.
+            #[test]
+            fn store_matches_model(ops in prop::collection::vec((any::<bool>(), 0u8..12), 1..80)) {
+                let dir = tempdir(&format!("model-{}", rand_tag(&ops)));
+                let store = Store::open(&pool(&dir, "10.9.0.0/29", "10.9.0.1", "10.9.0.6")).unwrap();
+                let lock = store.lock(LOCK_TIMEOUT).unwrap();
+                let mut model: HashMap<String, Ipv4Addr> = HashMap::new();
+                for (add, who) in ops {
+                    let cid = format!("c{who}");
+                    if add {
+                        match lock.allocate(&rec(&cid)) {
+                            Ok((r, reused)) => {
+                                prop_assert_eq!(reused, model.contains_key(&cid));
+                                if let Some(ip) = model.get(&cid) {
+                                    prop_assert_eq!(*ip, r.ip);
+                                }
+                                prop_assert!(!model.iter().any(|(c, ip)| *ip == r.ip && *c != cid), "address {} given twice", r.ip);
+                                model.insert(cid, r.ip);
+                            }
+                            Err(e) => {
+                                prop_assert_eq!(e.code, Code::PoolExhausted);
+                                prop_assert_eq!(model.len(), 6);
+                            }
+                        }
+                    } else {
+                        let released = lock.release(&cid, "eth0").unwrap().map(|r| r.ip);
+                        prop_assert_eq!(released, model.remove(&cid));
+                    }
+                }
+                let mut stored: Vec<_> = lock.records().unwrap().into_iter().map(|r| (r.container_id, r.ip)).collect();
+                let mut want: Vec<_> = model.into_iter().collect();
+                stored.sort();
+                want.sort();
+                prop_assert_eq!(stored, want);
+                drop(lock);
+                fs::remove_dir_all(&dir).unwrap();
+            }
+        }
+
+        fn rand_tag(ops: &[(bool, u8)]) -> u64 {
+            ops.iter().fold(1469598103934665603u64, |h, (a, w)| {
+                (h ^ (*a as u64 * 256 + *w as u64)).wrapping_mul(1099511628211)
+            })
+        }
+    }
 }
