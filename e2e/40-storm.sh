@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Concurrency storm: 100 pods ADDed and DELed in parallel into a /24; 100 pods into a pool of
 # exactly 100 addresses (all succeed, the 101st fails with code 100 and leaves nothing); then
-# 3 rounds of ADDs and DELs interleaved while another iptables writer (like kube-proxy) churns
-# the node's nat table. After every round, what an operator would check: no address on two
-# pods, the store's records are exactly the live pods, no orphan host veth or /32 route, every
-# pod reaches the node. At the end the node is clean.
+# 3 rounds of ADDs and DELs interleaved (and a small pool emptied and refilled each round) while
+# another iptables writer (like kube-proxy) churns the node's nat table. After every round, what
+# an operator would check: no address on two pods, the store's records (and keys) are exactly the
+# live pods, no orphan host veth or /32 route, one masquerade jump per pool with pods and none
+# for an empty one, every pod reaches the node, a sample pod per pool reaches the outside as the
+# node. At the end the node is clean and the plugin logged no unexpected error.
 set -euo pipefail
 . "$(dirname "$0")/lib/world.sh"
 
@@ -13,6 +15,7 @@ RES=$WORK/res
 mkdir -p "$RES"
 START=$SECONDS
 make_node
+serve_peer_addr "$OUTSIDE" 8080 # answers with the source address it sees
 
 conf() { # conf FILE SUBNET [RANGE_START RANGE_END]
     local file=$1 subnet=$2 range=""
@@ -31,6 +34,9 @@ POOL_B=$STORE/${SUBNET_B/\//-}
 
 declare -A LIVE=()   # container ID -> pod netns, for every pod whose ADD succeeded and not DELed
 declare -A ADDR=()   # container ID -> the address ADD reported
+declare -A CONF_OF=() # container ID -> the config it was ADDed with
+declare -A SUBNET_OF=(["$WORK/a.json"]=$SUBNET_A ["$WORK/b.json"]=$SUBNET_B)
+declare -A POOLDIR_OF=(["$WORK/a.json"]=$POOL_A ["$WORK/b.json"]=$POOL_B)
 SEQ=0
 
 host_veth() { printf 'rcni%s' "$(printf '%s/eth0' "$1" | sha256sum | cut -c1-11)"; }
@@ -80,6 +86,7 @@ collect() {
             ADD)
                 adds=$((adds + 1))
                 LIVE[$cid]=$ns
+                CONF_OF[$cid]=$conf
                 ADDR[$cid]=$(jq -r '.ips[0].address' "$RES/$verb-$cid.out" | cut -d/ -f1)
                 ;;
             DEL)
@@ -88,7 +95,7 @@ collect() {
                     bad=$((bad + 1))
                     fail "$2: DEL $cid left eth0 in $ns"
                 fi
-                unset "LIVE[$cid]" "ADDR[$cid]"
+                unset "LIVE[$cid]" "ADDR[$cid]" "CONF_OF[$cid]"
                 ip netns del "$ns"
                 ;;
         esac
@@ -96,11 +103,10 @@ collect() {
     [ $bad -eq 0 ] && ok "$2: all $adds ADDs and $dels DELs succeeded"
 }
 
-# check_invariants LABEL POOLDIR SUBNET
+# check_invariants LABEL: the whole node against the pods the script believes live.
 check_invariants() {
-    local label=$1 pooldir=$2 subnet=$3 cid ns ip want got pids=() p unreachable=0
+    local label=$1 cid ns ip want got pids=() p c n addrs_ok=1 subnet chain
     local -A owner=()
-    local addrs_ok=1
     # 1. Each live pod has one address, the one ADD reported, and no other pod has it.
     for cid in "${!LIVE[@]}"; do
         ip=$(pod_ip "${LIVE[$cid]}")
@@ -116,37 +122,55 @@ check_invariants() {
     done
     [ $addrs_ok -eq 1 ] && ok "$label: ${#LIVE[@]} live pods, every address distinct and as reported"
 
-    # 2. The store's records are exactly the live pods (file name = ip = pod address, owner).
-    want=$(for cid in "${!LIVE[@]}"; do echo "${ADDR[$cid]} ${ADDR[$cid]} $cid"; done | sort)
-    got=$(find "$pooldir" -maxdepth 1 -regextype posix-extended -regex '.*/[0-9]+(\.[0-9]+){3}$' -print0 2>/dev/null |
-        xargs -0 -r jq -r '"\(input_filename | split("/") | last) \(.ip) \(.containerId)"' | sort)
-    if [ "$want" == "$got" ]; then
-        ok "$label: store records = live pods ($(grep -c . <<<"$got" || true))"
-    else
-        fail "$label: store records differ from live pods (< want, > store):"
-        diff <(echo "$want") <(echo "$got") | grep '^[<>]' | head -20
-    fi
-    want=$(for cid in "${!LIVE[@]}"; do key_name "$cid"; echo; done | grep . | sort || true)
-    got=$(ls "$pooldir/keys" 2>/dev/null | sort || true)
-    [ "$want" == "$got" ] && ok "$label: store keys = live pods" ||
-        fail "$label: store keys differ from live pods: $(diff <(echo "$want") <(echo "$got") | grep '^[<>]' | head -5 | tr '\n' ' ')"
+    for c in "$WORK/a.json" "$WORK/b.json"; do
+        subnet=${SUBNET_OF[$c]}
+        # 2. The pool's records are exactly its live pods (file name = ip = pod address, owner),
+        #    and so are its keys.
+        want=$(for cid in "${!LIVE[@]}"; do [ "${CONF_OF[$cid]}" == "$c" ] && echo "${ADDR[$cid]} ${ADDR[$cid]} $cid"; done | sort || true)
+        got=$(find "${POOLDIR_OF[$c]}" -maxdepth 1 -regextype posix-extended -regex '.*/[0-9]+(\.[0-9]+){3}$' -print0 2>/dev/null |
+            xargs -0 -r jq -r '"\(input_filename | split("/") | last) \(.ip) \(.containerId)"' | sort || true)
+        n=$(grep -c . <<<"$want" || true)
+        if [ "$want" == "$got" ]; then
+            ok "$label: $subnet store records = its live pods ($n)"
+        else
+            fail "$label: $subnet store records differ from live pods (< want, > store):"
+            diff <(echo "$want") <(echo "$got") | grep '^[<>]' | head -20 || true
+        fi
+        want=$(for cid in "${!LIVE[@]}"; do [ "${CONF_OF[$cid]}" == "$c" ] && key_name "$cid" && echo; done | grep . | sort || true)
+        got=$(ls "${POOLDIR_OF[$c]}/keys" 2>/dev/null | sort || true)
+        [ "$want" == "$got" ] && ok "$label: $subnet store keys = its live pods" ||
+            fail "$label: $subnet store keys differ from live pods: $(diff <(echo "$want") <(echo "$got") | grep '^[<>]' | head -5 | tr '\n' ' ')"
+        # 3. Masquerade: one jump to one chain (default nonMasqueradeCIDRs: RETURN for the pool,
+        #    MASQUERADE the rest) while the pool has pods; nothing once it has none.
+        got=$(on_node iptables -t nat -S POSTROUTING | grep -c -- "-s $subnet .*-j RCNI-" || true)
+        if [ "$n" -gt 0 ]; then
+            # ... and it works: a pod of the pool reaches the outside as the node.
+            cid=$(for cid in "${!LIVE[@]}"; do [ "${CONF_OF[$cid]}" == "$c" ] && echo "$cid"; done | shuf -n1 || true)
+            got=$(seen_by "${LIVE[$cid]}" $OUTSIDE_ADDR 8080)
+            [ "$got" == "$NODE_UPLINK" ] && ok "$label: $subnet pod $cid reaches the outside as the node" ||
+                fail "$label: the outside saw pod $cid of $subnet as '$got', want $NODE_UPLINK"
+            got=$(on_node iptables -t nat -S POSTROUTING | grep -c -- "-s $subnet .*-j RCNI-" || true)
+            chain=$(on_node iptables -t nat -S POSTROUTING | grep -- "-s $subnet .*-j RCNI-" | head -1 | awk '{print $NF}')
+            if [ "$got" -eq 1 ] && [ "$(on_node iptables -t nat -S "$chain" | grep -c '^-A')" -eq 2 ]; then
+                ok "$label: $subnet has one masquerade jump and chain"
+            else
+                fail "$label: $subnet masquerade rules: $(on_node iptables-save -t nat | grep -- "$subnet\|RCNI" | tr '\n' ' ')"
+            fi
+        else
+            [ "$got" -eq 0 ] && ok "$label: $subnet has no pod and no masquerade jump" ||
+                fail "$label: $subnet has no pod but $got masquerade jumps"
+        fi
+    done
 
-    # 3. Host veths and /32 routes into them: one per live pod, none else.
+    # 4. Host veths and /32 routes into them: one per live pod, none else.
     want=$(for cid in "${!LIVE[@]}"; do host_veth "$cid"; echo; done | grep . | sort || true)
-    got=$(ip -n "$NODE" -o link show | grep -o 'rcni[0-9a-f]*' | sort || true)
+    got=$(ip -n "$NODE" -o link show | awk -F': ' '{sub(/@.*/, "", $2); print $2}' | grep '^rcni' | sort || true)
     [ "$want" == "$got" ] && ok "$label: host veths = live pods" ||
         fail "$label: host veths differ (< want, > node): $(diff <(echo "$want") <(echo "$got") | grep '^[<>]' | head -10 | tr '\n' ' ')"
     want=$(for cid in "${!LIVE[@]}"; do echo "${ADDR[$cid]} $(host_veth "$cid")"; done | sort)
     got=$(ip -n "$NODE" -4 route show | awk '/ dev rcni/ {for (i = 1; i < NF; i++) if ($i == "dev") print $1, $(i + 1)}' | sort)
     [ "$want" == "$got" ] && ok "$label: /32 routes = live pods, each via its own veth" ||
         fail "$label: routes differ (< want, > node): $(diff <(echo "$want") <(echo "$got") | grep '^[<>]' | head -10 | tr '\n' ' ')"
-
-    # 4. Masquerade for the pool is in place while it has pods.
-    if [ ${#LIVE[@]} -gt 0 ]; then
-        on_node iptables -t nat -S POSTROUTING | grep -q -- "-s $subnet .*-j RCNI-" &&
-            ok "$label: pool $subnet jumps to its masquerade chain" ||
-            fail "$label: no POSTROUTING jump for $subnet: $(on_node iptables -t nat -S POSTROUTING | tr '\n' ' ')"
-    fi
 
     # 5. Every live pod reaches the node's uplink address, all at once.
     rm -f "$WORK/unreachable"
@@ -168,7 +192,12 @@ jobs_for() { # jobs_for VERB CONF < "CID NETNS" lines -> job lines
     while read -r cid ns; do echo "$1 $cid $ns $2"; done
 }
 
-all_live() { local cid; for cid in "${!LIVE[@]}"; do echo "$cid ${LIVE[$cid]}"; done; }
+all_live() { # all_live CONF -> "CID NETNS" of the live pods ADDed with CONF
+    local cid
+    for cid in "${!LIVE[@]}"; do
+        if [ "${CONF_OF[$cid]}" == "$1" ]; then echo "$cid ${LIVE[$cid]}"; fi
+    done
+}
 
 # ---------------------------------------------------------------------------------------------
 log "--- (a) 100 parallel ADDs into $SUBNET_A, then 100 parallel DELs"
@@ -177,11 +206,11 @@ new_pods 100 a "$WORK/new"
 jobs_for ADD "$WORK/a.json" <"$WORK/new" >"$WORK/a-add.jobs"
 run_jobs "$WORK/a-add.jobs"
 collect "$WORK/a-add.jobs" "(a) ADD"
-check_invariants "(a) after ADD" "$POOL_A" $SUBNET_A
-all_live | jobs_for DEL "$WORK/a.json" >"$WORK/a-del.jobs"
+check_invariants "(a) after ADD"
+all_live "$WORK/a.json" | jobs_for DEL "$WORK/a.json" >"$WORK/a-del.jobs"
 run_jobs "$WORK/a-del.jobs"
 collect "$WORK/a-del.jobs" "(a) DEL"
-check_invariants "(a) after DEL" "$POOL_A" $SUBNET_A
+check_invariants "(a) after DEL"
 expect_clean_node "$STORE"
 log "(a) took $((SECONDS - t)) s"
 
@@ -199,7 +228,7 @@ if [ "$(for cid in "${!LIVE[@]}"; do echo "${ADDR[$cid]}"; done | sort -u -t. -k
 else
     fail "(b) the pods' addresses are not exactly the range"
 fi
-check_invariants "(b) full pool" "$POOL_B" $SUBNET_B
+check_invariants "(b) full pool"
 
 new_pods 1 b-extra "$WORK/new"
 read -r cid ns <"$WORK/new"
@@ -212,18 +241,18 @@ grep -q "$SUBNET_B" <<<"$(jq -r .msg <<<"$out" 2>/dev/null)" && ok "(b) the erro
 expect_eq "(b) 101st pod has no eth0" "$(ip -n "$ns" -o link show eth0 2>/dev/null | wc -l)" 0
 expect_eq "(b) 101st host veth absent" "$(ip -n "$NODE" -o link show "$(host_veth "$cid")" 2>/dev/null | wc -l)" 0
 if grep -rqs -- "\"$cid\"" "$POOL_B"; then fail "(b) the store mentions $cid"; else ok "(b) the store does not mention $cid"; fi
-check_invariants "(b) after the 101st" "$POOL_B" $SUBNET_B
+check_invariants "(b) after the 101st"
 ip netns del "$ns"
 
-all_live | jobs_for DEL "$WORK/b.json" >"$WORK/b-del.jobs"
+all_live "$WORK/b.json" | jobs_for DEL "$WORK/b.json" >"$WORK/b-del.jobs"
 run_jobs "$WORK/b-del.jobs"
 collect "$WORK/b-del.jobs" "(b) DEL"
-check_invariants "(b) after DEL" "$POOL_B" $SUBNET_B
+check_invariants "(b) after DEL"
 expect_clean_node "$STORE"
 log "(b) took $((SECONDS - t)) s"
 
 # ---------------------------------------------------------------------------------------------
-log "--- (c) 3 rounds of interleaved ADDs and DELs in $SUBNET_A, another iptables writer running"
+log "--- (c) 3 rounds of interleaved ADDs and DELs in $SUBNET_A and $SUBNET_B, another iptables writer running"
 t=$SECONDS
 # Another writer of the node's nat table, the way kube-proxy is one: append and delete rules in
 # POSTROUTING (the chain routed-cni jumps from) and create and delete a chain of its own.
@@ -244,28 +273,41 @@ rm -f "$WORK/noise.stop"
 NOISE=$!
 BACKGROUND_PIDS+=($NOISE)
 
+# Alongside, a small pool ($SUBNET_B) is emptied and refilled in every round, so its masquerade
+# rules are removed and installed again while ADDs race the DELs that empty it.
 new_pods 60 c0 "$WORK/new"
-jobs_for ADD "$WORK/a.json" <"$WORK/new" >"$WORK/c0.jobs"
+new_pods 3 cb0 "$WORK/newb"
+{
+    jobs_for ADD "$WORK/a.json" <"$WORK/new"
+    jobs_for ADD "$WORK/b.json" <"$WORK/newb"
+} >"$WORK/c0.jobs"
 run_jobs "$WORK/c0.jobs"
 collect "$WORK/c0.jobs" "(c) initial ADD"
-check_invariants "(c) initial 60" "$POOL_A" $SUBNET_A
+check_invariants "(c) initial 60+3"
 for round in 1 2 3; do
-    # DEL half of the live pods while 40 new ones are ADDed, all at once, in random order.
+    # DEL half of the live pods while 40 new ones are ADDed, all at once, in random order; in the
+    # small pool, DEL all 3 and ADD 3 new ones.
     new_pods 40 c$round "$WORK/new"
+    new_pods 3 cb$round "$WORK/newb"
+    n=$(all_live "$WORK/a.json" | wc -l)
     {
-        all_live | shuf | head -n $((${#LIVE[@]} / 2)) | jobs_for DEL "$WORK/a.json"
+        all_live "$WORK/a.json" | shuf | head -n $((n / 2)) | jobs_for DEL "$WORK/a.json"
+        all_live "$WORK/b.json" | jobs_for DEL "$WORK/b.json"
         jobs_for ADD "$WORK/a.json" <"$WORK/new"
+        jobs_for ADD "$WORK/b.json" <"$WORK/newb"
     } | shuf >"$WORK/c$round.jobs"
     run_jobs "$WORK/c$round.jobs"
     collect "$WORK/c$round.jobs" "(c) round $round"
-    check_invariants "(c) round $round" "$POOL_A" $SUBNET_A
+    check_invariants "(c) round $round"
 done
-# The last DEL removes the pool's NAT rules, with the other writer still at work (the first ADD
-# of the initial 60 installed them the same way).
-all_live | jobs_for DEL "$WORK/a.json" >"$WORK/c-del.jobs"
+# The last DELs remove the pools' NAT rules, with the other writer still at work.
+{
+    all_live "$WORK/a.json" | jobs_for DEL "$WORK/a.json"
+    all_live "$WORK/b.json" | jobs_for DEL "$WORK/b.json"
+} >"$WORK/c-del.jobs"
 run_jobs "$WORK/c-del.jobs"
 collect "$WORK/c-del.jobs" "(c) final DEL"
-check_invariants "(c) after final DEL" "$POOL_A" $SUBNET_A
+check_invariants "(c) after final DEL"
 touch "$WORK/noise.stop"
 wait $NOISE || true
 read -r noise_n noise_errs <"$WORK/noise.stats"

@@ -248,9 +248,9 @@ impl Netlink {
     }
 
     /// `<ip>/32 dev <host veth> scope link` on the node. A route to the same address through
-    /// another of our veths is a leftover of a pod that is gone (the store never hands out an
-    /// address twice), so it is replaced; one through any other interface is someone else's and
-    /// is reported rather than stolen.
+    /// another of our veths, or through a link that is down, is a leftover of a pod that is gone
+    /// (the store never hands out an address twice), so it is replaced; one through a live
+    /// interface of someone else's is reported rather than stolen.
     pub async fn add_host_route(&self, ip: Ipv4Addr, index: u32, host_prefix: &str) -> Result<()> {
         let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(ip, 32)
@@ -269,18 +269,23 @@ impl Netlink {
             if oif == Some(index) {
                 return Ok(());
             }
-            let name = match oif {
-                Some(i) => self.link_by_index(i).await?.and_then(|l| link_name(&l)),
+            let link = match oif {
+                Some(i) => self.link_by_index(i).await?,
                 None => None,
             };
-            match name {
-                Some(n) if n.starts_with(host_prefix) => {}
-                other => {
-                    return Err(CniError::dataplane(format!(
-                        "the node already routes {ip}/32 via {}; this address belongs to routed-cni's pool, remove that route (`ip route del {ip}/32`) or fix the overlapping configuration",
-                        other.unwrap_or_else(|| "another path".into())
-                    )))
-                }
+            // Ours (a veth of a pod that is gone) or a dead link: safe to take over.
+            let stale = link.as_ref().is_none_or(|l| {
+                !link_is_up(l) || link_name(l).is_some_and(|n| n.starts_with(host_prefix))
+            });
+            if !stale {
+                let name = link
+                    .as_ref()
+                    .and_then(link_name)
+                    .unwrap_or_else(|| "another path".into());
+                return Err(CniError::dataplane(format!(
+                    "the node already routes {ip}/32 via {name}, which is up and not routed-cni's; \
+                     this address belongs to the pool, so remove that route (`ip route del {ip}/32 dev {name}`) or fix the overlapping configuration"
+                )));
             }
         }
         self.handle
@@ -290,20 +295,6 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| nl_err(format_args!("replace host route {ip}/32"), e))
-    }
-
-    /// Deletes the /32 route to `ip` if it goes through `index`.
-    pub async fn delete_host_route(&self, ip: Ipv4Addr, index: u32) -> Result<()> {
-        for r in self.routes_to(ip, 32).await? {
-            if route_oif(&r) == Some(index) {
-                match self.handle.route().del(r).execute().await {
-                    Ok(()) => {}
-                    Err(e) if matches!(errno(&e), Some(ESRCH) | Some(ENOENT)) => {}
-                    Err(e) => return Err(nl_err(format_args!("delete host route {ip}/32"), e)),
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The MTU of the interface that holds the default route, if there is one.
