@@ -27,8 +27,6 @@ pub const DEFAULT_MTU: u32 = 1500;
 
 const ENODEV: i32 = 19;
 const EEXIST: i32 = 17;
-const ENOENT: i32 = 2;
-const ESRCH: i32 = 3;
 
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
