@@ -92,6 +92,10 @@ JSON
 make_pod rcn-gc1-$RUN_ID
 make_pod rcn-gc2-$RUN_ID
 cni ADD keep rcn-gc1-$RUN_ID "$conf" >/dev/null && cni ADD stale rcn-gc2-$RUN_ID "$conf" >/dev/null || fail "ADD for GC"
+listing=$(on_node "$BIN" list --data-dir "$STORE" --json)
+expect_eq "routed-cni list shows both pods alive" \
+    "$(jq -c '[.[] | select(.pool=="10.201.0.0/30") | [.record.containerId, .record.podName, .hostVethPresent]] | sort' <<<"$listing")" \
+    '[["keep","keep",true],["stale","stale",true]]'
 out=$(ip netns exec "$NODE" env CNI_COMMAND=STATUS CNI_PATH=/usr/lib/cni "$BIN" <"$conf") && fail "STATUS on a full pool passed" ||
     expect_eq "STATUS code on a full pool" "$(jq -r .code <<<"$out")" "50"
 jq '. + {"cni.dev/valid-attachments":[{"containerID":"keep","ifname":"eth0"}]}' "$conf" >"$WORK/gc-run.json"

@@ -148,6 +148,27 @@ impl Store {
         })
     }
 
+    /// An existing pool directory found on disk (`routed-cni list`), without its config.
+    pub fn at(dir: PathBuf) -> Store {
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .replacen('-', "/", 1);
+        let subnet = name
+            .parse()
+            .unwrap_or_else(|_| "0.0.0.0/0".parse().expect("valid"));
+        Store {
+            pool: PoolConfig {
+                subnet,
+                range_start: subnet.network(),
+                range_end: subnet.broadcast(),
+                data_dir: dir.parent().map(Path::to_path_buf).unwrap_or_default(),
+            },
+            dir,
+        }
+    }
+
     /// The store of `pool` if it exists: DEL must not create directories.
     pub fn open_existing(pool: &PoolConfig) -> Option<Store> {
         let dir = pool.data_dir.join(Self::dir_name(pool));

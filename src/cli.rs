@@ -1,0 +1,153 @@
+//! Commands for people (no CNI_COMMAND): `version`, `list`.
+
+use serde_json::json;
+use std::path::PathBuf;
+
+use crate::cni::types::SUPPORTED_VERSIONS;
+use crate::config::DEFAULT_DATA_DIR;
+use crate::dataplane::Netlink;
+use crate::ipam::store::{Store, LOCK_TIMEOUT};
+
+pub const USAGE: &str = "routed-cni: a routed (calico-style) Kubernetes CNI plugin
+
+As a CNI plugin it is run by the container runtime with CNI_COMMAND set
+(ADD, DEL, CHECK, GC, STATUS, VERSION) and the network config on stdin.
+
+Commands for people:
+  routed-cni list [--data-dir DIR] [--json]
+                         the allocations of every pool in the store (default
+                         /run/routed-cni), with pod, container, host veth and
+                         whether the host veth exists on this node
+  routed-cni version     the plugin version and the CNI versions it speaks
+  routed-cni --help      this text
+";
+
+/// Runs a CLI command and returns the process exit code.
+pub fn run(args: &[String]) -> i32 {
+    match args.first().map(String::as_str) {
+        Some("version") | Some("--version") => {
+            println!(
+                "routed-cni {} (CNI {})",
+                env!("CARGO_PKG_VERSION"),
+                SUPPORTED_VERSIONS.join(", ")
+            );
+            0
+        }
+        Some("list") => list(&args[1..]),
+        None | Some("--help") | Some("-h") | Some("help") => {
+            print!("{USAGE}");
+            0
+        }
+        Some(other) => {
+            eprintln!("routed-cni: unknown command {other:?}\n\n{USAGE}");
+            2
+        }
+    }
+}
+
+fn list(args: &[String]) -> i32 {
+    let mut data_dir = PathBuf::from(DEFAULT_DATA_DIR);
+    let mut as_json = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--json" => as_json = true,
+            "--data-dir" => match it.next() {
+                Some(d) => data_dir = PathBuf::from(d),
+                None => {
+                    eprintln!("routed-cni list: --data-dir needs a directory");
+                    return 2;
+                }
+            },
+            other => {
+                eprintln!("routed-cni list: unknown argument {other:?}");
+                return 2;
+            }
+        }
+    }
+    let pools = match std::fs::read_dir(&data_dir) {
+        Ok(entries) => {
+            let mut dirs: Vec<_> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("lock").exists())
+                .collect();
+            dirs.sort();
+            dirs
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            eprintln!("routed-cni list: cannot read {}: {e}", data_dir.display());
+            return 1;
+        }
+    };
+    let rt = match crate::commands::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("routed-cni list: {e}");
+            return 1;
+        }
+    };
+    let host = rt.block_on(async { Netlink::connect() }).ok();
+    let mut rows = Vec::new();
+    let mut status = 0;
+    for dir in pools {
+        let pool = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+            .replacen('-', "/", 1);
+        let store = Store::at(dir.clone());
+        let records = match store.lock(LOCK_TIMEOUT).and_then(|l| l.records()) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("routed-cni list: pool {pool}: {e}");
+                status = 1;
+                continue;
+            }
+        };
+        for r in records {
+            let alive = match (&host, r.host_veth.is_empty()) {
+                (Some(h), false) => rt
+                    .block_on(h.link_by_name(&r.host_veth))
+                    .ok()
+                    .flatten()
+                    .is_some(),
+                _ => false,
+            };
+            rows.push((pool.clone(), r, alive));
+        }
+    }
+    if as_json {
+        let doc: Vec<_> = rows
+            .iter()
+            .map(|(pool, r, alive)| json!({"pool": pool, "record": r, "hostVethPresent": alive}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("serializes")
+        );
+    } else {
+        println!(
+            "{:<18} {:<15} {:<32} {:<15} {:<6} CONTAINER",
+            "POOL", "IP", "POD", "HOST VETH", "ALIVE"
+        );
+        for (pool, r, alive) in &rows {
+            let pod = format!(
+                "{}/{}",
+                r.pod_namespace.as_deref().unwrap_or("-"),
+                r.pod_name.as_deref().unwrap_or("-")
+            );
+            println!(
+                "{pool:<18} {:<15} {pod:<32} {:<15} {:<6} {}/{}",
+                r.ip.to_string(),
+                r.host_veth,
+                if *alive { "yes" } else { "NO" },
+                r.container_id,
+                r.ifname
+            );
+        }
+        eprintln!("{} allocation(s) in {}", rows.len(), data_dir.display());
+    }
+    status
+}
