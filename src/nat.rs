@@ -20,6 +20,27 @@ pub struct PoolNat {
     pub non_masquerade: Vec<Ipv4Network>,
 }
 
+/// A running `iptables -C` for a pool's jump.
+pub struct InstalledProbe(std::process::Child);
+
+impl InstalledProbe {
+    /// True when the jump is in place. Any failure of `-C` (missing rule, missing chain) reads
+    /// as "not installed": installing is the cure for all of them.
+    pub fn wait(self) -> Result<bool> {
+        let out = self
+            .0
+            .wait_with_output()
+            .map_err(|e| CniError::nat(format!("wait for iptables: {e}")))?;
+        if !out.status.success() {
+            crate::debug!(
+                "masquerade jump not found: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(out.status.success())
+    }
+}
+
 /// Serializes NAT installs when there is no pool lock to hold (delegated IPAM).
 pub fn lock() -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -83,6 +104,39 @@ impl PoolNat {
         let digest = Sha256::digest(key.as_bytes());
         let hex: String = digest.iter().take(8).map(|b| format!("{b:02X}")).collect();
         format!("RCNI-{hex}")
+    }
+
+    /// The jump as separate arguments, for running iptables directly.
+    pub fn jump_args(&self) -> Vec<String> {
+        vec![
+            "-s".into(),
+            self.subnet.to_string(),
+            "-m".into(),
+            "comment".into(),
+            "--comment".into(),
+            self.pool_comment(),
+            "-j".into(),
+            self.chain(),
+        ]
+    }
+
+    /// Starts `iptables -C` for the jump without waiting: ADD runs it while it does its
+    /// netlink work, which hides the exec and ruleset load (~2 ms) behind it.
+    pub fn probe(&self) -> Result<InstalledProbe> {
+        std::process::Command::new("iptables")
+            .args(["-t", TABLE, "-C", POSTROUTING])
+            .args(self.jump_args())
+            .arg("--wait")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map(InstalledProbe)
+            .map_err(|e| {
+                CniError::nat(format!(
+                    "run iptables: {e}; is the iptables package installed on this node?"
+                ))
+            })
     }
 
     pub fn jump_rule(&self) -> String {
@@ -234,6 +288,7 @@ mod tests {
                 a.chain()
             )
         );
+        assert_eq!(a.jump_rule().replace('"', ""), a.jump_args().join(" "));
         assert_eq!(b.chain_rules().len(), 3);
         assert!(
             b.chain_rules()[2].contains("! -d 224.0.0.0/4")

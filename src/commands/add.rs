@@ -13,7 +13,7 @@ use crate::config::{Ipam, NetConf};
 use crate::dataplane::{self, sysctl, Netlink, DEFAULT_MTU, GATEWAY, HOST_MAC};
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, Record, Store};
-use crate::nat::PoolNat;
+use crate::nat::{InstalledProbe, PoolNat};
 use crate::netns::Netns;
 
 /// What the data path looks like once wired.
@@ -90,9 +90,14 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
     crate::crashpoint::here("add:allocated");
     let rt = runtime()?;
     let nat = pool_nat(conf, subnet);
+    let probe = if conf.masquerade {
+        Some(nat.probe())
+    } else {
+        None
+    };
     let wired = rt
         .block_on(wire(conf, att, &netns, &host_veth, ip))
-        .and_then(|w| ensure_nat(conf, &nat, &lease).map(|()| w));
+        .and_then(|w| ensure_nat(&nat, probe, &lease).map(|()| w));
     let wired = match wired {
         Ok(w) => w,
         Err(e) => {
@@ -216,9 +221,13 @@ pub fn pool_nat(conf: &NetConf, subnet: Ipv4Network) -> PoolNat {
     }
 }
 
-fn ensure_nat(conf: &NetConf, nat: &PoolNat, lease: &Lease) -> Result<()> {
+/// `probe` is the `iptables -C` started before the netlink work (`None`: no masquerade).
+fn ensure_nat(nat: &PoolNat, probe: Option<Result<InstalledProbe>>, lease: &Lease) -> Result<()> {
     crate::crashpoint::here("add:before-nat");
-    if !conf.masquerade || nat.is_installed()? {
+    let Some(probe) = probe else {
+        return Ok(());
+    };
+    if probe?.wait()? {
         return Ok(());
     }
     // First pod of the pool (or rules were lost): install under a lock, so a parallel ADD does

@@ -18,7 +18,7 @@ use std::io::{ErrorKind, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cni::error::{CniError, Code, ErrorContext, Result};
 use crate::config::PoolConfig;
@@ -132,6 +132,34 @@ fn read_optional(path: &Path) -> Result<Option<String>> {
     }
 }
 
+/// Blocks in flock on a helper thread (a second handle on the same open file, so the lock it
+/// takes is ours), for at most `timeout`. Waiting in the kernel hands the lock over the moment
+/// it is free, where polling would sleep past it or spin. If we give up, the helper keeps
+/// waiting; when it gets the lock it finds nobody listening and closes its handle, which
+/// releases the lock again.
+fn wait_for_lock(file: &File, path: &Path, timeout: Duration) -> Result<()> {
+    let waiter = file
+        .try_clone()
+        .or_code(Code::Store, format_args!("lock {}", path.display()))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(waiter.lock());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(CniError::store(format!("lock {}: {e}", path.display()))),
+        Err(_) => Err(CniError::new(
+            Code::TryAgainLater,
+            format!(
+                "store lock {} is still held by another process after {} s; retry, and if it persists find the holder with `fuser -v {}`",
+                path.display(),
+                timeout.as_secs_f32(),
+                path.display()
+            ),
+        )),
+    }
+}
+
 impl Store {
     /// The pool's directory name: `10.244.1.0-24`.
     pub fn dir_name(pool: &PoolConfig) -> String {
@@ -200,29 +228,11 @@ impl Store {
                 Code::Store,
                 format_args!("open lock file {}", path.display()),
             )?;
-        let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_micros(200);
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(5));
-                }
-                Err(TryLockError::WouldBlock) => {
-                    return Err(CniError::new(
-                        Code::TryAgainLater,
-                        format!(
-                            "store lock {} is still held by another process after {} s; retry, and if it persists find the holder with `fuser -v {}`",
-                            path.display(),
-                            timeout.as_secs(),
-                            path.display()
-                        ),
-                    ));
-                }
-                Err(TryLockError::Error(e)) => {
-                    return Err(CniError::store(format!("lock {}: {e}", path.display())));
-                }
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => wait_for_lock(&file, &path, timeout)?,
+            Err(TryLockError::Error(e)) => {
+                return Err(CniError::store(format!("lock {}: {e}", path.display())));
             }
         }
         crate::crashpoint::here("store:locked");
@@ -416,6 +426,7 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
     use std::sync::Arc;
+    use std::time::Instant;
 
     fn tempdir(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
