@@ -352,9 +352,18 @@ fn bad_inputs_get_the_right_code_and_change_nothing() {
         );
         assert_eq!(s.node_state(), before, "{what} changed the node");
     }
-    // And the plugin still works afterwards.
+    // And the plugin still works afterwards; its log file keeps other users out.
+    let log = s.dir.join("logs/cni.log");
+    let mut logged = good.clone();
+    logged["logFile"] = json!(log);
+    let good_bytes = serde_json::to_vec(&logged).unwrap();
     let (rc, doc) = s.run(&[], &good_bytes);
     assert_eq!(rc, 0, "valid ADD after the bad ones: {doc}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&log).expect("log file written").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "log file mode");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("ADD ok") && text.contains("took="), "one line per call with its duration: {text}");
     let (rc, _) = s.run(&[("CNI_COMMAND", "DEL")], &good_bytes);
     assert_eq!(rc, 0);
     assert_eq!(s.node_state(), before, "ADD+DEL left something");
