@@ -360,10 +360,17 @@ fn bad_inputs_get_the_right_code_and_change_nothing() {
     let (rc, doc) = s.run(&[], &good_bytes);
     assert_eq!(rc, 0, "valid ADD after the bad ones: {doc}");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&log).expect("log file written").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&log)
+        .expect("log file written")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600, "log file mode");
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("ADD ok") && text.contains("took="), "one line per call with its duration: {text}");
+    assert!(
+        text.contains("ADD ok") && text.contains("took="),
+        "one line per call with its duration: {text}"
+    );
     let (rc, _) = s.run(&[("CNI_COMMAND", "DEL")], &good_bytes);
     assert_eq!(rc, 0);
     assert_eq!(s.node_state(), before, "ADD+DEL left something");

@@ -1,0 +1,251 @@
+//! `routed-cni install`: put this binary into the CNI bin dir and our conflist into the CNI
+//! config dir, each by temp file + fsync + rename, so a runtime never reads a half-written
+//! config and never execs a half-copied binary ("text file busy" cannot happen either: the old
+//! inode stays intact for processes still running it). Re-running it is harmless.
+
+use ipnetwork::Ipv4Network;
+use serde_json::{json, Value};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_BIN_DIR: &str = "/opt/cni/bin";
+pub const DEFAULT_CONF_DIR: &str = "/etc/cni/net.d";
+/// Sorted before other configs: runtimes use the first file of the directory.
+pub const DEFAULT_CONF_NAME: &str = "10-routed-cni.conflist";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallOptions {
+    pub bin_dir: PathBuf,
+    pub conf_dir: PathBuf,
+    pub conf_name: String,
+    pub network_name: String,
+    pub pod_subnet: Ipv4Network,
+    pub cluster_cidr: Option<Ipv4Network>,
+    pub mtu: Option<u32>,
+    pub log_file: Option<String>,
+}
+
+/// What install did, for the caller's log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    pub binary_changed: bool,
+    pub config_changed: bool,
+}
+
+/// The conflist for this node.
+pub fn conflist(o: &InstallOptions) -> Value {
+    let mut plugin = json!({
+        "type": "routed-cni",
+        "ipam": { "subnet": o.pod_subnet.to_string() },
+        "masquerade": true,
+        "nonMasqueradeCIDRs": [o.cluster_cidr.unwrap_or(o.pod_subnet).to_string()],
+    });
+    if let Some(m) = o.mtu {
+        plugin["mtu"] = json!(m);
+    }
+    if let Some(l) = &o.log_file {
+        plugin["logFile"] = json!(l);
+    }
+    json!({ "cniVersion": "1.0.0", "name": o.network_name, "plugins": [plugin] })
+}
+
+/// Replaces `dest` with `data` unless it already holds exactly that. Returns whether it changed.
+fn replace_file(dest: &Path, data: &[u8], mode: u32) -> Result<bool, String> {
+    if fs::read(dest).is_ok_and(|old| old == data) {
+        return Ok(false);
+    }
+    let dir = dest
+        .parent()
+        .ok_or_else(|| format!("{} has no parent directory", dest.display()))?;
+    fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    // A dot name: runtimes skip hidden files and only load *.conf/*.conflist/*.json.
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        crate::crashpoint::here("install:before-rename");
+        fs::rename(&tmp, dest)?;
+        // The rename itself must survive a crash too.
+        fs::File::open(dir)?.sync_all()
+    })();
+    result.map(|()| true).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!("install {}: {e}", dest.display())
+    })
+}
+
+pub fn install(o: &InstallOptions) -> Result<Installed, String> {
+    let exe = fs::read("/proc/self/exe").map_err(|e| format!("read own binary: {e}"))?;
+    let binary_changed = replace_file(&o.bin_dir.join("routed-cni"), &exe, 0o755)?;
+    let doc = conflist(o);
+    // Refuse to write a config the plugin itself would reject.
+    let mut plugin = doc["plugins"][0].clone();
+    plugin["cniVersion"] = doc["cniVersion"].clone();
+    plugin["name"] = doc["name"].clone();
+    crate::config::parse(plugin).map_err(|e| format!("generated config is invalid: {e}"))?;
+    let mut text = serde_json::to_vec_pretty(&doc).expect("serializes");
+    text.push(b'\n');
+    let config_changed = replace_file(&o.conf_dir.join(&o.conf_name), &text, 0o644)?;
+    Ok(Installed {
+        binary_changed,
+        config_changed,
+    })
+}
+
+/// Parses `install` flags, with environment fallbacks for a DaemonSet (`ROUTED_CNI_*`).
+pub fn parse_args(args: &[String]) -> Result<InstallOptions, String> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mut flags = std::collections::HashMap::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let known = [
+            "--bin-dir",
+            "--conf-dir",
+            "--conf-name",
+            "--network-name",
+            "--pod-subnet",
+            "--cluster-cidr",
+            "--mtu",
+            "--log-file",
+        ];
+        if !known.contains(&a.as_str()) {
+            return Err(format!("unknown argument {a:?}"));
+        }
+        let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+        flags.insert(a.trim_start_matches("--").to_string(), v.clone());
+    }
+    let get = |flag: &str, var: &str| flags.get(flag).cloned().or_else(|| env(var));
+    let cidr = |flag: &str, var: &str| -> Result<Option<Ipv4Network>, String> {
+        get(flag, var)
+            .map(|s| {
+                let n: Ipv4Network = s
+                    .parse()
+                    .map_err(|_| format!("--{flag} {s:?} is not an IPv4 CIDR"))?;
+                if n.ip() != n.network() {
+                    return Err(format!("--{flag} {s:?} has host bits set"));
+                }
+                Ok(n)
+            })
+            .transpose()
+    };
+    let pod_subnet = cidr("pod-subnet", "ROUTED_CNI_POD_SUBNET")?
+        .ok_or("--pod-subnet (or ROUTED_CNI_POD_SUBNET) is required: this node's pod CIDR")?;
+    let mtu = get("mtu", "ROUTED_CNI_MTU")
+        .map(|m| {
+            m.parse::<u32>()
+                .map_err(|_| format!("--mtu {m:?} is not a number"))
+        })
+        .transpose()?;
+    Ok(InstallOptions {
+        bin_dir: get("bin-dir", "ROUTED_CNI_BIN_DIR")
+            .unwrap_or_else(|| DEFAULT_BIN_DIR.into())
+            .into(),
+        conf_dir: get("conf-dir", "ROUTED_CNI_CONF_DIR")
+            .unwrap_or_else(|| DEFAULT_CONF_DIR.into())
+            .into(),
+        conf_name: get("conf-name", "ROUTED_CNI_CONF_NAME")
+            .unwrap_or_else(|| DEFAULT_CONF_NAME.into()),
+        network_name: get("network-name", "ROUTED_CNI_NETWORK_NAME")
+            .unwrap_or_else(|| "k8s-pod-network".into()),
+        pod_subnet,
+        cluster_cidr: cidr("cluster-cidr", "ROUTED_CNI_CLUSTER_CIDR")?,
+        mtu,
+        log_file: get("log-file", "ROUTED_CNI_LOG_FILE"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path) -> InstallOptions {
+        InstallOptions {
+            bin_dir: dir.join("bin"),
+            conf_dir: dir.join("net.d"),
+            conf_name: DEFAULT_CONF_NAME.into(),
+            network_name: "k8s-pod-network".into(),
+            pod_subnet: "10.244.3.0/24".parse().unwrap(),
+            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+            mtu: Some(1450),
+            log_file: Some("/var/log/routed-cni.log".into()),
+        }
+    }
+
+    #[test]
+    fn installs_once_and_reinstall_is_a_no_op() {
+        let dir = std::env::temp_dir().join(format!("rcni-install-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let o = opts(&dir);
+        let first = install(&o).unwrap();
+        assert_eq!(
+            first,
+            Installed {
+                binary_changed: true,
+                config_changed: true
+            }
+        );
+        let bin = dir.join("bin/routed-cni");
+        assert_eq!(
+            fs::metadata(&bin).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        assert_eq!(fs::read(&bin).unwrap(), fs::read("/proc/self/exe").unwrap());
+        let conf: Value =
+            serde_json::from_slice(&fs::read(dir.join("net.d").join(DEFAULT_CONF_NAME)).unwrap())
+                .unwrap();
+        assert_eq!(conf["plugins"][0]["ipam"]["subnet"], "10.244.3.0/24");
+        assert_eq!(conf["plugins"][0]["nonMasqueradeCIDRs"][0], "10.244.0.0/16");
+        assert_eq!(conf["plugins"][0]["mtu"], 1450);
+        assert_eq!(install(&o).unwrap(), Installed::default());
+        let leftovers: Vec<_> = fs::read_dir(dir.join("net.d"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+        let mut changed = o.clone();
+        changed.pod_subnet = "10.244.4.0/24".parse().unwrap();
+        assert_eq!(
+            install(&changed).unwrap(),
+            Installed {
+                binary_changed: false,
+                config_changed: true
+            }
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn args_and_env() {
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let o = parse_args(&a(&[
+            "--pod-subnet",
+            "10.1.2.0/24",
+            "--bin-dir",
+            "/x/bin",
+            "--mtu",
+            "1400",
+        ]))
+        .unwrap();
+        assert_eq!(o.bin_dir, PathBuf::from("/x/bin"));
+        assert_eq!(o.conf_dir, PathBuf::from(DEFAULT_CONF_DIR));
+        assert_eq!(o.mtu, Some(1400));
+        assert!(parse_args(&a(&["--pod-subnet", "10.1.2.3/24"]))
+            .unwrap_err()
+            .contains("host bits"));
+        assert!(parse_args(&a(&["--bogus", "1"]))
+            .unwrap_err()
+            .contains("--bogus"));
+        assert!(parse_args(&a(&["--mtu"])).is_err());
+    }
+}
