@@ -79,12 +79,13 @@ pub fn write(level: Level, msg: std::fmt::Arguments<'_>) {
     if level > sink.level {
         return;
     }
+    // One event, one line: messages quoting other programs' output may carry newlines.
+    let msg = msg.to_string().replace('\n', " | ");
     let line = format!(
-        "{} {} pid={} {}\n",
+        "{} {} pid={} {msg}\n",
         timestamp(),
         level.as_str(),
-        std::process::id(),
-        msg
+        std::process::id()
     );
     // One write call per line keeps lines whole when many plugin processes share the file.
     let written = match sink.file.as_mut() {

@@ -12,7 +12,7 @@ if [ -x "$BIN" ]; then echo "$BIN"; exit 0; fi
 export DEBIAN_FRONTEND=noninteractive
 need=()
 for p in golang-go golang-github-appc-cni-dev containernetworking-plugins xz-utils; do
-    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq >&2
