@@ -1,4 +1,4 @@
-//! Commands for people (no CNI_COMMAND): `version`, `list`.
+//! Commands for people (no CNI_COMMAND): `version`, `list`, `doctor`.
 
 use serde_json::json;
 use std::path::PathBuf;
@@ -18,6 +18,17 @@ Commands for people:
                          the allocations of every pool in the store (default
                          /run/routed-cni), with pod, container, host veth and
                          whether the host veth exists on this node
+  routed-cni doctor [--pod NAMESPACE/NAME | --container ID | --netns PATH | --all]
+                    [--to IP[:PORT]] [--data-dir DIR] [--json]
+                         walk a pod's packet path on this node (run it in the
+                         node's network namespace): pod interface, address,
+                         routes and gateway neighbour; host veth, its sysctls,
+                         ip_forward, the /32 route, rp_filter; NAT rules and
+                         counters; the allocation record. --to adds the route
+                         each side takes to IP and whether it is masqueraded.
+                         Each step prints ✓ or ✗, what it saw and the command
+                         that fixes it. No selector means --all. Exit 0
+                         healthy, 1 broken, 2 usage, 3 no such pod
   routed-cni version     the plugin version and the CNI versions it speaks
   routed-cni --help      this text
 ";
@@ -34,6 +45,7 @@ pub fn run(args: &[String]) -> i32 {
             0
         }
         Some("list") => list(&args[1..]),
+        Some("doctor") => crate::doctor::run(&args[1..]),
         None | Some("--help") | Some("-h") | Some("help") => {
             print!("{USAGE}");
             0

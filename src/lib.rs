@@ -14,6 +14,7 @@ pub mod commands;
 pub mod config;
 pub mod crashpoint;
 pub mod dataplane;
+pub mod doctor;
 pub mod install;
 pub mod ipam;
 pub mod nat;

@@ -70,7 +70,7 @@ fn from_prev_result(prev: &Value, att: &Attachment) -> Result<Expected> {
 }
 
 /// A command the operator can paste to look at the pod's side.
-fn in_pod(netns: &str, args: &str) -> String {
+pub fn in_pod(netns: &str, args: &str) -> String {
     match netns
         .strip_prefix("/run/netns/")
         .or_else(|| netns.strip_prefix("/var/run/netns/"))

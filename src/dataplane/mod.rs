@@ -10,8 +10,10 @@ use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::NeighbourState;
-use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteScope, RouteType,
+};
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -410,6 +412,110 @@ impl Netlink {
             }
         }
         Ok(None)
+    }
+}
+
+/// What the kernel's route lookup for one packet (RTM_GETROUTE, `ip route get`) answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteLookup {
+    pub kind: RouteType,
+    pub table: u32,
+    pub oif: Option<u32>,
+    pub gateway: Option<Ipv4Addr>,
+    pub prefsrc: Option<Ipv4Addr>,
+}
+
+/// The packet a route lookup is made for: with `iif` set the kernel treats it as arriving on
+/// that link (the forwarding path, with its `forwarding` and `rp_filter` checks), otherwise as
+/// sent by this namespace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteQuery {
+    pub dst: Option<Ipv4Addr>,
+    pub src: Option<Ipv4Addr>,
+    pub iif: Option<u32>,
+    /// A TCP destination port, for policy rules that match on it.
+    pub tcp_dport: Option<u16>,
+}
+
+impl Netlink {
+    /// Asks the kernel which route a packet takes. `Ok(Err(errno))` is the kernel's refusal
+    /// (ENETUNREACH: no route; EHOSTUNREACH: forwarding is off on `iif`; EINVAL/EXDEV: the
+    /// source fails the reverse-path check); `Err` is a failure to ask.
+    pub async fn route_get(&self, q: RouteQuery) -> Result<std::result::Result<RouteLookup, i32>> {
+        let dst = q.dst.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, 32);
+        if let Some(src) = q.src {
+            b = b.source_prefix(src, 32);
+        }
+        if let Some(iif) = q.iif {
+            b = b.input_interface(iif);
+        }
+        if let Some(port) = q.tcp_dport {
+            b = b.ip_protocol(6).dport(port);
+        }
+        let mut msg = b.build();
+        // Without it the kernel answers "main" whichever table the route came from.
+        msg.header.flags |= RouteFlags::LookupTable;
+        let mut answers = self.handle.route().get(msg).execute();
+        let r = match answers.try_next().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(CniError::dataplane(format!("route get {dst}: no answer"))),
+            Err(e) => {
+                return match errno(&e) {
+                    Some(code) => Ok(Err(code)),
+                    None => Err(nl_err(format_args!("route get {dst}"), e)),
+                }
+            }
+        };
+        let addr = |want: fn(&RouteAttribute) -> Option<&RouteAddress>| {
+            r.attributes.iter().find_map(|a| match want(a) {
+                Some(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            })
+        };
+        Ok(Ok(RouteLookup {
+            kind: r.header.kind,
+            table: route_table(&r),
+            oif: route_oif(&r),
+            gateway: addr(|a| match a {
+                RouteAttribute::Gateway(g) => Some(g),
+                _ => None,
+            }),
+            prefsrc: addr(|a| match a {
+                RouteAttribute::PrefSource(p) => Some(p),
+                _ => None,
+            }),
+        }))
+    }
+
+    /// Asks the kernel to resolve `ip` on link `index` (NTF_USE: an ARP request goes out as if
+    /// a packet were waiting). An entry already valid, permanent included, is left as it is.
+    pub async fn probe_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .state(NeighbourState::None)
+            .flags(NeighbourFlags::Use)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| nl_err(format_args!("resolve neighbour {ip}"), e))
+    }
+
+    /// Every link's name by index.
+    pub async fn link_names(&self) -> Result<std::collections::HashMap<u32, String>> {
+        let mut out = std::collections::HashMap::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(l) = links
+            .try_next()
+            .await
+            .map_err(|e| nl_err("list links", e))?
+        {
+            if let Some(name) = link_name(&l) {
+                out.insert(l.header.index, name);
+            }
+        }
+        Ok(out)
     }
 }
 

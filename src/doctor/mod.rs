@@ -1,0 +1,364 @@
+//! `routed-cni doctor`: finds a pod through the store and walks its packet path on this node,
+//! piece by piece, saying for each what it saw and, when a piece is broken, the command that
+//! repairs it. Read-only, except that it asks the pod's kernel to resolve the gateway's MAC
+//! when the pod has no entry for it (one ARP request on the pod's veth).
+
+mod checks;
+pub mod iptables;
+pub mod report;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use self::checks::{Dest, Node, Target};
+use self::iptables::PoolRules;
+use self::report::PodReport;
+use crate::config::DEFAULT_DATA_DIR;
+use crate::dataplane::Netlink;
+use crate::ipam::store::{Store, LOCK_TIMEOUT};
+
+/// Every step passed (warnings allowed).
+pub const EXIT_HEALTHY: i32 = 0;
+/// At least one step failed.
+pub const EXIT_BROKEN: i32 = 1;
+/// Bad arguments, or doctor could not look (store unreadable, no netlink).
+pub const EXIT_USAGE: i32 = 2;
+/// No allocation matches the pod asked for.
+pub const EXIT_NOT_FOUND: i32 = 3;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Select {
+    All,
+    Pod {
+        namespace: Option<String>,
+        name: String,
+    },
+    /// A container ID or a unique-enough prefix of one.
+    Container(String),
+    Netns(String),
+}
+
+#[derive(Debug)]
+struct Options {
+    select: Select,
+    to: Option<Dest>,
+    data_dir: PathBuf,
+    json: bool,
+}
+
+fn parse_dest(s: &str) -> Option<Dest> {
+    if let Ok(ip) = s.parse::<Ipv4Addr>() {
+        return Some(Dest { ip, port: None });
+    }
+    let (ip, port) = s.rsplit_once(':')?;
+    Some(Dest {
+        ip: ip.parse().ok()?,
+        port: Some(port.parse().ok().filter(|p| *p != 0)?),
+    })
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        select: Select::All,
+        to: None,
+        data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+        json: false,
+    };
+    let mut chosen = 0;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |what: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs {what}"))
+        };
+        match a.as_str() {
+            "--json" => o.json = true,
+            "--all" => chosen += 1,
+            "--data-dir" => o.data_dir = PathBuf::from(value("a directory")?),
+            "--to" => {
+                let v = value("IP[:PORT]")?;
+                o.to = Some(
+                    parse_dest(&v)
+                        .ok_or_else(|| format!("--to {v:?} is not an IPv4 address[:port]"))?,
+                );
+            }
+            "--pod" => {
+                let v = value("NAMESPACE/NAME")?;
+                o.select = match v.split_once('/') {
+                    Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Select::Pod {
+                        namespace: Some(ns.to_string()),
+                        name: name.to_string(),
+                    },
+                    None if !v.is_empty() => Select::Pod {
+                        namespace: None,
+                        name: v,
+                    },
+                    _ => return Err(format!("--pod {v:?} is not NAMESPACE/NAME")),
+                };
+                chosen += 1;
+            }
+            "--container" => {
+                let v = value("a container ID")?;
+                if v.is_empty() {
+                    return Err("--container needs a container ID".into());
+                }
+                o.select = Select::Container(v);
+                chosen += 1;
+            }
+            "--netns" => {
+                o.select = Select::Netns(value("a path")?);
+                chosen += 1;
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if chosen > 1 {
+        return Err("choose one of --pod, --container, --netns, --all".into());
+    }
+    Ok(o)
+}
+
+/// (device, inode) of a namespace file, to match `--netns /proc/<pid>/ns/net` against the
+/// `/var/run/netns/cni-…` path the runtime gave.
+fn ns_id(path: &str) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Every allocation of every pool under `data_dir`, with what its key file leads to.
+fn scan(data_dir: &Path) -> Result<Vec<Target>, String> {
+    let entries = match std::fs::read_dir(data_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", data_dir.display())),
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("lock").exists())
+        .collect();
+    dirs.sort();
+    let mut out = Vec::new();
+    for dir in dirs {
+        let store = Store::at(dir.clone());
+        let pool = store.pool().subnet;
+        let lock = store
+            .lock(LOCK_TIMEOUT)
+            .map_err(|e| format!("pool {pool}: {}", e.msg))?;
+        let records = lock
+            .records()
+            .map_err(|e| format!("pool {pool}: {}", e.msg))?;
+        for record in records {
+            let key_finds = lock
+                .find(&record.container_id, &record.ifname)
+                .ok()
+                .flatten()
+                .map(|r| r.ip);
+            out.push(Target {
+                pool,
+                store_dir: dir.clone(),
+                record,
+                key_finds,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn select(targets: Vec<Target>, s: &Select) -> Vec<Target> {
+    match s {
+        Select::All => targets,
+        Select::Pod { namespace, name } => targets
+            .into_iter()
+            .filter(|t| {
+                t.record.pod_name.as_deref() == Some(name.as_str())
+                    && namespace
+                        .as_ref()
+                        .is_none_or(|ns| t.record.pod_namespace.as_deref() == Some(ns.as_str()))
+            })
+            .collect(),
+        Select::Container(id) => {
+            // An exact ID wins; otherwise a prefix, as `docker ps` and `crictl ps` shorten them.
+            let exact = targets.iter().any(|t| t.record.container_id == *id);
+            targets
+                .into_iter()
+                .filter(|t| {
+                    if exact {
+                        t.record.container_id == *id
+                    } else {
+                        t.record.container_id.starts_with(id.as_str())
+                    }
+                })
+                .collect()
+        }
+        Select::Netns(path) => {
+            let want = ns_id(path);
+            targets
+                .into_iter()
+                .filter(|t| {
+                    t.record.netns == *path
+                        || (want.is_some()
+                            && !t.record.netns.is_empty()
+                            && ns_id(&t.record.netns) == want)
+                })
+                .collect()
+        }
+    }
+}
+
+fn describe(s: &Select) -> String {
+    match s {
+        Select::All => "--all".into(),
+        Select::Pod {
+            namespace: Some(ns),
+            name,
+        } => format!("--pod {ns}/{name}"),
+        Select::Pod {
+            namespace: None,
+            name,
+        } => format!("--pod {name}"),
+        Select::Container(c) => format!("--container {c}"),
+        Select::Netns(p) => format!("--netns {p}"),
+    }
+}
+
+/// Runs `routed-cni doctor ARGS` and returns the exit code.
+pub fn run(args: &[String]) -> i32 {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", crate::cli::USAGE);
+        return EXIT_HEALTHY;
+    }
+    let o = match parse_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("routed-cni doctor: {e}\n\n{}", crate::cli::USAGE);
+            return EXIT_USAGE;
+        }
+    };
+    let fail = |msg: String| {
+        if o.json {
+            println!("{}", json!({"ok": false, "error": msg, "pods": []}));
+        }
+        eprintln!("routed-cni doctor: {msg}");
+        EXIT_USAGE
+    };
+    let all = match scan(&o.data_dir) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let pools: Vec<String> = {
+        let mut p: Vec<String> = all.iter().map(|t| t.pool.to_string()).collect();
+        p.dedup();
+        p
+    };
+    let targets = select(all, &o.select);
+    if targets.is_empty() && o.select != Select::All {
+        let msg = format!(
+            "no allocation matches {} in {} ({}); `routed-cni list --data-dir {}` shows what there is",
+            describe(&o.select),
+            o.data_dir.display(),
+            if pools.is_empty() {
+                "no pools".to_string()
+            } else {
+                format!("pools: {}", pools.join(", "))
+            },
+            o.data_dir.display()
+        );
+        if o.json {
+            println!(
+                "{}",
+                json!({"ok": false, "notFound": true, "error": msg, "pods": []})
+            );
+        }
+        eprintln!("routed-cni doctor: {msg}");
+        return EXIT_NOT_FOUND;
+    }
+    let rt = match crate::commands::runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(e.msg),
+    };
+    let (net, links) = match rt.block_on(async {
+        let net = Netlink::connect()?;
+        let links = net.link_names().await?;
+        Ok::<_, crate::cni::error::CniError>((net, links))
+    }) {
+        Ok(n) => n,
+        Err(e) => return fail(e.msg),
+    };
+    let node = Node {
+        rt: &rt,
+        net: &net,
+        links: &links,
+    };
+    // One read of the nat table per pool, however many pods it has.
+    let mut nat: HashMap<String, Result<PoolRules, String>> = HashMap::new();
+    let reports: Vec<PodReport> = targets
+        .iter()
+        .map(|t| {
+            let rules = nat
+                .entry(t.pool.to_string())
+                .or_insert_with(|| PoolRules::read(t.pool));
+            checks::check(&node, t, o.to, rules)
+        })
+        .collect();
+    let ok = reports.iter().all(|r| r.ok);
+    if o.json {
+        let doc = json!({"ok": ok, "dataDir": o.data_dir, "pods": reports});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("serializes")
+        );
+    } else {
+        for (i, r) in reports.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print!("{}", r.text());
+        }
+        if reports.is_empty() {
+            eprintln!("no allocations in {}", o.data_dir.display());
+        } else if reports.len() > 1 {
+            let broken = reports.iter().filter(|r| !r.ok).count();
+            println!("\n{} pod(s) checked, {broken} broken", reports.len());
+        }
+    }
+    if ok {
+        EXIT_HEALTHY
+    } else {
+        EXIT_BROKEN
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn arguments() {
+        let o = parse_args(&args("--pod default/web-1 --to 10.96.0.10:53 --json")).unwrap();
+        assert_eq!(
+            o.select,
+            Select::Pod {
+                namespace: Some("default".into()),
+                name: "web-1".into()
+            }
+        );
+        let to = o.to.unwrap();
+        assert_eq!((to.ip, to.port), ("10.96.0.10".parse().unwrap(), Some(53)));
+        assert!(o.json);
+        assert_eq!(parse_args(&[]).unwrap().select, Select::All);
+        assert!(parse_args(&args("--pod a/b --all")).is_err());
+        assert!(parse_args(&args("--to 10.0.0.1:0")).is_err());
+        assert!(parse_args(&args("--to example.com")).is_err());
+        assert!(parse_args(&args("--container")).is_err());
+        assert!(parse_args(&args("--frobnicate")).is_err());
+    }
+}

@@ -1,0 +1,747 @@
+//! `routed-cni doctor` against real pods: the real binary wires a pod in namespaces made by the
+//! test, the test breaks one piece of the path the way an operator or another tool would, and
+//! doctor must name that step, and the fix command it prints (run as is, from its JSON) must
+//! repair the path: doctor passes again and the pod reaches the node and the outside again.
+//!
+//! The world of each test:
+//!   node     routed-cni and doctor run inside it; uplink 198.51.100.1/24, default via .2
+//!   outside  198.51.100.2/24, with no route back to the pod subnet, so a pod reaches it
+//!            only when it is masqueraded
+//!   pods     namespaces handed to the plugin as CNI_NETNS
+//! all removed when the `World` guard drops, also on panic. The host's own namespace is never
+//! touched. Without root each test prints "skipped: needs root".
+
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_routed-cni");
+const NODE_IP: &str = "198.51.100.1";
+const OUTSIDE_IP: &str = "198.51.100.2";
+const SUBNET: &str = "10.244.1.0/24";
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// doctor's exit codes.
+const HEALTHY: i32 = 0;
+const BROKEN: i32 = 1;
+const NOT_FOUND: i32 = 3;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+macro_rules! require_root {
+    () => {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+fn run(prog: &str, args: &[&str]) -> Output {
+    Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = run("ip", args);
+    assert!(
+        out.status.success(),
+        "ip {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// One doctor run.
+struct Doctor {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Doctor {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}): {self:?}"))
+    }
+
+    /// The single pod's report.
+    fn pod(&self) -> Value {
+        let doc = self.json();
+        let pods = doc["pods"].as_array().expect("pods");
+        assert_eq!(pods.len(), 1, "one pod expected: {doc:#}");
+        pods[0].clone()
+    }
+
+    fn failed(&self) -> Vec<String> {
+        self.pod()["failed"]
+            .as_array()
+            .expect("failed")
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The fix commands of every failed step, in path order, each once.
+    fn fixes(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for step in self.pod()["steps"].as_array().unwrap() {
+            if step["status"] != "fail" {
+                continue;
+            }
+            for f in step["fix"].as_array().unwrap() {
+                let f = f.as_str().unwrap().to_string();
+                if !out.contains(&f) {
+                    out.push(f);
+                }
+            }
+        }
+        out
+    }
+
+    fn step(&self, id: &str) -> Value {
+        self.pod()["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no step {id}: {self:?}"))
+    }
+}
+
+impl std::fmt::Debug for Doctor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+struct Pod {
+    name: String,
+    ns: String,
+    container_id: String,
+}
+
+impl Pod {
+    fn netns(&self) -> String {
+        format!("/run/netns/{}", self.ns)
+    }
+}
+
+/// A node, an outside network and pods, all in namespaces owned by this guard.
+struct World {
+    prefix: String,
+    node: String,
+    namespaces: Vec<String>,
+    dir: PathBuf,
+}
+
+impl World {
+    fn new(test: &str) -> World {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("rcnid-{}-{n}-{test}", std::process::id());
+        let dir = std::env::temp_dir().join(&prefix);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut w = World {
+            node: format!("{prefix}-node"),
+            prefix,
+            namespaces: Vec::new(),
+            dir,
+        };
+        let node = w.node.clone();
+        let outside = format!("{}-out", w.prefix);
+        w.netns_add(&node);
+        w.netns_add(&outside);
+        ip(&[
+            "-n", &node, "link", "add", "uplink", "type", "veth", "peer", "name", "wan", "netns",
+            &outside,
+        ]);
+        ip(&[
+            "-n",
+            &node,
+            "addr",
+            "add",
+            &format!("{NODE_IP}/24"),
+            "dev",
+            "uplink",
+        ]);
+        ip(&["-n", &node, "link", "set", "uplink", "up"]);
+        ip(&["-n", &node, "route", "add", "default", "via", OUTSIDE_IP]);
+        ip(&[
+            "-n",
+            &outside,
+            "addr",
+            "add",
+            &format!("{OUTSIDE_IP}/24"),
+            "dev",
+            "wan",
+        ]);
+        ip(&["-n", &outside, "link", "set", "wan", "up"]);
+        w
+    }
+
+    fn netns_add(&mut self, name: &str) {
+        ip(&["netns", "add", name]);
+        self.namespaces.push(name.to_string());
+        ip(&["-n", name, "link", "set", "lo", "up"]);
+    }
+
+    fn store(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+
+    fn config(&self) -> String {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "test",
+            "type": "routed-cni",
+            "ipam": {"subnet": SUBNET, "dataDir": self.store()},
+            "nonMasqueradeCIDRs": [CLUSTER_CIDR],
+            "logFile": self.dir.join("cni.log"),
+        })
+        .to_string()
+    }
+
+    /// A pod namespace wired by a real ADD.
+    fn pod(&mut self, name: &str) -> Pod {
+        let ns = format!("{}-{name}", self.prefix);
+        self.netns_add(&ns);
+        let pod = Pod {
+            name: name.to_string(),
+            container_id: format!("{name}-{}", self.prefix),
+            ns,
+        };
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
+        let netns = pod.netns();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.node, BIN])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs([
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", pod.container_id.as_str()),
+                ("CNI_NETNS", netns.as_str()),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", "/usr/lib/cni"),
+                ("CNI_ARGS", args.as_str()),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn plugin");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(self.config().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "ADD {name} failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        pod
+    }
+
+    /// Runs a shell command in the node's namespace, as an operator on the node would.
+    fn on_node(&self, cmd: &str) {
+        let out = run("ip", &["netns", "exec", &self.node, "sh", "-c", cmd]);
+        assert!(
+            out.status.success(),
+            "`{cmd}` failed on the node: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn doctor(&self, args: &[&str]) -> Doctor {
+        let store = self.store();
+        let mut all = vec![
+            "netns",
+            "exec",
+            &self.node,
+            BIN,
+            "doctor",
+            "--data-dir",
+            store.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let out = run("ip", &all);
+        Doctor {
+            code: out.status.code().expect("exit code"),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn doctor_pod(&self, pod: &Pod, extra: &[&str]) -> Doctor {
+        let sel = format!("default/{}", pod.name);
+        let mut args = vec!["--pod", sel.as_str(), "--json"];
+        args.extend_from_slice(extra);
+        self.doctor(&args)
+    }
+
+    fn ping(&self, pod: &Pod, to: &str) -> bool {
+        run(
+            "ip",
+            &[
+                "netns", "exec", &pod.ns, "ping", "-c", "1", "-w", "2", "-q", to,
+            ],
+        )
+        .status
+        .success()
+    }
+
+    fn assert_healthy(&self, pod: &Pod) {
+        let d = self.doctor_pod(pod, &["--to", OUTSIDE_IP]);
+        assert_eq!(d.code, HEALTHY, "doctor should pass: {d:?}");
+        let report = d.pod();
+        assert_eq!(report["ok"], true, "{report:#}");
+        assert_eq!(report["failed"], json!([]), "{report:#}");
+        assert!(self.ping(pod, NODE_IP), "{} cannot ping the node", pod.ns);
+        assert!(
+            self.ping(pod, OUTSIDE_IP),
+            "{} cannot ping the outside",
+            pod.ns
+        );
+    }
+
+    /// Breaks the path with `break_cmds` (run in the node namespace), checks that doctor
+    /// fails exactly on `expect` (among perhaps others in `also`), runs the fix commands from
+    /// the JSON, and checks that the path is whole again.
+    fn break_and_repair(
+        &self,
+        pod: &Pod,
+        break_cmds: &[String],
+        expect: &[&str],
+        also: &[&str],
+        extra: &[&str],
+    ) -> Doctor {
+        self.assert_healthy(pod);
+        for c in break_cmds {
+            self.on_node(c);
+        }
+        assert!(
+            !self.ping(pod, OUTSIDE_IP),
+            "the path still works after {break_cmds:?}"
+        );
+        let d = self.doctor_pod(pod, extra);
+        assert_eq!(d.code, BROKEN, "doctor should fail: {d:?}");
+        let failed = d.failed();
+        for id in expect {
+            assert!(
+                failed.iter().any(|f| f == id),
+                "doctor did not name {id}: {failed:?}\n{d:?}"
+            );
+        }
+        for f in &failed {
+            assert!(
+                expect.contains(&f.as_str()) || also.contains(&f.as_str()),
+                "doctor failed an unrelated step {f}: {d:?}"
+            );
+        }
+        let fixes = d.fixes();
+        assert!(!fixes.is_empty(), "no fix command: {d:?}");
+        for f in &fixes {
+            self.on_node(f);
+        }
+        self.assert_healthy(pod);
+        d
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            let _ = run("ip", &["netns", "del", ns]);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn host_veth(w: &World, pod: &Pod) -> String {
+    let d = w.doctor_pod(pod, &[]);
+    d.pod()["hostVeth"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn healthy_pod_passes_every_step_found_by_pod_container_or_netns() {
+    require_root!();
+    let mut w = World::new("healthy");
+    let pod = w.pod("web-1");
+    let _other = w.pod("web-2");
+    w.assert_healthy(&pod);
+
+    let d = w.doctor_pod(&pod, &["--to", &format!("{OUTSIDE_IP}:80")]);
+    let report = d.pod();
+    assert_eq!(report["pod"], "default/web-1");
+    assert_eq!(report["containerId"], pod.container_id.as_str());
+    assert_eq!(report["netns"], pod.netns().as_str());
+    let ids: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "pod-netns",
+            "pod-interface",
+            "pod-address",
+            "pod-gateway-route",
+            "pod-default-route",
+            "pod-neighbour",
+            "host-veth",
+            "host-veth-sysctls",
+            "ip-forward",
+            "host-route",
+            "rp-filter",
+            "nat",
+            "pod-route-to",
+            "node-route-to",
+            "masquerade-to",
+            "allocation"
+        ],
+        "steps in packet-path order"
+    );
+    for s in report["steps"].as_array().unwrap() {
+        assert_eq!(s["status"], "ok", "step {s:#}");
+    }
+    assert!(
+        d.step("masquerade-to")["saw"]
+            .as_str()
+            .unwrap()
+            .starts_with("yes"),
+        "{d:?}"
+    );
+    // Counters move: the pings above went through the pool's MASQUERADE rule.
+    let nat = d.step("nat");
+    let masq = &nat["details"]["chainRules"][1];
+    assert_eq!(masq["target"], "MASQUERADE", "{nat:#}");
+    assert!(masq["pkts"].as_u64().unwrap() >= 1, "{nat:#}");
+    // Inside the cluster CIDR, no masquerade.
+    let d = w.doctor_pod(&pod, &["--to", "10.244.7.7"]);
+    assert!(
+        d.step("masquerade-to")["saw"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("no: 10.244.7.7 is inside {CLUSTER_CIDR}")),
+        "{d:?}"
+    );
+
+    // A Service IP (kube-proxy's iptables mode): doctor says the route that counts is the
+    // endpoint's. The chain is not jumped to, so it changes no packet here.
+    w.on_node(
+        "iptables -t nat -N KUBE-SERVICES && iptables -t nat -A KUBE-SERVICES -d 10.96.0.10/32 -p tcp \
+         -m comment --comment 'kube-system/kube-dns:dns-tcp cluster IP' -m tcp --dport 53 -j RETURN",
+    );
+    let d = w.doctor_pod(&pod, &["--to", "10.96.0.10:53"]);
+    assert_eq!(
+        d.step("node-route-to")["details"]["service"],
+        "kube-system/kube-dns:dns-tcp cluster IP",
+        "{d:?}"
+    );
+
+    // The same pod by container ID (whole, then a prefix) and by netns path.
+    for args in [
+        vec!["--container", pod.container_id.as_str(), "--json"],
+        vec!["--container", &pod.container_id[..8], "--json"],
+        vec!["--netns", &pod.netns(), "--json"],
+    ] {
+        let d = w.doctor(&args);
+        assert_eq!(d.code, HEALTHY, "{args:?}: {d:?}");
+        assert_eq!(
+            d.pod()["containerId"],
+            pod.container_id.as_str(),
+            "{args:?}"
+        );
+    }
+
+    // Both pods, for people.
+    let d = w.doctor(&["--all"]);
+    assert_eq!(d.code, HEALTHY, "{d:?}");
+    assert!(d.stdout.contains("pod default/web-1") && d.stdout.contains("pod default/web-2"));
+    assert!(
+        d.stdout.contains("✓ host route") && !d.stdout.contains('✗'),
+        "{d:?}"
+    );
+    println!(
+        "{}",
+        w.doctor(&["--pod", "default/web-1", "--to", "8.8.8.8:443"])
+            .stdout
+    );
+}
+
+#[test]
+fn unknown_pod_is_not_found() {
+    require_root!();
+    let mut w = World::new("notfound");
+    let _pod = w.pod("web-1");
+    for args in [
+        vec!["--pod", "default/nope"],
+        vec!["--pod", "other/web-1", "--json"],
+        vec!["--container", "nope"],
+        vec!["--netns", "/run/netns/nope"],
+    ] {
+        let d = w.doctor(&args);
+        assert_eq!(d.code, NOT_FOUND, "{args:?}: {d:?}");
+        assert!(d.stderr.contains("no allocation matches"), "{d:?}");
+        if args.contains(&"--json") {
+            assert_eq!(d.json()["notFound"], true, "{d:?}");
+        }
+    }
+    let d = w.doctor(&["--pod"]);
+    assert_eq!(d.code, 2, "usage error: {d:?}");
+}
+
+#[test]
+fn missing_pod_default_route() {
+    require_root!();
+    let mut w = World::new("defroute");
+    let pod = w.pod("web-1");
+    let d = w.break_and_repair(
+        &pod,
+        &[format!("ip -n {} route del default", pod.ns)],
+        &["pod-default-route"],
+        &["pod-route-to"],
+        &["--to", OUTSIDE_IP],
+    );
+    assert_eq!(
+        d.step("pod-default-route")["fix"],
+        json!([format!(
+            "ip -n {} route replace default via 169.254.1.1 dev eth0",
+            pod.ns
+        )])
+    );
+    // For people: the mark, what was seen, and the fix under it.
+    let text = w.doctor(&["--pod", "default/web-1"]).stdout;
+    assert!(!text.contains('✗'), "repaired: {text}");
+    w.on_node(&format!("ip -n {} route del default", pod.ns));
+    let text = w.doctor(&["--pod", "default/web-1"]).stdout;
+    assert!(
+        text.contains("✗ pod default route")
+            && text.contains(&format!(
+                "fix: ip -n {} route replace default via 169.254.1.1 dev eth0",
+                pod.ns
+            ))
+            && text.contains("BROKEN: 1 step(s) failed: pod-default-route"),
+        "{text}"
+    );
+    println!("{text}");
+}
+
+#[test]
+fn missing_pod_gateway_route() {
+    require_root!();
+    let mut w = World::new("gwroute");
+    let pod = w.pod("web-1");
+    // Alone it breaks nothing yet: the kernel checked the gateway when the default route
+    // was added. doctor warns.
+    w.on_node(&format!("ip -n {} route del 169.254.1.1 dev eth0", pod.ns));
+    let d = w.doctor_pod(&pod, &[]);
+    assert_eq!(d.code, HEALTHY, "{d:?}");
+    assert_eq!(d.step("pod-gateway-route")["status"], "warn", "{d:?}");
+    assert!(w.ping(&pod, OUTSIDE_IP));
+    // With the default route gone too, both fail, and the fixes, in order, repair both.
+    w.break_and_repair(
+        &pod,
+        &[format!("ip -n {} route del default", pod.ns)],
+        &["pod-gateway-route", "pod-default-route"],
+        &[],
+        &[],
+    );
+}
+
+#[test]
+fn missing_gateway_neighbour_and_proxy_arp() {
+    require_root!();
+    let mut w = World::new("neigh");
+    let pod = w.pod("web-1");
+    let veth = host_veth(&w, &pod);
+    let d = w.break_and_repair(
+        &pod,
+        &[
+            format!("ip -n {} neigh del 169.254.1.1 dev eth0", pod.ns),
+            format!("sysctl -qw net.ipv4.conf.{veth}.proxy_arp=0"),
+        ],
+        &["pod-neighbour", "host-veth-sysctls"],
+        &[],
+        &[],
+    );
+    let why = d.step("pod-neighbour")["why"].as_str().unwrap().to_string();
+    assert!(why.contains("proxy_arp is not 1"), "{d:?}");
+
+    // proxy_arp alone repairs resolution (a warning: the entry is learned, not permanent).
+    w.on_node(&format!("ip -n {} neigh del 169.254.1.1 dev eth0", pod.ns));
+    let d = w.doctor_pod(&pod, &[]);
+    assert_eq!(d.code, HEALTHY, "{d:?}");
+    assert_eq!(d.step("pod-neighbour")["status"], "warn", "{d:?}");
+    assert_eq!(
+        d.step("pod-neighbour")["details"]["mac"],
+        json!(null),
+        "{d:?}"
+    );
+    assert!(
+        d.step("pod-neighbour")["saw"]
+            .as_str()
+            .unwrap()
+            .contains("-> ee:ee:ee:ee:ee:ee (reachable)"),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn missing_host_route_under_strict_rp_filter() {
+    require_root!();
+    let mut w = World::new("hostroute");
+    let pod = w.pod("web-1");
+    let ip = w.doctor_pod(&pod, &[]).pod()["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Real nodes often run with rp_filter=1: then the pod's own packets die too.
+    w.on_node("sysctl -qw net.ipv4.conf.all.rp_filter=1");
+    let d = w.break_and_repair(
+        &pod,
+        &[format!("ip route del {ip}/32")],
+        &["host-route", "rp-filter"],
+        &["node-route-to"],
+        &["--to", OUTSIDE_IP],
+    );
+    assert_eq!(
+        d.step("node-route-to")["details"]["errno"],
+        22,
+        "the kernel refuses the pod's packet: {d:?}"
+    );
+}
+
+#[test]
+fn host_route_shadowed_by_a_policy_rule() {
+    require_root!();
+    let mut w = World::new("shadow");
+    let pod = w.pod("web-1");
+    let ip = w.doctor_pod(&pod, &[]).pod()["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.on_node(&format!(
+        "ip rule add to {ip} lookup 100 pref 100 && ip route add {ip} dev uplink table 100"
+    ));
+    let d = w.doctor_pod(&pod, &[]);
+    assert_eq!(d.code, BROKEN, "{d:?}");
+    assert_eq!(d.failed(), ["host-route"], "{d:?}");
+    let saw = d.step("host-route")["saw"].as_str().unwrap().to_string();
+    assert!(
+        saw.contains("shadowed") && saw.contains("dev uplink table 100"),
+        "{saw}"
+    );
+    w.on_node("ip rule del pref 100");
+    w.assert_healthy(&pod);
+}
+
+#[test]
+fn ip_forward_off() {
+    require_root!();
+    let mut w = World::new("forward");
+    let pod = w.pod("web-1");
+    w.break_and_repair(
+        &pod,
+        &["sysctl -qw net.ipv4.ip_forward=0".to_string()],
+        // Writing ip_forward rewrites every interface's forwarding, the veth's included.
+        &["ip-forward", "host-veth-sysctls", "node-route-to"],
+        &[],
+        &["--to", &format!("{OUTSIDE_IP}:80")],
+    );
+}
+
+#[test]
+fn replies_not_forwarded_on_the_uplink() {
+    require_root!();
+    let mut w = World::new("uplinkfwd");
+    let pod = w.pod("web-1");
+    // The request is forwarded (the veth forwards) and masqueraded; the answer arrives on the
+    // uplink, and what decides is the forwarding flag of the interface a packet comes in on.
+    let d = w.break_and_repair(
+        &pod,
+        &["sysctl -qw net.ipv4.conf.uplink.forwarding=0".to_string()],
+        &["node-route-to"],
+        &[],
+        &["--to", OUTSIDE_IP],
+    );
+    assert_eq!(
+        d.step("node-route-to")["fix"],
+        json!(["sysctl -w net.ipv4.conf.uplink.forwarding=1"])
+    );
+}
+
+#[test]
+fn missing_nat_jump() {
+    require_root!();
+    let mut w = World::new("nat");
+    let pod = w.pod("web-1");
+    let d = w.doctor_pod(&pod, &[]);
+    let chain = d.step("nat")["details"]["chain"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let d = w.break_and_repair(
+        &pod,
+        &[format!(
+            "iptables -t nat -D POSTROUTING -s {SUBNET} -m comment --comment 'routed-cni pool {SUBNET}' -j {chain}"
+        )],
+        &["nat", "masquerade-to"],
+        &[],
+        &["--to", OUTSIDE_IP],
+    );
+    assert_eq!(
+        d.step("nat")["fix"],
+        json!([format!(
+            "iptables -t nat -A POSTROUTING -s {SUBNET} -m comment --comment \"routed-cni pool {SUBNET}\" -j {chain}"
+        )])
+    );
+}
+
+#[test]
+fn pod_whose_sandbox_is_gone() {
+    require_root!();
+    let mut w = World::new("gone");
+    let pod = w.pod("web-1");
+    let veth = host_veth(&w, &pod);
+    // The runtime lost the sandbox without DEL: the namespace (and with it the veth) is gone.
+    ip(&["netns", "del", &pod.ns]);
+    w.namespaces.retain(|n| *n != pod.ns);
+    let started = std::time::Instant::now();
+    while run("ip", &["-n", &w.node, "link", "show", &veth])
+        .status
+        .success()
+    {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "the kernel did not remove {veth}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let d = w.doctor_pod(&pod, &[]);
+    assert_eq!(d.code, BROKEN, "{d:?}");
+    assert!(d.failed().starts_with(&["pod-netns".to_string()]), "{d:?}");
+    assert_eq!(d.step("pod-interface")["status"], "skip", "{d:?}");
+    for f in d.fixes() {
+        w.on_node(&f);
+    }
+    // Released: the pod is no longer in the store.
+    let d = w.doctor_pod(&pod, &[]);
+    assert_eq!(d.code, NOT_FOUND, "{d:?}");
+}
