@@ -29,6 +29,14 @@ Commands for people:
                          Each step prints ✓ or ✗, what it saw and the command
                          that fixes it. No selector means --all. Exit 0
                          healthy, 1 broken, 2 usage, 3 no such pod
+  routed-cni install --pod-subnet CIDR [--cluster-cidr CIDR] [--mtu N]
+                     [--log-file PATH] [--bin-dir /opt/cni/bin]
+                     [--conf-dir /etc/cni/net.d] [--conf-name 10-routed-cni.conflist]
+                     [--network-name k8s-pod-network]
+                         copy this binary into the CNI bin dir and write the
+                         conflist, each by temp file + rename; harmless to
+                         re-run. Every flag also reads ROUTED_CNI_<FLAG> (e.g.
+                         ROUTED_CNI_POD_SUBNET) from the environment
   routed-cni version     the plugin version and the CNI versions it speaks
   routed-cni --help      this text
 ";
@@ -46,6 +54,7 @@ pub fn run(args: &[String]) -> i32 {
         }
         Some("list") => list(&args[1..]),
         Some("doctor") => crate::doctor::run(&args[1..]),
+        Some("install") => install(&args[1..]),
         None | Some("--help") | Some("-h") | Some("help") => {
             print!("{USAGE}");
             0
@@ -162,4 +171,31 @@ fn list(args: &[String]) -> i32 {
         eprintln!("{} allocation(s) in {}", rows.len(), data_dir.display());
     }
     status
+}
+
+fn install(args: &[String]) -> i32 {
+    let opts = match crate::install::parse_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("routed-cni install: {e}");
+            return 2;
+        }
+    };
+    match crate::install::install(&opts) {
+        Ok(done) => {
+            let say = |changed: bool| if changed { "installed" } else { "unchanged" };
+            println!(
+                "{} {}\n{} {}",
+                opts.bin_dir.join("routed-cni").display(),
+                say(done.binary_changed),
+                opts.conf_dir.join(&opts.conf_name).display(),
+                say(done.config_changed)
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("routed-cni install: {e}");
+            1
+        }
+    }
 }

@@ -62,7 +62,16 @@ fn replace_file(dest: &Path, data: &[u8], mode: u32) -> Result<bool, String> {
     fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     // A dot name: runtimes skip hidden files and only load *.conf/*.conflist/*.json.
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let tmp_prefix = format!(".{name}.tmp.");
+    // Leftovers of an install that was killed before its rename.
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&tmp_prefix) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+    let tmp = dir.join(format!("{tmp_prefix}{}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
