@@ -12,7 +12,7 @@ use crate::cni::types::{AddResult, Interface, IpConfig, Route};
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::{self, sysctl, Netlink, DEFAULT_MTU, GATEWAY, HOST_MAC};
 use crate::ipam::store::LOCK_TIMEOUT;
-use crate::ipam::{attachment_hash, delegate, Record, Store};
+use crate::ipam::{attachment_hash, delegate, PoolLock, Record, Store};
 use crate::nat::{InstalledProbe, PoolNat};
 use crate::netns::Netns;
 
@@ -222,6 +222,15 @@ pub fn pool_nat(conf: &NetConf, subnet: Ipv4Network) -> PoolNat {
 }
 
 /// `probe` is the `iptables -C` started before the netlink work (`None`: no masquerade).
+/// Removes the pool's NAT rules once its last address is gone. Call with the pool lock held,
+/// so no ADD can allocate in between.
+pub fn drop_nat_if_empty(lock: &PoolLock, nat: &PoolNat) -> Result<()> {
+    if lock.is_empty()? {
+        nat.uninstall()?;
+    }
+    Ok(())
+}
+
 fn ensure_nat(nat: &PoolNat, probe: Option<Result<InstalledProbe>>, lease: &Lease) -> Result<()> {
     crate::crashpoint::here("add:before-nat");
     let Some(probe) = probe else {
@@ -263,10 +272,7 @@ fn rollback(
         Lease::Store(store) => {
             let undo_ip = store.lock(LOCK_TIMEOUT).and_then(|lock| {
                 lock.release(&att.container_id, &att.ifname)?;
-                if lock.is_empty()? {
-                    nat.uninstall()?;
-                }
-                Ok(())
+                drop_nat_if_empty(&lock, nat)
             });
             if let Err(e) = undo_ip {
                 crate::error!("rollback: {e}");

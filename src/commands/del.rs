@@ -9,7 +9,7 @@ use crate::dataplane::{self, Netlink};
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, Store};
 
-use super::add::pool_nat;
+use super::add::{drop_nat_if_empty, pool_nat};
 use super::runtime;
 
 pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
@@ -30,14 +30,8 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
                     Ok(None) => {}
                     Err(e) => errors.push(e),
                 }
-                match lock.is_empty() {
-                    Ok(true) => {
-                        if let Err(e) = pool_nat(conf, pool.subnet).uninstall() {
-                            errors.push(e);
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(e) => errors.push(e),
+                if let Err(e) = drop_nat_if_empty(&lock, &pool_nat(conf, pool.subnet)) {
+                    errors.push(e);
                 }
             }
         }

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use std::collections::HashSet;
 
-use super::add::pool_nat;
+use super::add::{drop_nat_if_empty, pool_nat};
 use super::runtime;
 use crate::cni::env::Command;
 use crate::cni::error::{self, CniError, Result};
@@ -88,14 +88,8 @@ pub fn run(conf: &NetConf) -> Result<()> {
                 Err(e) => errors.push(e),
             }
         }
-        match lock.is_empty() {
-            Ok(true) => {
-                if let Err(e) = pool_nat(conf, pool.subnet).uninstall() {
-                    errors.push(e);
-                }
-            }
-            Ok(false) => {}
-            Err(e) => errors.push(e),
+        if let Err(e) = drop_nat_if_empty(&lock, &pool_nat(conf, pool.subnet)) {
+            errors.push(e);
         }
     }
     // Host veths that route into this pool but belong to no valid attachment: left by a DEL

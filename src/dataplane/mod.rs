@@ -221,8 +221,8 @@ impl Netlink {
             })
     }
 
-    /// IPv4 routes of the main table whose destination is exactly `dst/prefix`.
-    pub async fn routes_to(&self, dst: Ipv4Addr, prefix: u8) -> Result<Vec<RouteMessage>> {
+    /// Every IPv4 route of the main table.
+    async fn dump_main_routes(&self) -> Result<Vec<RouteMessage>> {
         let mut out = Vec::new();
         let mut routes = self
             .handle
@@ -234,16 +234,17 @@ impl Netlink {
             .await
             .map_err(|e| nl_err("list routes", e))?
         {
-            if r.header.destination_prefix_length == prefix
-                && route_table(&r) == 254
-                && route_dst(&r) == Some(dst)
-            {
+            if route_table(&r) == 254 {
                 out.push(r);
             }
         }
-        if prefix == 0 {
-            out.retain(|r| r.header.destination_prefix_length == 0);
-        }
+        Ok(out)
+    }
+
+    /// IPv4 routes of the main table whose destination is exactly `dst/prefix`.
+    pub async fn routes_to(&self, dst: Ipv4Addr, prefix: u8) -> Result<Vec<RouteMessage>> {
+        let mut out = self.dump_main_routes().await?;
+        out.retain(|r| r.header.destination_prefix_length == prefix && route_dst(r) == Some(dst));
         Ok(out)
     }
 
@@ -323,35 +324,24 @@ pub struct RouteInfo {
 impl Netlink {
     /// IPv4 routes of the main table.
     pub async fn main_routes(&self) -> Result<Vec<RouteInfo>> {
-        let mut out = Vec::new();
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        while let Some(r) = routes
-            .try_next()
-            .await
-            .map_err(|e| nl_err("list routes", e))?
-        {
-            if route_table(&r) != 254 {
-                continue;
-            }
-            let gateway = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
-                _ => None,
-            });
-            if let Some(dst) = route_dst(&r) {
-                out.push(RouteInfo {
-                    dst,
+        Ok(self
+            .dump_main_routes()
+            .await?
+            .iter()
+            .filter_map(|r| {
+                let gateway = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                });
+                Some(RouteInfo {
+                    dst: route_dst(r)?,
                     prefix: r.header.destination_prefix_length,
                     gateway,
-                    oif: route_oif(&r),
+                    oif: route_oif(r),
                     scope: r.header.scope,
-                });
-            }
-        }
-        Ok(out)
+                })
+            })
+            .collect())
     }
 
     /// IPv4 addresses (with prefix length) on link `index`.
