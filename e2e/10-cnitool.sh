@@ -111,4 +111,74 @@ for verb in GC STATUS; do
 done
 cni DEL keep rcn-gc1-$RUN_ID "$conf" >/dev/null || fail "DEL after GC"
 expect_clean_node "$STORE"
+
+log "--- CHECK names each broken piece"
+ck=$WORK/check.json
+cat >"$ck" <<JSON
+{"cniVersion":"1.0.0","name":"e2e-check","type":"routed-cni","ipam":{"subnet":"10.201.1.0/24","dataDir":"$STORE"}}
+JSON
+make_pod rcn-ck-$RUN_ID
+result=$(cni ADD ck rcn-ck-$RUN_ID "$ck") || fail "ADD for CHECK"
+jq --argjson prev "$result" '. + {prevResult: $prev}' "$ck" >"$WORK/check-prev.json"
+ip=$(pod_ip rcn-ck-$RUN_ID)
+veth=$(jq -r '.interfaces[0].name' <<<"$result")
+record=$STORE/10.201.1.0-24/$ip
+check_catches() { # check_catches WHAT NEEDLE BREAK REPAIR
+    eval "$3"
+    local out
+    if out=$(cni CHECK ck rcn-ck-$RUN_ID "$WORK/check-prev.json"); then
+        fail "CHECK passed with $1"
+    elif grep -q -- "$2" <<<"$(jq -r .msg <<<"$out")"; then
+        ok "CHECK names $1: $(jq -r .msg <<<"$out" | cut -c1-100)"
+    else
+        fail "CHECK with $1 said: $out"
+    fi
+    eval "$4"
+    cni CHECK ck rcn-ck-$RUN_ID "$WORK/check-prev.json" >/dev/null && ok "CHECK passes again after repairing $1" || fail "CHECK after repairing $1"
+}
+cp "$record" "$WORK/record.bak"
+jump=$(on_node iptables -t nat -S POSTROUTING | grep 'routed-cni pool 10.201.1.0/24' | sed 's/^-A POSTROUTING //')
+check_catches "the pod default route" "default route" \
+    "ip -n rcn-ck-$RUN_ID route del default" "ip -n rcn-ck-$RUN_ID route add default via 169.254.1.1 dev eth0"
+check_catches "the host /32 route" "$ip/32" \
+    "ip -n $NODE route del $ip/32" "ip -n $NODE route add $ip/32 dev $veth scope link"
+check_catches "proxy_arp" "proxy_arp" \
+    "on_node sysctl -qw net.ipv4.conf.$veth.proxy_arp=0" "on_node sysctl -qw net.ipv4.conf.$veth.proxy_arp=1"
+check_catches "the NAT jump" "masquerade rule missing" \
+    "on_node iptables -t nat -D POSTROUTING $jump" "on_node iptables -t nat -A POSTROUTING $jump"
+check_catches "the allocation record" "no allocation" \
+    "rm -f $record" "cp $WORK/record.bak $record"
+cni DEL ck rcn-ck-$RUN_ID "$ck" >/dev/null || fail "DEL after CHECK tests"
+
+log "--- node crash: pods' namespaces deleted without DEL, then GC with the survivors"
+crash_conf=$WORK/crash-gc.json
+jq '.ipam.subnet = "10.201.2.0/29"' "$conf" >"$crash_conf"
+declare -A addr
+for i in 1 2 3 4; do
+    make_pod rcn-nc$i-$RUN_ID
+    cni ADD nc$i rcn-nc$i-$RUN_ID "$crash_conf" >/dev/null || fail "ADD nc$i"
+    addr[$i]=$(pod_ip rcn-nc$i-$RUN_ID)
+done
+ip netns del rcn-nc3-$RUN_ID
+ip netns del rcn-nc4-$RUN_ID
+jq '. + {"cni.dev/valid-attachments":[{"containerID":"nc1","ifname":"eth0"},{"containerID":"nc2","ifname":"eth0"}]}' \
+    "$crash_conf" >"$WORK/crash-gc-run.json"
+ip netns exec "$NODE" env CNI_COMMAND=GC "$BIN" <"$WORK/crash-gc-run.json" && ok "GC after the crash" || fail "GC after the crash"
+left=$(ls "$STORE/10.201.2.0-29" | grep -E '^[0-9.]+$' | sort | tr '\n' ' ')
+expect_eq "GC kept exactly the survivors' addresses" "$left" "$(printf '%s\n' "${addr[1]}" "${addr[2]}" | sort | tr '\n' ' ')"
+expect_eq "survivors still reach the node" "$(ip netns exec rcn-nc1-$RUN_ID ping -c1 -W2 $NODE_UPLINK >/dev/null && ip netns exec rcn-nc2-$RUN_ID ping -c1 -W2 $NODE_UPLINK >/dev/null && echo yes)" "yes"
+# The freed addresses are handed out again and work: the /29 has 6, 2 are live, so 4 new pods
+# must fit and two of them must get the dead pods' addresses.
+got=""
+for i in 5 6 7 8; do
+    make_pod rcn-nc$i-$RUN_ID
+    cni ADD nc$i rcn-nc$i-$RUN_ID "$crash_conf" >/dev/null || fail "ADD nc$i after GC"
+    got="$got $(pod_ip rcn-nc$i-$RUN_ID)"
+    ip netns exec rcn-nc$i-$RUN_ID ping -c1 -W2 $NODE_UPLINK >/dev/null || fail "nc$i cannot reach the node"
+done
+for i in 3 4; do
+    grep -qw "${addr[$i]}" <<<"$got" && ok "dead pod's ${addr[$i]} handed out again and reachable" || fail "${addr[$i]} not reused: $got"
+done
+for i in 1 2 5 6 7 8; do cni DEL nc$i rcn-nc$i-$RUN_ID "$crash_conf" >/dev/null || fail "DEL nc$i"; done
+expect_clean_node "$STORE"
 finish
