@@ -105,6 +105,9 @@ collect() {
 
 # check_invariants LABEL: the whole node against the pods the script believes live.
 check_invariants() {
+    local audit
+    audit=$(on_node "$BIN" audit --data-dir "$STORE") && ok "$1: routed-cni audit finds no leak" ||
+        fail "$1: routed-cni audit: $audit"
     local label=$1 cid ns ip want got pids=() p c n addrs_ok=1 subnet chain
     local -A owner=()
     # 1. Each live pod has one address, the one ADD reported, and no other pod has it.

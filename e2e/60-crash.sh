@@ -57,6 +57,15 @@ for point in store:locked store:record-removed del:released; do
         make_pod "$pod"
         cni ADD "c$n" "$pod" "$CONF" >/dev/null || fail "ADD before DEL crash"
         crash "$point" DEL "c$n" "$pod"
+        if [ "$point" == del:released ]; then
+            # Address released, veth still there: exactly what the leak audit exists to find.
+            if audit=$(on_node "$BIN" audit --data-dir "$STORE"); then
+                fail "audit missed the veth left by a DEL killed at $point"
+            else
+                grep -q "host veth rcni.*no allocation explains it" <<<"$audit" && ok "audit reports the orphan veth" ||
+                    fail "audit said: $audit"
+            fi
+        fi
         store_readable || fail "store unreadable after DEL killed at $point"
         recover "$how" "c$n" "$pod" && ok "recovered by $how" || fail "recovery by $how after DEL killed at $point"
         expect_clean_node "$STORE" >/dev/null

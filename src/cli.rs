@@ -37,6 +37,10 @@ Commands for people:
                          conflist, each by temp file + rename; harmless to
                          re-run. Every flag also reads ROUTED_CNI_<FLAG> (e.g.
                          ROUTED_CNI_POD_SUBNET) from the environment
+  routed-cni audit [--data-dir DIR] [--host-veth-prefix rcni] [--json]
+                         anything of ours on this node that no live allocation
+                         explains (veths, /32 routes, NAT jumps and chains) and
+                         allocations whose host veth is gone; exit 1 on a leak
   routed-cni version     the plugin version and the CNI versions it speaks
   routed-cni --help      this text
 ";
@@ -55,6 +59,7 @@ pub fn run(args: &[String]) -> i32 {
         Some("list") => list(&args[1..]),
         Some("doctor") => crate::doctor::run(&args[1..]),
         Some("install") => install(&args[1..]),
+        Some("audit") => crate::audit::run(&args[1..]),
         None | Some("--help") | Some("-h") | Some("help") => {
             print!("{USAGE}");
             0

@@ -95,6 +95,8 @@ expect_clean_node() {
     [ -z "$leftovers" ] && ok "no routed-cni NAT rule left" || fail "NAT rules left: $leftovers"
     leftovers=$(find "$store" -regextype posix-extended -regex '.*/[0-9]+(\.[0-9]+){3}$' 2>/dev/null || true)
     [ -z "$leftovers" ] && ok "no allocation left" || fail "allocations left: $leftovers"
+    leftovers=$(on_node "$BIN" audit --data-dir "$store") && ok "routed-cni audit finds no leak" ||
+        fail "routed-cni audit: $leftovers"
 }
 
 finish() {
