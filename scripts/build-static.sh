@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 target=x86_64-unknown-linux-gnu
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" >&2
 bin=target/$target/release/routed-cni
-if ! file "$bin" | grep -q 'static'; then
+if ! command -v file >/dev/null; then
+    echo "build-static.sh: 'file' is not installed (apt-get install file); not verifying linkage" >&2
+elif ! file "$bin" | grep -q 'static'; then
     echo "build-static.sh: $bin is not statically linked: $(file "$bin")" >&2
     exit 1
 fi
