@@ -8,7 +8,7 @@ use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use serde_json::json;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
@@ -20,13 +20,15 @@ use crate::dataplane::{self, sysctl, Netlink, RouteLookup, RouteQuery, GATEWAY, 
 use crate::ipam::{attachment_hash, Record};
 use crate::netns::Netns;
 
-/// One allocation found in the store.
+/// One IPv4 allocation found in the store.
 pub struct Target {
     pub pool: Ipv4Network,
+    /// The record's address.
+    pub ip: Ipv4Addr,
     pub store_dir: PathBuf,
     pub record: Record,
     /// The address the attachment's key file leads to (`PoolLock::find`), as DEL would see it.
-    pub key_finds: Option<Ipv4Addr>,
+    pub key_finds: Option<IpAddr>,
 }
 
 /// `--to IP[:PORT]`.
@@ -182,7 +184,7 @@ impl Walk<'_> {
     fn route_fix(&self) -> String {
         format!(
             "ip route replace {}/32 dev {} scope link",
-            self.r.ip,
+            self.t.ip,
             self.veth()
         )
     }
@@ -246,7 +248,7 @@ impl Walk<'_> {
                     .join(attachment_hash(&self.r.container_id, &self.r.ifname));
                 step = step.fix(format!(
                     "rm -f {} {}",
-                    self.t.store_dir.join(self.r.ip.to_string()).display(),
+                    self.t.store_dir.join(self.t.ip.to_string()).display(),
                     key.display()
                 ));
                 self.steps.push(step);
@@ -359,18 +361,18 @@ impl Walk<'_> {
             },
             self.ifname()
         );
-        let want = (self.r.ip, 32);
+        let want = (self.t.ip, 32);
         let step = if addrs.contains(&want) {
             Step::ok(ID, TITLE, saw)
         } else {
             let mut s = Step::fail(ID, TITLE, saw).why(format!(
                 "the pod has no source address {}: what it sends cannot be answered",
-                self.r.ip
+                self.t.ip
             ));
-            for (a, p) in addrs.iter().filter(|(a, _)| *a == self.r.ip) {
+            for (a, p) in addrs.iter().filter(|(a, _)| *a == self.t.ip) {
                 s = s.fix(self.pod_cmd(&format!("addr del {a}/{p} dev {}", self.ifname())));
             }
-            s.fix(self.pod_cmd(&format!("addr add {}/32 dev {}", self.r.ip, self.ifname())))
+            s.fix(self.pod_cmd(&format!("addr add {}/32 dev {}", self.t.ip, self.ifname())))
         };
         self.steps.push(step.details(json!({"addresses": shown})));
     }
@@ -585,7 +587,7 @@ impl Walk<'_> {
         match &self.from_pod {
             Some(Err(code)) => format!(
                 "proxy_arp is on, but the node answers ARP only for addresses it would forward to, and its lookup for {GATEWAY} from {} on {veth} fails: {}.",
-                self.r.ip,
+                self.t.ip,
                 refusal(*code)
             ),
             Some(Ok(l)) if l.oif == self.host_index() => format!(
@@ -735,7 +737,7 @@ impl Walk<'_> {
     fn host_route(&mut self) {
         const ID: &str = "host-route";
         const TITLE: &str = "host route";
-        let (ip, veth) = (self.r.ip, self.veth().to_string());
+        let (ip, veth) = (self.t.ip, self.veth().to_string());
         let Some(index) = self.host_index() else {
             self.steps
                 .push(Step::skip(ID, TITLE, format!("no {veth} on the node")));
@@ -836,7 +838,7 @@ impl Walk<'_> {
                 TITLE,
                 format!(
                     "{saw}: passes, the route back to {} leaves through {veth}",
-                    self.r.ip
+                    self.t.ip
                 ),
             )
         } else {
@@ -847,7 +849,7 @@ impl Walk<'_> {
             let mut s = Step::fail(
                 ID,
                 TITLE,
-                format!("{saw}: the route back to {} is `{back_s}`, not {veth}", self.r.ip),
+                format!("{saw}: the route back to {} is `{back_s}`, not {veth}", self.t.ip),
             )
             .why(format!(
                 "the node drops every packet from the pod: rp_filter accepts a source only when the route back to it leaves through the interface it came in on, and {veth} has no address, so even loose mode does not fall back"
@@ -966,7 +968,7 @@ impl Walk<'_> {
     // ---------------------------------------------------------------- --to
 
     fn destination(&mut self, d: Dest, rules: &Result<PoolRules, String>) {
-        let ip = self.r.ip;
+        let ip = self.t.ip;
         let dst = d.ip;
         // The pod's lookup.
         const POD_ID: &str = "pod-route-to";
@@ -1154,7 +1156,7 @@ impl Walk<'_> {
         const NODE_TITLE: &str = "node route to";
         let out_name = self.host_name(Some(out));
         let back = self.block(self.node.net.route_get(RouteQuery {
-            dst: Some(self.r.ip),
+            dst: Some(self.t.ip),
             src: Some(dst),
             iif: Some(out),
             ..Default::default()
@@ -1223,7 +1225,7 @@ impl Walk<'_> {
             }
         );
         let details = json!({"record": record, "key": key, "keyFinds": self.t.key_finds});
-        let step = if self.t.key_finds != Some(r.ip) {
+        let step = if self.t.key_finds != Some(IpAddr::V4(self.t.ip)) {
             Step::fail(
                 ID,
                 TITLE,
@@ -1290,7 +1292,7 @@ pub fn check(
     w.to_pod = Some(
         node.rt
             .block_on(node.net.route_get(RouteQuery {
-                dst: Some(r.ip),
+                dst: Some(t.ip),
                 ..Default::default()
             }))
             .unwrap_or(Err(0)),
@@ -1300,7 +1302,7 @@ pub fn check(
             .rt
             .block_on(node.net.route_get(RouteQuery {
                 dst: Some(GATEWAY),
-                src: Some(r.ip),
+                src: Some(t.ip),
                 iif: Some(index),
                 ..Default::default()
             }))

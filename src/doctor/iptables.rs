@@ -177,8 +177,8 @@ impl PoolRules {
     /// The rules as ADD would have written them for the exceptions found.
     pub fn expected(&self) -> PoolNat {
         PoolNat {
-            subnet: self.subnet,
-            non_masquerade: self.non_masquerade.clone(),
+            subnet: self.subnet.into(),
+            non_masquerade: self.non_masquerade.iter().map(|&c| c.into()).collect(),
         }
     }
 
@@ -292,7 +292,7 @@ mod tests {
             .filter_map(|r| dest_of(&r.spec))
             .collect();
         let rules = PoolRules {
-            subnet: nat.subnet,
+            subnet: "10.244.1.0/24".parse().unwrap(),
             jumps: vec![parse_rule(
                 &format!("-A POSTROUTING {}", nat.jump_rule()),
                 "POSTROUTING",
@@ -303,7 +303,14 @@ mod tests {
             chain_rules,
             non_masquerade,
         };
-        assert_eq!(rules.non_masquerade, nat.non_masquerade);
+        assert_eq!(
+            rules
+                .non_masquerade
+                .iter()
+                .map(|&c| c.into())
+                .collect::<Vec<ipnetwork::IpNetwork>>(),
+            nat.non_masquerade
+        );
         assert!(rules.jump_ok() && rules.chain_ok());
         assert_eq!(
             rules.verdict("10.96.0.10".parse().unwrap()),

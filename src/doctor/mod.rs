@@ -7,8 +7,9 @@ mod checks;
 pub mod iptables;
 pub mod report;
 
+use ipnetwork::IpNetwork;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -146,6 +147,9 @@ fn scan(data_dir: &Path) -> Result<Vec<Target>, String> {
     for dir in dirs {
         let store = Store::at(dir.clone());
         let pool = store.pool().subnet;
+        let IpNetwork::V4(pool4) = pool else {
+            continue;
+        };
         let lock = store
             .lock(LOCK_TIMEOUT)
             .map_err(|e| format!("pool {pool}: {}", e.msg))?;
@@ -158,8 +162,10 @@ fn scan(data_dir: &Path) -> Result<Vec<Target>, String> {
                 .ok()
                 .flatten()
                 .map(|r| r.ip);
+            let IpAddr::V4(ip) = record.ip else { continue };
             out.push(Target {
-                pool,
+                pool: pool4,
+                ip,
                 store_dir: dir.clone(),
                 record,
                 key_finds,
