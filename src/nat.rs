@@ -243,6 +243,25 @@ impl PoolNat {
         Ok(())
     }
 
+    /// The pool whose jump covers `ip`, found by the jumps' comments: with delegated IPAM the
+    /// pool is whatever network the IPAM plugin returned at ADD, which CHECK no longer has.
+    pub fn installed_pool_for(ip: std::net::IpAddr) -> Result<Option<IpNetwork>> {
+        let cmd = if ip.is_ipv6() {
+            "ip6tables"
+        } else {
+            "iptables"
+        };
+        let rules = iptables(cmd)
+            .list(TABLE, POSTROUTING)
+            .map_err(|e| ipt_err("list POSTROUTING", e))?;
+        Ok(rules
+            .iter()
+            .filter_map(|line| line.split("routed-cni pool ").nth(1))
+            .filter_map(|rest| rest.split('"').next())
+            .filter_map(|subnet| subnet.parse::<IpNetwork>().ok())
+            .find(|net| net.contains(ip)))
+    }
+
     /// Removes every jump and chain of this pool (any config). Missing rules are fine.
     pub fn uninstall(&self) -> Result<()> {
         self.remove_jumps(|_| true)?;

@@ -16,6 +16,7 @@ use crate::config::{Ipam, NetConf};
 use crate::dataplane::{self, sysctl, Netlink, GATEWAY, GATEWAY6, HOST_MAC};
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, Store};
+use crate::nat::PoolNat;
 use crate::netns::Netns;
 
 /// What ADD reported for this attachment.
@@ -139,12 +140,19 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
             for subnet in &want.subnets {
                 pool_nat(conf, *subnet).check()?;
             }
-        } else if !conf.non_masquerade_cidrs.is_empty() {
-            // Delegated IPAM: the result's prefix is what ADD installed the rules for, and
-            // CHECK has only the host address; check that one's family by the /32 or /128.
+        } else {
+            // Delegated IPAM: ADD installed the rules for the network the IPAM plugin
+            // returned; CHECK has only the pod's address, so it finds that pool by its jump.
             for ip in &want.ips {
-                let net = IpNetwork::new(*ip, dataplane::host_prefix(*ip)).expect("host prefix");
-                pool_nat(conf, net).check()?;
+                match PoolNat::installed_pool_for(*ip)? {
+                    Some(subnet) => pool_nat(conf, subnet).check()?,
+                    None => {
+                        return Err(CniError::nat(format!(
+                            "no masquerade jump covers {ip}: `{} -t nat -S POSTROUTING` shows no \"routed-cni pool\" rule for its network",
+                            if ip.is_ipv6() { "ip6tables" } else { "iptables" }
+                        )))
+                    }
+                }
             }
         }
     }
