@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole routed-cni test suite, in order, failing fast:
 #   packages, cargo fmt --check, Kubernetes manifests, shellcheck e2e/kind, clippy,
-#   release build, cargo test (unit +
-#   node integration tests), every executable e2e/*.sh, then scripts/demo.sh.
+#   release build, cargo test (unit + node integration tests), every executable e2e/*.sh,
+#   then scripts/demo.sh.
 # Needs root (the node tests and the demo create network namespaces).
 set -euo pipefail
 
