@@ -154,6 +154,8 @@ mapfile -t WORKERS < <(kubectl get nodes -l '!node-role.kubernetes.io/control-pl
     -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}')
 [ ${#WORKERS[@]} = 2 ] || die "expected 2 workers, got: ${WORKERS[*]}"
 kubectl create namespace "$NS" >/dev/null
+# Pods are refused until the namespace's default ServiceAccount exists (made asynchronously).
+for _ in $(seq 30); do kubectl -n "$NS" get serviceaccount default >/dev/null 2>&1 && break; sleep 1; done
 # agnhost netexec answers /hostname and /clientip (the source address it sees) on :8080;
 # the image also has curl, dig, nc and ping.
 kubectl -n "$NS" apply -f - >/dev/null <<EOF
