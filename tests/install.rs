@@ -206,9 +206,15 @@ fn watch(w: &World, writer: impl FnOnce() -> usize + Send) -> (usize, Stats) {
                 }
             }
         });
-        let rounds = writer();
-        stop.store(true, Ordering::Relaxed);
-        rounds
+        // Readers stop also when the writer panics; else the scope would wait for them forever.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
+        writer()
     });
     (rounds, stats.into_inner().unwrap())
 }
