@@ -82,6 +82,10 @@ fn replace_file(dest: &Path, data: &[u8], mode: u32) -> Result<bool, String> {
         f.write_all(data)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.sync_all()?;
+        // Closed before the rename: while any process holds a file open for writing, exec of
+        // it fails with ETXTBSY ("text file busy"), so a runtime exec'ing the plugin right
+        // after the rename would fail until we closed it (tests/install.rs caught this).
+        drop(f);
         crate::crashpoint::here("install:before-rename");
         fs::rename(&tmp, dest)?;
         // The rename itself must survive a crash too.
