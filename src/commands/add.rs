@@ -91,6 +91,10 @@ fn allocate_builtin(
                     subnet: pool.subnet,
                     store: Some(store),
                 });
+                // Dual-stack: the IPv4 address is held, the IPv6 one not yet.
+                if pools.len() > 1 && lease.addrs.len() == 1 {
+                    crate::crashpoint::here("add:first-family-allocated");
+                }
             }
             Err(e) => {
                 release(conf, &lease, att);
