@@ -935,6 +935,7 @@ fn dual_stack_pod_gets_both_walks() {
     require_root!();
     let mut w = World::dual("dual");
     let pod = w.pod("web-1");
+    let _other = w.pod("web-2");
     w.assert_healthy_dual(&pod);
 
     let to = format!("[{OUTSIDE_IP6}]:80");
@@ -1019,6 +1020,38 @@ fn dual_stack_pod_gets_both_walks() {
         "{text}"
     );
     println!("{text}");
+
+    // --all: each pod's two addresses together, IPv4 first.
+    let text = w.doctor(&["--all"]).stdout;
+    let sections: Vec<(String, bool)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("pod default/"))
+        .map(|l| {
+            let (name, rest) = l.split_once("  ip ").unwrap();
+            (name.to_string(), rest.starts_with("fd00:"))
+        })
+        .collect();
+    assert_eq!(
+        sections,
+        [
+            ("web-1".to_string(), false),
+            ("web-1".to_string(), true),
+            ("web-2".to_string(), false),
+            ("web-2".to_string(), true)
+        ],
+        "{text}"
+    );
+    assert!(
+        text.contains("2 pod(s) checked (4 addresses), 0 address(es) broken"),
+        "{text}"
+    );
+    // Not found: each pool named once.
+    let d = w.doctor(&["--pod", "default/nope"]);
+    assert_eq!(d.code, NOT_FOUND, "{d:?}");
+    assert!(
+        d.stderr.contains(&format!("(pools: {SUBNET}, {SUBNET6})")),
+        "{d:?}"
+    );
 }
 
 #[test]

@@ -278,8 +278,14 @@ pub fn run(args: &[String]) -> i32 {
         Err(e) => return fail(e),
     };
     let pools: Vec<String> = {
-        let mut p: Vec<String> = all.iter().map(|t| t.pool.to_string()).collect();
-        p.dedup();
+        // A dual-stack pod's addresses come together, so one pool's entries are not adjacent.
+        let mut p: Vec<String> = Vec::new();
+        for t in &all {
+            let pool = t.pool.to_string();
+            if !p.contains(&pool) {
+                p.push(pool);
+            }
+        }
         p
     };
     let targets = select(all, &o.select);
