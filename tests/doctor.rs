@@ -1200,6 +1200,23 @@ fn ipv6_missing_host_veth_gateway_address() {
         w.on_node(&f);
     }
     w.assert_healthy_dual(&pod);
+    // With the address back, neighbour discovery resolves the gateway: a warning, since ADD's
+    // permanent entry is what the pod should have.
+    w.on_node(&format!(
+        "ip -n {} -6 neigh del {GATEWAY6} dev eth0",
+        pod.ns
+    ));
+    let d = w.doctor_pod(&pod, &[]);
+    assert_eq!(d.code, HEALTHY, "{d:?}");
+    let neigh = d.step_in("ipv6", "pod-neighbour");
+    assert_eq!(neigh["status"], "warn", "{d:?}");
+    assert!(
+        neigh["saw"]
+            .as_str()
+            .unwrap()
+            .contains("-> ee:ee:ee:ee:ee:ee (reachable) (the host veth answered)"),
+        "{d:?}"
+    );
 }
 
 #[test]

@@ -1016,7 +1016,8 @@ impl Walk<'_> {
     /// IPv6 sysctls of the host veth. Only `disable_ipv6` stops packets by itself (it takes the
     /// gateway address and the /128 route with it); the others are how ADD leaves the veth,
     /// and a difference is a warning: for IPv6, forwarding is decided by `all.forwarding`
-    /// (checked next), and the gateway is the veth's own address, answered without proxy_ndp.
+    /// (a step of its own), and the gateway is the veth's own address, answered without
+    /// proxy_ndp.
     fn host_veth_sysctls6(&mut self) {
         const ID: &str = "host-veth-sysctls";
         const TITLE: &str = "host veth sysctls";
