@@ -6,7 +6,7 @@ pub mod sysctl;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::address::AddressHeaderFlags;
+use rtnetlink::packet_route::address::{AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -449,6 +449,20 @@ impl Netlink {
 
     /// Addresses of family `A` (with prefix length) on link `index`.
     pub async fn addresses_of<A: Family>(&self, index: u32) -> Result<Vec<(A, u8)>> {
+        Ok(self
+            .addresses_with_flags::<A>(index)
+            .await?
+            .into_iter()
+            .map(|(a, p, _)| (a, p))
+            .collect())
+    }
+
+    /// Addresses of family `A` on link `index` with their `IFA_F_*` flags, which say whether
+    /// an IPv6 address is usable yet (tentative: DAD still running; dadfailed: never).
+    pub async fn addresses_with_flags<A: Family>(
+        &self,
+        index: u32,
+    ) -> Result<Vec<(A, u8, AddressFlags)>> {
         let mut out = Vec::new();
         let mut addrs = self
             .handle
@@ -464,10 +478,21 @@ impl Netlink {
             if a.header.index != index {
                 continue;
             }
+            // IFA_FLAGS carries all 32 bits; the header only the first 8.
+            let flags = a
+                .attributes
+                .iter()
+                .find_map(|attr| match attr {
+                    AddressAttribute::Flags(f) => Some(*f),
+                    _ => None,
+                })
+                .unwrap_or_else(|| {
+                    AddressFlags::from_bits_retain(u32::from(a.header.flags.bits()))
+                });
             for attr in &a.attributes {
                 if let AddressAttribute::Address(ip) = attr {
                     if let Some(ip) = A::from_ip(*ip) {
-                        out.push((ip, a.header.prefix_len));
+                        out.push((ip, a.header.prefix_len, flags));
                     }
                 }
             }
@@ -526,17 +551,18 @@ pub struct RouteLookup {
     pub kind: RouteType,
     pub table: u32,
     pub oif: Option<u32>,
-    pub gateway: Option<Ipv4Addr>,
-    pub prefsrc: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
+    pub prefsrc: Option<IpAddr>,
 }
 
-/// The packet a route lookup is made for: with `iif` set the kernel treats it as arriving on
-/// that link (the forwarding path, with its `forwarding` and `rp_filter` checks), otherwise as
-/// sent by this namespace.
+/// The packet a route lookup is made for, IPv4 or IPv6 (`dst` and `src` of one family): with
+/// `iif` set the kernel treats it as arriving on that link (the forwarding path, with its
+/// `forwarding` and `rp_filter` checks for IPv4), otherwise as sent by this namespace.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RouteQuery {
-    pub dst: Option<Ipv4Addr>,
-    pub src: Option<Ipv4Addr>,
+    /// `None`: the unspecified address of `src`'s family (IPv4 without `src`).
+    pub dst: Option<IpAddr>,
+    pub src: Option<IpAddr>,
     pub iif: Option<u32>,
     /// A TCP destination port, for policy rules that match on it.
     pub tcp_dport: Option<u16>,
@@ -544,13 +570,21 @@ pub struct RouteQuery {
 
 impl Netlink {
     /// Asks the kernel which route a packet takes. `Ok(Err(errno))` is the kernel's refusal
-    /// (ENETUNREACH: no route; EHOSTUNREACH: forwarding is off on `iif`; EINVAL/EXDEV: the
-    /// source fails the reverse-path check); `Err` is a failure to ask.
+    /// (ENETUNREACH: no route; for IPv4 also EHOSTUNREACH: forwarding is off on `iif`, and
+    /// EINVAL/EXDEV: the source fails the reverse-path check); `Err` is a failure to ask.
+    /// IPv6 lookups never look at forwarding: the kernel drops later, in ip6_forward, when
+    /// `net.ipv6.conf.all.forwarding` is 0.
     pub async fn route_get(&self, q: RouteQuery) -> Result<std::result::Result<RouteLookup, i32>> {
-        let dst = q.dst.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, 32);
+        let dst = q.dst.unwrap_or(match q.src {
+            Some(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        });
+        let bad = |e| CniError::dataplane(format!("route get {dst}: {e}"));
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst, host_prefix(dst))
+            .map_err(bad)?;
         if let Some(src) = q.src {
-            b = b.source_prefix(src, 32);
+            b = b.source_prefix(src, host_prefix(src)).map_err(bad)?;
         }
         if let Some(iif) = q.iif {
             b = b.input_interface(iif);
@@ -574,7 +608,8 @@ impl Netlink {
         };
         let addr = |want: fn(&RouteAttribute) -> Option<&RouteAddress>| {
             r.attributes.iter().find_map(|a| match want(a) {
-                Some(RouteAddress::Inet(ip)) => Some(*ip),
+                Some(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                Some(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
                 _ => None,
             })
         };
@@ -593,12 +628,14 @@ impl Netlink {
         }))
     }
 
-    /// Asks the kernel to resolve `ip` on link `index` (NTF_USE: an ARP request goes out as if
-    /// a packet were waiting). An entry already valid, permanent included, is left as it is.
-    pub async fn probe_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+    /// Asks the kernel to resolve `ip` on link `index` (NTF_USE: an ARP request or IPv6
+    /// neighbour solicitation goes out as if a packet were waiting). An entry already valid,
+    /// permanent included, is left as it is.
+    pub async fn probe_neighbour(&self, index: u32, ip: impl Into<IpAddr>) -> Result<()> {
+        let ip: IpAddr = ip.into();
         self.handle
             .neighbours()
-            .add(index, IpAddr::V4(ip))
+            .add(index, ip)
             .state(NeighbourState::None)
             .flags(NeighbourFlags::Use)
             .replace()
