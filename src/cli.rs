@@ -32,7 +32,7 @@ Commands for people:
                          Each step prints ✓ or ✗, what it saw and the command
                          that fixes it. No selector means --all. Exit 0
                          healthy, 1 broken, 2 usage, 3 no such pod
-  routed-cni install --pod-subnet CIDR [--cluster-cidr CIDR] [--mtu N]
+  routed-cni install --pod-subnet CIDR[,CIDR6] [--cluster-cidr CIDR[,CIDR6]] [--mtu N]
                      [--log-file PATH] [--bin-dir /opt/cni/bin]
                      [--conf-dir /etc/cni/net.d] [--conf-name 10-routed-cni.conflist]
                      [--network-name k8s-pod-network]
