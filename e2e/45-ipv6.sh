@@ -131,9 +131,16 @@ ip -n "$POD_A" -6 route del default
 msg=$(check_a)
 [[ $msg == *"IPv6 default route via $GW6"* ]] && ok "CHECK names the missing IPv6 default route" || fail "CHECK said: $msg"
 ip -n "$POD_A" -6 route add default via "$GW6" dev eth0
-on_node sysctl -qw net.ipv6.conf."$veth_a".proxy_ndp=0
+on_node sysctl -qw net.ipv6.conf.all.forwarding=0
 msg=$(check_a)
-[[ $msg == *proxy_ndp* ]] && ok "CHECK names proxy_ndp=0" || fail "CHECK said: $msg"
+[[ $msg == *net.ipv6.conf.all.forwarding* ]] && ok "CHECK names IPv6 forwarding off" || fail "CHECK said: $msg"
+ping6_ok "$POD_A" "$OUTSIDE_ADDR6" && fail "pod A reached the outside with IPv6 forwarding off" ||
+    ok "with IPv6 forwarding off pod A cannot reach the outside (what CHECK reported)"
+on_node sysctl -qw net.ipv6.conf.all.forwarding=1
+# proxy_ndp is set as calico does, but nothing needs it: CHECK does not fail a pod that works.
+on_node sysctl -qw net.ipv6.conf."$veth_a".proxy_ndp=0
+expect_eq "CHECK with proxy_ndp=0 (pod A still reaches the outside)" "$(check_a)" ok
+ping6_ok "$POD_A" "$OUTSIDE_ADDR6" && ok "ping -6 pod A -> outside with proxy_ndp=0" || fail "ping -6 with proxy_ndp=0"
 on_node sysctl -qw net.ipv6.conf."$veth_a".proxy_ndp=1
 ip -n "$NODE" -6 route del "$A6/128"
 msg=$(check_a)

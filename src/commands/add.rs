@@ -319,16 +319,22 @@ async fn wire(
     })
 }
 
-/// The node's IPv6 settings for a pod's host veth, as ADD sets them and CHECK expects them.
+/// The node's IPv6 settings for a pod's host veth, as ADD sets them. The first two are what
+/// IPv6 traffic needs once the pod is up, and all CHECK holds a pod to: `accept_dad` matters
+/// only while the addresses are added, `proxy_ndp` and the veth's own `forwarding` not at all
+/// (the gateway is the veth's own address; `all.forwarding` decides forwarding).
 pub fn host_ipv6_sysctls(host_veth: &str) -> Vec<(String, &'static str)> {
     vec![
         (format!("net/ipv6/conf/{host_veth}/disable_ipv6"), "0"),
+        ("net/ipv6/conf/all/forwarding".to_string(), "1"),
         (format!("net/ipv6/conf/{host_veth}/accept_dad"), "0"),
         (format!("net/ipv6/conf/{host_veth}/proxy_ndp"), "1"),
         (format!("net/ipv6/conf/{host_veth}/forwarding"), "1"),
-        ("net/ipv6/conf/all/forwarding".to_string(), "1"),
     ]
 }
+
+/// How many of `host_ipv6_sysctls` CHECK requires.
+pub const HOST_IPV6_SYSCTLS_REQUIRED: usize = 2;
 
 /// The masquerade rules for a pool; `nonMasqueradeCIDRs` defaults to the pool itself.
 pub fn pool_nat(conf: &NetConf, subnet: IpNetwork) -> PoolNat {

@@ -7,7 +7,7 @@ use rtnetlink::packet_route::route::RouteScope;
 use serde_json::Value;
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::add::{host_ipv6_sysctls, pool_nat};
+use super::add::{host_ipv6_sysctls, pool_nat, HOST_IPV6_SYSCTLS_REQUIRED};
 use super::runtime;
 use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{CniError, Result};
@@ -340,7 +340,11 @@ async fn check_data_path(
         ]);
     }
     if has_v6 {
-        sysctls.extend(host_ipv6_sysctls(host_veth));
+        sysctls.extend(
+            host_ipv6_sysctls(host_veth)
+                .into_iter()
+                .take(HOST_IPV6_SYSCTLS_REQUIRED),
+        );
         if !host
             .has_address(host_index, IpAddr::V6(GATEWAY6), 64)
             .await?
