@@ -48,7 +48,7 @@ fn from_prev_result(prev: &Value, att: &Attachment) -> Result<Expected> {
                 att.ifname, att.netns
             ))
         })?;
-    let ips: Vec<IpAddr> = prev
+    let ips: Vec<IpNetwork> = prev
         .get("ips")
         .and_then(Value::as_array)
         .into_iter()
@@ -60,16 +60,11 @@ fn from_prev_result(prev: &Value, att: &Attachment) -> Result<Expected> {
         })
         .filter_map(|e| e.get("address").and_then(Value::as_str))
         .filter_map(|a| a.parse::<IpNetwork>().ok())
+        .collect();
+    let ips: Vec<IpAddr> = delegate::first_per_family(&ips)
+        .iter()
         .map(|n| n.ip())
         .collect();
-    let ips: Vec<IpAddr> = [
-        ips.iter().find(|i| i.is_ipv4()),
-        ips.iter().find(|i| i.is_ipv6()),
-    ]
-    .into_iter()
-    .flatten()
-    .copied()
-    .collect();
     if ips.is_empty() {
         return Err(bad(format!("lists no address for {}", att.ifname)));
     }

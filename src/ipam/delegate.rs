@@ -103,6 +103,18 @@ pub fn exec(plugin: &str, command: Command, config: &Value) -> Result<Option<Val
     })
 }
 
+/// The first address of each family in `all`, IPv4 first: a pod has at most one of each.
+pub fn first_per_family(all: &[IpNetwork]) -> Vec<IpNetwork> {
+    [
+        all.iter().find(|n| n.is_ipv4()),
+        all.iter().find(|n| n.is_ipv6()),
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .collect()
+}
+
 /// The pod's addresses from an IPAM result: the first of each family, IPv4 first, each with
 /// the network it came from.
 pub fn pod_addresses(result: &Value) -> Result<Vec<IpNetwork>> {
@@ -114,14 +126,7 @@ pub fn pod_addresses(result: &Value) -> Result<Vec<IpNetwork>> {
         .filter_map(|ip| ip.get("address").and_then(Value::as_str))
         .filter_map(|a| a.parse::<IpNetwork>().ok())
         .collect();
-    let out: Vec<IpNetwork> = [
-        all.iter().find(|n| n.is_ipv4()),
-        all.iter().find(|n| n.is_ipv6()),
-    ]
-    .into_iter()
-    .flatten()
-    .copied()
-    .collect();
+    let out = first_per_family(&all);
     if out.is_empty() {
         return Err(CniError::new(
             Code::DelegatedIpam,
