@@ -183,10 +183,10 @@ fn check_allocation(
             format!("lists no {family} address from pool {}", pool.subnet),
         )),
         (None, Some(_)) => Err(CniError::store(format!(
-            "no {family} allocation for {}/{} in {} (see `ls {}`)",
+            "no allocation for {}/{} in the {family} pool {} (see `ls {}`)",
             att.container_id,
             att.ifname,
-            store.dir().display(),
+            pool.subnet,
             store.dir().display()
         ))),
     }
