@@ -401,7 +401,7 @@ impl Agent {
         let name = &self.opts.node_name;
         let cidr = match self.nodes.get(name) {
             None => {
-                let why = format!("node {name} is not in the API's node list yet (check NODE_NAME/--node-name: it must be the Node object's name, spec.nodeName)");
+                let why = format!("node {name} is not in the API's node list (check NODE_NAME/--node-name: it must be the Node object's name, spec.nodeName)");
                 notes.push(why.clone());
                 self.health.install_problem(why);
                 return;
