@@ -20,6 +20,7 @@ CLUSTER_ROUTES=none
 [ -x "$BIN" ] || die "no routed-cni binary at $BIN (build it, or set ROUTED_CNI_BIN)"
 command -v openssl >/dev/null || die "openssl is needed (apt-get install openssl)"
 PY=/usr/bin/python3 # not pyenv's python3 from PATH: the stand-in needs only the stdlib
+[ -x $PY ] || die "$PY is needed (apt-get install python3)"
 RESYNC=2
 STALE=5
 API=https://$ROUTER_IP:6443

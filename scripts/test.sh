@@ -28,7 +28,7 @@ stage() { # stage NAME COMMAND...
 
 packages() {
     local need=() pkg
-    for pkg in iproute2 iptables iputils-ping socat jq containernetworking-plugins; do
+    for pkg in iproute2 iptables iputils-ping socat jq openssl python3 containernetworking-plugins; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
     done
     if [ ${#need[@]} -eq 0 ]; then
