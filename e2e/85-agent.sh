@@ -5,7 +5,8 @@
 # Checks, as an operator would:
 #   - each agent installs a conflist with its own node's podCIDR; A routes B's podCIDRs (IPv4
 #     and IPv6) via B's InternalIPs with proto 77, and vice versa; pods ping across nodes;
-#   - node C joins: routes to C appear on A and B, A<->C pods ping;
+#   - node C joins: routes to C appear on A and B, A<->C pods ping; on B a route of another
+#     protocol to C's podCIDR is reported (readyz 503) and left alone until removed by hand;
 #   - B's address changes: routes replaced in place; B's podCIDR changes: old route gone, new
 #     one there, B's conflist rewritten, a new pod on B reachable;
 #   - B leaves: its routes disappear from A and C, a hand-made route of another protocol stays;
@@ -63,6 +64,7 @@ health() {
 }
 healthy() { [[ "$(health "$1")" == 200* ]]; }
 unhealthy() { [[ "$(health "$1")" == 503* ]]; }
+ready() { [[ "$(health "$1" /readyz)" == 200* ]]; }
 
 start_server() {
     ip netns exec "$UNDERLAY" $PY "$ROOT/e2e/lib/fake-apiserver.py" --listen $ROUTER_IP:6443 \
@@ -159,9 +161,19 @@ can_ping "$PB1" "$A1" && ok "ping b1 -> a1 across nodes" || fail "ping b1 ($B1) 
 # ---- node C joins -----------------------------------------------------------------------------
 make_cluster_node "$NODE_C" pc $NODE_C_IP
 ip -n "$NODE_C" addr add fd00:64::3/64 dev uplink nodad
+# Someone else already routes C's podCIDR on B: the agent must leave that route alone.
+ip -n "$NODE_B" route add 10.244.3.0/24 via $ROUTER_IP proto static
 cp "$FIXTURES/node-c.json" "$NODES/"
 wait_for 10 "C joins (ADDED): A routes 10.244.3.0/24 via 100.64.0.3" route_is "$NODE_A" 10.244.3.0/24 100.64.0.3
-wait_for 10 "C joins: B routes 10.244.3.0/24 via 100.64.0.3" route_is "$NODE_B" 10.244.3.0/24 100.64.0.3
+wait_for 10 "B reports the foreign route to C's podCIDR instead of overwriting it" \
+    grep -q "already has a route to 10.244.3.0/24 that routed-cni did not make" "$WORK/node-b/agent.log"
+ip -n "$NODE_B" route show 10.244.3.0/24 | grep -q "via $ROUTER_IP .*proto static" &&
+    ok "B's foreign route to 10.244.3.0/24 is untouched" || fail "B's foreign route: $(ip -n "$NODE_B" route show 10.244.3.0/24)"
+[[ "$(health "$NODE_B" /readyz)" == 503*10.244.3.0/24* ]] && ok "B /readyz 503 naming the route it could not add" || fail "B /readyz: $(health "$NODE_B" /readyz)"
+healthy "$NODE_B" && ok "B /healthz stays 200 (the agent itself works)" || fail "B /healthz: $(health "$NODE_B")"
+ip -n "$NODE_B" route del 10.244.3.0/24 proto static
+wait_for $((RESYNC * 2 + 2)) "foreign route removed: B routes 10.244.3.0/24 via 100.64.0.3 by the next resync" route_is "$NODE_B" 10.244.3.0/24 100.64.0.3
+wait_for 5 "B /readyz 200 again" ready "$NODE_B"
 wait_for 10 "C joins: B routes fd00:10:244:3::/64 via fd00:64::3" route_is "$NODE_B" fd00:10:244:3::/64 fd00:64::3
 start_agent "$NODE_C" node-c
 wait_for 15 "node-c's agent installs 10.244.3.0/24" subnet_is node-c 10.244.3.0/24
