@@ -10,6 +10,7 @@
 #   - B's address changes: routes replaced in place; B's podCIDR changes: old route gone, new
 #     one there, B's conflist rewritten, a new pod on B reachable;
 #   - B leaves: its routes disappear from A and C, a hand-made route of another protocol stays;
+#   - a node whose address is on no link of A's: A logs why and routes nothing to it;
 #   - a route deleted by hand comes back at the next resync; a compacted watch (410) relists;
 #   - /healthz is 200, and 503 once the API server has been gone longer than the bound;
 #   - SIGTERM: exit 0, routes left in place; a wrong token: the agent says 401 and what to
@@ -220,6 +221,18 @@ expect_eq "C: both foreign routes are still there" "$(ip -n "$NODE_C" route show
 expect_eq "A now routes only C (v4 + v6)" "$(count_ours "$NODE_A")" 2
 grep -q "route removed: 10.244.22.0/24 via 100.64.0.12 (node node-b" "$WORK/node-a/agent.log" &&
     ok "A's log names node-b for the removed route" || fail "no 'route removed ... node-b' line in A's log"
+
+# ---- a node A cannot reach directly: said, not routed -----------------------------------------
+jq '.metadata.name = "node-d" | .spec.podCIDR = "10.244.4.0/24" | .spec.podCIDRs = ["10.244.4.0/24", "fd00:10:244:4::/64"]
+    | .status.addresses = [{"type": "InternalIP", "address": "192.0.2.4"}, {"type": "InternalIP", "address": "2001:db8::4"}]' \
+    "$FIXTURES/node-c.json" >"$NODES/node-d.json"
+wait_for 10 "node-d at 192.0.2.4 (no shared link): A says why it cannot route it" \
+    grep -q "192.0.2.4 is not on a network this node is attached to" "$WORK/node-a/agent.log"
+grep -q "2001:db8::4 is not on a network this node is attached to" "$WORK/node-a/agent.log" &&
+    ok "... and the same for its IPv6 address" || fail "no explanation for node-d's IPv6 route in A's log"
+route_gone "$NODE_A" 10.244.4.0/24 && ok "no route to node-d on A" || fail "A routes node-d: $(ours "$NODE_A" 10.244.4.0/24)"
+rm "$NODES/node-d.json"
+wait_for 10 "node-d gone: A /readyz 200 again" ready "$NODE_A"
 
 # ---- repairs: a route deleted by hand, a compacted watch ------------------------------------
 ip -n "$NODE_A" route del 10.244.3.0/24 proto 77

@@ -139,6 +139,10 @@ pub fn parse_args(args: &[String]) -> Result<AgentOptions, String> {
 
 /// Runs the agent until SIGTERM/SIGINT. Returns the exit code for a start-up failure.
 pub fn run(args: &[String]) -> i32 {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", crate::cli::USAGE);
+        return 0;
+    }
     let opts = match parse_args(args) {
         Ok(o) => o,
         Err(e) => {

@@ -19,7 +19,9 @@ pub const ROUTE_PROTOCOL: u8 = 77;
 const MAIN_TABLE: u32 = 254;
 const EEXIST: i32 = 17;
 const ESRCH: i32 = 3;
+/// What the kernel answers for a gateway on no attached network: IPv4 and IPv6 respectively.
 const ENETUNREACH: i32 = 101;
+const EHOSTUNREACH: i32 = 113;
 
 #[derive(Debug, Error)]
 pub enum RouteError {
@@ -297,7 +299,7 @@ impl RouteSync {
                         Some(EEXIST) => format!(
                             "; the node already has a route to {dst} that routed-cni did not make (see `ip route show {dst}`): leaving it alone"
                         ),
-                        Some(ENETUNREACH) => format!(
+                        Some(ENETUNREACH | EHOSTUNREACH) => format!(
                             "; {} is not on a network this node is attached to: routed-cni routes pod CIDRs straight to node addresses, so nodes must share a link (no overlay)",
                             want.via
                         ),
