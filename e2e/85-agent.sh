@@ -198,6 +198,7 @@ can_ping "$PA1" "$B1" && ok "ping a1 -> b1 via B's new address" || fail "ping a1
 
 set_node node-b '.spec.podCIDR = "10.244.22.0/24" | .spec.podCIDRs = ["10.244.22.0/24", "fd00:10:244:22::/64"]'
 wait_for 10 "B's podCIDR 10.244.2.0/24 -> 10.244.22.0/24: A routes the new one" route_is "$NODE_A" 10.244.22.0/24 100.64.0.12
+wait_for 10 "B's podCIDR changed: C routes the new one" route_is "$NODE_C" 10.244.22.0/24 100.64.0.12
 wait_for 10 "B's podCIDR changed: A's route to the old one is gone" route_gone "$NODE_A" 10.244.2.0/24
 wait_for 10 "B's podCIDR changed: A's IPv6 route to the old one is gone" route_gone "$NODE_A" fd00:10:244:2::/64
 wait_for 10 "B's podCIDR changed: B's agent re-installs its conflist for 10.244.22.0/24" subnet_is node-b 10.244.22.0/24
@@ -237,8 +238,14 @@ wait_for 10 "node-d gone: A /readyz 200 again" ready "$NODE_A"
 # ---- repairs: a route deleted by hand, a compacted watch ------------------------------------
 ip -n "$NODE_A" route del 10.244.3.0/24 proto 77
 wait_for $((RESYNC * 2 + 2)) "a route deleted by hand on A is back by the next resync" route_is "$NODE_A" 10.244.3.0/24 100.64.0.3
+# Compact right after one of A's relists, so A's next watch (the server ends the open ones)
+# still carries the version from before the compaction, whatever the resync timing.
+lists_by_a() { grep -c "^$NODE_A_IP GET /api/v1/nodes -> 200" "$WORK/apiserver.log" || true; }
+n=$(lists_by_a)
+relisted_by_a() { (($(lists_by_a) > n)); }
+wait_for $((RESYNC * 2)) "A relists every ${RESYNC}s" relisted_by_a
 kill -USR1 "$SERVER_PID"
-wait_for $((RESYNC * 2 + 2)) "after the API server compacts (410 Gone), A relists" grep -q "expired" "$WORK/node-a/agent.log"
+wait_for $((RESYNC * 2 + 2)) "after the API server compacts, A's watch gets 410 Gone and A relists" grep -q "expired" "$WORK/node-a/agent.log"
 sleep 0.5
 healthy "$NODE_A" && ok "A healthy after the relist" || fail "A after relist: $(health "$NODE_A")"
 

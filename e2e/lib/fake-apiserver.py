@@ -16,9 +16,10 @@ resourceVersion: a new file ADDED, a changed file MODIFIED, a removed file DELET
                                          a BOOKMARK once the backlog is sent (when allowed),
                                          then live events until N seconds have passed
 
-SIGUSR1 compacts the event history (as etcd compaction does): a later watch from an older
-resourceVersion gets an ERROR event with code 410, which tells the client to relist.
-Each request is logged on stderr: "METHOD PATH -> STATUS".
+SIGUSR1 compacts the event history (as etcd compaction does) and ends the open watches (as an
+API server restart does): a watch from an older resourceVersion then gets an ERROR event with
+code 410, which tells the client to relist.
+Each request is logged on stderr: "CLIENT_ADDRESS METHOD PATH -> STATUS".
 """
 
 import argparse
@@ -42,6 +43,7 @@ class Store:
         self.cond = threading.Condition()
         self.rv = 100
         self.oldest = 0  # watches from a version below this get 410
+        self.generation = 0  # bumped by compact(): open watches end
         self.nodes = {}  # name -> (file content, object)
         self.events = []  # (rv, type, object)
         self.scan()
@@ -87,6 +89,8 @@ class Store:
             self.rv += 1
             self.oldest = self.rv
             self.events = []
+            self.generation += 1
+            self.cond.notify_all()
         print("compacted: watches from before resourceVersion %d get 410" % self.oldest,
               file=sys.stderr, flush=True)
 
@@ -110,7 +114,8 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def log(self, code):
-        print("%s %s -> %d" % (self.command, self.path, code), file=sys.stderr, flush=True)
+        print("%s %s %s -> %d" % (self.client_address[0], self.command, self.path, code),
+              file=sys.stderr, flush=True)
 
     def send_json(self, code, obj):
         body = json.dumps(obj).encode()
@@ -175,12 +180,13 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 sent = since
                 first = True
+                generation = store.generation
                 while True:
                     with store.cond:
                         pending = [e for e in store.events if e[0] > sent]
                         if not pending and not first:
                             left = deadline - time.monotonic()
-                            if left <= 0:
+                            if left <= 0 or store.generation != generation:
                                 break
                             store.cond.wait(min(left, 0.5))
                             continue

@@ -361,13 +361,16 @@ impl ApiClient {
         })
     }
 
-    /// Watches nodes from `resource_version`; the server ends the stream after `timeout`.
+    /// Watches nodes from `resource_version`; the server ends the stream after `timeout`
+    /// (whole seconds, rounded up).
     pub fn watch_nodes(
         &self,
         resource_version: &str,
         timeout: Duration,
     ) -> Result<WatchStream, KubeError> {
-        let secs = timeout.as_secs().max(1);
+        // Rounded up: rounding down would leave a sliver of the resync period for a second,
+        // pointless watch request.
+        let secs = timeout.as_secs_f64().ceil().max(1.0) as u64;
         let path = format!(
             "/api/v1/nodes?watch=1&resourceVersion={resource_version}&allowWatchBookmarks=true&timeoutSeconds={secs}"
         );

@@ -27,6 +27,9 @@ pub const DEFAULT_HEALTH_ADDR: &str = "127.0.0.1:9465";
 const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
 /// The first retry after an API error; doubled up to the resync period.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// A watch that ends sooner than this without an error was refused in effect: back off before
+/// the next one. (A normal watch lasts until its timeout, at least a second.)
+const QUICK_WATCH_END: Duration = Duration::from_millis(200);
 
 /// Held while the agent changes the node (install, routes), so SIGTERM never cuts a change in
 /// half; the signal thread takes it before exiting.
@@ -347,7 +350,7 @@ impl Agent {
                 }
             }
             // A server that ends every watch at once must not turn this into a busy loop.
-            if started.elapsed() < FIRST_BACKOFF {
+            if started.elapsed() < QUICK_WATCH_END {
                 std::thread::sleep(backoff.min(left));
                 backoff = (backoff * 2).min(self.opts.resync);
             } else {
