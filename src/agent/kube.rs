@@ -282,7 +282,8 @@ impl ApiClient {
             // In-cluster traffic to the API server never goes through an HTTP(S)_PROXY meant
             // for image pulls or the internet.
             .proxy(None)
-            .https_only(false)
+            // The token must never travel in clear, whatever URL we were given.
+            .https_only(true)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .user_agent(concat!("routed-cni-agent/", env!("CARGO_PKG_VERSION")))
             .build();
