@@ -47,7 +47,10 @@ Commands for people:
                          podCIDR from the API server and runs install with it
                          (again when it changes), keeps a route to every other
                          node's podCIDRs via its InternalIP (both families,
-                         marked `proto 77`; only those are ever changed), and
+                         marked `proto 77`; only those are ever changed),
+                         re-applies both every resync from its watch-fed cache
+                         (repairing what was removed by hand; it lists again only
+                         at start and after a failed or expired watch), and
                          answers GET /healthz and /readyz. The API server
                          defaults to https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT,
                          token and CA to the pod's service account. Env:

@@ -1,8 +1,9 @@
 //! /healthz and /readyz for kubelet's probes: a plain HTTP/1.1 listener on its own thread.
 //!
-//! - healthz: the conflist is installed and the last sync with the API server (list or watch
-//!   event, then routes) succeeded within the staleness bound. A liveness probe on it restarts
-//!   an agent that is stuck or cut off from the API server.
+//! - healthz: the conflist is installed, the API server answered (a list, a watch request, a
+//!   watch event or a watch that ran to its end) and the routes were synced, both within the
+//!   staleness bound. A liveness probe on it restarts an agent that is stuck or cut off from
+//!   the API server.
 //! - readyz: healthz, and every route of the last sync is in place.
 
 use std::io::{Read, Write};
@@ -15,7 +16,9 @@ struct State {
     installed: Option<String>,
     install_problem: Option<String>,
     last_sync: Option<Instant>,
-    last_error: Option<String>,
+    last_sync_error: Option<String>,
+    last_api_answer: Option<Instant>,
+    last_api_error: Option<String>,
     route_failures: Vec<String>,
 }
 
@@ -53,22 +56,33 @@ impl Health {
     pub fn synced(&self, route_failures: Vec<String>) {
         let mut s = self.state();
         s.last_sync = Some(Instant::now());
-        s.last_error = None;
+        s.last_sync_error = None;
         s.route_failures = route_failures;
     }
 
+    /// The API server answered: the cache the routes come from is current.
+    pub fn api_answered(&self) {
+        let mut s = self.state();
+        s.last_api_answer = Some(Instant::now());
+        s.last_api_error = None;
+    }
+
+    pub fn api_failed(&self, why: String) {
+        self.state().last_api_error = Some(why);
+    }
+
     pub fn sync_failed(&self, why: String) {
-        self.state().last_error = Some(why);
+        self.state().last_sync_error = Some(why);
     }
 
     /// (healthy, reason) for healthz, or for readyz when `ready`.
     pub fn check(&self, ready: bool) -> (bool, String) {
         let s = self.state();
-        let last_error = s
-            .last_error
-            .as_deref()
+        let last_error = [&s.last_api_error, &s.last_sync_error]
+            .into_iter()
+            .flatten()
             .map(|e| format!("; last error: {e}"))
-            .unwrap_or_default();
+            .collect::<String>();
         let Some(installed) = &s.installed else {
             let why = s
                 .install_problem
@@ -79,17 +93,27 @@ impl Health {
                 format!("CNI config not installed: {why}{last_error}"),
             );
         };
+        let bound = self.stale_after.as_secs();
+        match s.last_api_answer {
+            None => {
+                return (
+                    false,
+                    format!("no answer from the API server yet{last_error}"),
+                )
+            }
+            Some(t) if t.elapsed() > self.stale_after => {
+                let ago = t.elapsed().as_secs();
+                let why = format!("last answer from the API server {ago}s ago (bound {bound}s)");
+                return (false, format!("{why}{last_error}"));
+            }
+            Some(_) => {}
+        }
         match s.last_sync {
             None => return (false, format!("no successful sync yet{last_error}")),
             Some(t) if t.elapsed() > self.stale_after => {
-                return (
-                    false,
-                    format!(
-                        "last successful sync {}s ago (bound {}s){last_error}",
-                        t.elapsed().as_secs(),
-                        self.stale_after.as_secs()
-                    ),
-                )
+                let ago = t.elapsed().as_secs();
+                let why = format!("last successful route sync {ago}s ago (bound {bound}s)");
+                return (false, format!("{why}{last_error}"));
             }
             Some(_) => {}
         }
@@ -179,18 +203,34 @@ mod tests {
         assert!(h.check(false).1.contains("no podCIDR"));
         h.installed("podCIDR 10.244.1.0/24".into());
         let (ok, why) = h.check(false);
+        assert!(
+            !ok && why.contains("no answer from the API server"),
+            "{why}"
+        );
+        h.api_answered();
+        let (ok, why) = h.check(false);
         assert!(!ok && why.contains("no successful sync"), "{why}");
-        h.sync_failed("HTTP 401".into());
+        h.api_failed("HTTP 401".into());
+        assert!(h.check(false).1.contains("HTTP 401"));
+        h.api_answered();
         h.synced(vec!["add route x: boom".into()]);
         assert!(h.check(false).0);
         let (ready, why) = h.check(true);
         assert!(!ready && why.contains("boom"), "{why}");
         h.synced(vec![]);
         assert!(h.check(true).0);
-        h.sync_failed("cannot reach the API server".into());
+        h.api_failed("cannot reach the API server".into());
+        // Routes re-applied from the cache do not hide that the API server is gone.
         std::thread::sleep(Duration::from_millis(250));
+        h.synced(vec![]);
         let (ok, why) = h.check(false);
-        assert!(!ok && why.contains("cannot reach"), "{why}");
+        assert!(
+            !ok && why.contains("last answer from the API server"),
+            "{why}"
+        );
+        assert!(why.contains("cannot reach"), "{why}");
+        h.api_answered();
+        assert!(h.check(false).0);
     }
 
     #[test]
@@ -209,6 +249,7 @@ mod tests {
         };
         assert!(get("/healthz").starts_with("HTTP/1.1 503"));
         h.installed("podCIDR 10.244.1.0/24".into());
+        h.api_answered();
         h.synced(vec![]);
         let ok = get("/healthz");
         assert!(

@@ -1,8 +1,12 @@
 //! `routed-cni agent`: the DaemonSet's long-running side, kept out of the CNI verbs (which
 //! never talk to the API server). It learns this node's podCIDR from its Node object and
 //! installs the plugin with it, keeps `<other node's podCIDR> via <its InternalIP>` routes in
-//! sync from a list + watch of all nodes (with a periodic relist that also repairs routes
-//! removed by hand), and answers kubelet's probes. On SIGTERM it exits and leaves the routes:
+//! sync from a list + watch of all nodes, and answers kubelet's probes. Every resync period it
+//! re-applies everything from the watch-fed cache (repairing routes or a conflist removed by
+//! hand) without asking the API server again: a full list of every node by every node each
+//! minute would be the heaviest load a large cluster puts on its API server. It relists, like
+//! client-go's reflector, at start, when the watch's version has expired (410) and after any
+//! watch error. On SIGTERM it exits and leaves the routes:
 //! pods keep working while the agent restarts or is upgraded.
 
 pub mod health;
@@ -250,7 +254,7 @@ enum WatchEnd {
 }
 
 impl Agent {
-    fn run(&mut self) -> i32 {
+    fn run(&mut self) -> ! {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let list = match self.client.list_nodes() {
@@ -263,36 +267,47 @@ impl Agent {
                 }
             };
             backoff = FIRST_BACKOFF;
+            self.health.api_answered();
             self.nodes = list
                 .items
                 .iter()
                 .map(|n| (n.metadata.name.clone(), NodeInfo::from_node(n)))
                 .collect();
             self.reconcile(true);
-            let deadline = Instant::now() + self.opts.resync;
-            match self.watch_until(deadline, list.metadata.resource_version) {
-                WatchEnd::Resync => {}
-                WatchEnd::Relist => std::thread::sleep(FIRST_BACKOFF),
+            let mut version = list.metadata.resource_version;
+            loop {
+                let deadline = Instant::now() + self.opts.resync;
+                match self.watch_until(deadline, &mut version) {
+                    // The periodic resync, from the cache the watch keeps current.
+                    WatchEnd::Resync => self.reconcile(true),
+                    WatchEnd::Relist => {
+                        std::thread::sleep(FIRST_BACKOFF);
+                        break;
+                    }
+                }
             }
         }
     }
 
     fn api_error(&self, e: &KubeError) {
         crate::error!("API: {e}");
-        self.health.sync_failed(e.to_string());
+        self.health.api_failed(e.to_string());
     }
 
     /// Applies watch events until `deadline`, re-watching from the last version seen when the
     /// server ends a stream early.
-    fn watch_until(&mut self, deadline: Instant, mut version: String) -> WatchEnd {
+    fn watch_until(&mut self, deadline: Instant, version: &mut String) -> WatchEnd {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left < Duration::from_millis(500) {
                 return WatchEnd::Resync;
             }
-            let stream = match self.client.watch_nodes(&version, left) {
-                Ok(s) => s,
+            let stream = match self.client.watch_nodes(version, left) {
+                Ok(s) => {
+                    self.health.api_answered();
+                    s
+                }
                 Err(KubeError::Gone(why)) => {
                     crate::info!("watch: resource version {version} expired ({why}); relisting");
                     return WatchEnd::Relist;
@@ -308,7 +323,7 @@ impl Agent {
             for event in stream {
                 let changed = match event {
                     Ok(WatchEvent::Added(n)) | Ok(WatchEvent::Modified(n)) => {
-                        version = n.metadata.resource_version.clone();
+                        *version = n.metadata.resource_version.clone();
                         let info = NodeInfo::from_node(&n);
                         let old = self.nodes.insert(info.name.clone(), info.clone());
                         if old.as_ref() != Some(&info) {
@@ -325,12 +340,12 @@ impl Agent {
                         }
                     }
                     Ok(WatchEvent::Deleted(n)) => {
-                        version = n.metadata.resource_version.clone();
+                        *version = n.metadata.resource_version.clone();
                         crate::info!("node {} left", n.metadata.name);
                         self.nodes.remove(&n.metadata.name).is_some()
                     }
                     Ok(WatchEvent::Bookmark(v)) => {
-                        version = v;
+                        *version = v;
                         false
                     }
                     Err(KubeError::Gone(why)) => {
@@ -345,10 +360,13 @@ impl Agent {
                         return WatchEnd::Relist;
                     }
                 };
+                self.health.api_answered();
                 if changed {
                     self.reconcile(false);
                 }
             }
+            // Ended without an error: the server was there until the end.
+            self.health.api_answered();
             // A server that ends every watch at once must not turn this into a busy loop.
             if started.elapsed() < QUICK_WATCH_END {
                 std::thread::sleep(backoff.min(left));
