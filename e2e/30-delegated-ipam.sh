@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Delegated IPAM: `ipam.type: host-local` runs Debian's host-local from CNI_PATH for ADD, CHECK
-# and DEL. Its address lands on eth0 as a /32 behind the same routed data path, and an ADD that
+# and DEL, dual-stack. Its addresses land on eth0 as a /32 and a /128 behind the same routed data
+# path, CHECK finds the masquerade rules of the networks host-local returned, and an ADD that
 # fails after host-local allocated calls host-local's DEL, so no address leaks.
 set -euo pipefail
 . "$(dirname "$0")/lib/world.sh"
@@ -9,9 +10,10 @@ HL=$WORK/host-local
 CONF=$WORK/delegated.json
 cat >"$CONF" <<JSON
 {"cniVersion":"1.0.0","name":"e2e-deleg-$RUN_ID","type":"routed-cni",
- "ipam":{"type":"host-local","ranges":[[{"subnet":"10.203.0.0/24"}]],"dataDir":"$HL"}}
+ "ipam":{"type":"host-local","ranges":[[{"subnet":"10.203.0.0/24"}],[{"subnet":"fd00:10:203::/64"}]],"dataDir":"$HL"},
+ "nonMasqueradeCIDRs":["10.203.0.0/16","fd00:10:203::/48"]}
 JSON
-allocated() { find "$HL" -regextype posix-extended -regex '.*/[0-9]+(\.[0-9]+){3}$' 2>/dev/null | wc -l; }
+allocated() { find "$HL" -regextype posix-extended -regex '.*/([0-9]+(\.[0-9]+){3}|[0-9a-f:]*:[0-9a-f:]*)$' 2>/dev/null | wc -l; }
 
 make_node
 serve_peer_addr "$OUTSIDE" 8080
@@ -20,10 +22,26 @@ result=$(cni ADD dg1 rcn-dg1-$RUN_ID "$CONF") || die "ADD with host-local failed
 addr=$(jq -r '.ips[0].address' <<<"$result")
 expect_eq "host-local's address is a /32 in the result" "${addr#*/}" "32"
 expect_eq "eth0 holds it as a /32" "$(ip -n rcn-dg1-$RUN_ID -4 -o addr show eth0 | awk '{print $4}')" "$addr"
-expect_eq "host-local recorded one allocation" "$(allocated)" "1"
+addr6=$(jq -r '.ips[1].address' <<<"$result")
+expect_eq "host-local's IPv6 address is a /128 in the result" "${addr6#*/}" "128"
+expect_eq "eth0 holds it as a /128" "$(ip -n rcn-dg1-$RUN_ID -6 -o addr show eth0 scope global | awk '{print $4}')" "$addr6"
+expect_eq "host-local recorded one allocation per family" "$(allocated)" "2"
 expect_eq "outside sees the node (masquerade)" "$(seen_by rcn-dg1-$RUN_ID $OUTSIDE_ADDR 8080)" "$NODE_UPLINK"
+ip netns exec rcn-dg1-$RUN_ID ping -6 -c1 -W2 "$OUTSIDE_ADDR6" >/dev/null && ok "ping -6 pod -> outside" ||
+    fail "ping -6 pod -> outside"
 jq --argjson prev "$result" '. + {prevResult: $prev}' "$CONF" >"$WORK/check.json"
 cni CHECK dg1 rcn-dg1-$RUN_ID "$WORK/check.json" && ok "CHECK (forwarded to host-local)" || fail "CHECK"
+# CHECK finds the pool of the masquerade rules from the address alone.
+jump=$(on_node ip6tables -t nat -S POSTROUTING | grep 'routed-cni pool fd00:10:203::/64' | sed 's/^-A //')
+eval "on_node ip6tables -t nat -D $jump"
+if out=$(cni CHECK dg1 rcn-dg1-$RUN_ID "$WORK/check.json"); then
+    fail "CHECK passed without the IPv6 masquerade jump"
+else
+    msg=$(jq -r .msg <<<"$out")
+    [[ $msg == *"no masquerade jump covers ${addr6%/*}"* ]] && ok "CHECK names the missing IPv6 jump" || fail "CHECK said: $msg"
+fi
+eval "on_node ip6tables -t nat -A $jump"
+cni CHECK dg1 rcn-dg1-$RUN_ID "$WORK/check.json" && ok "CHECK after the repair" || fail "CHECK after the repair"
 
 # A pod that already has a foreign eth0: ADD must fail after host-local allocated, and give the
 # address back.
@@ -34,7 +52,7 @@ if out=$(cni ADD dg2 rcn-dg2-$RUN_ID "$CONF"); then
 else
     expect_eq "failed ADD error code" "$(jq -r .code <<<"$out")" "101"
 fi
-expect_eq "host-local allocations after the failed ADD" "$(allocated)" "1"
+expect_eq "host-local allocations after the failed ADD (pod dg1's two)" "$(allocated)" "2"
 
 cni DEL dg1 rcn-dg1-$RUN_ID "$CONF" >/dev/null && ok "DEL" || fail "DEL"
 cni DEL dg1 rcn-dg1-$RUN_ID "$CONF" >/dev/null && ok "second DEL" || fail "second DEL"

@@ -693,6 +693,23 @@ def main():
     log(f"ADD/DEL latency, {a.runs} runs each, plugins alternating")
     R["latency"] = latency(pair, pods, a.runs)
 
+    # Dual-stack: one IPv4 and one IPv6 address per pod, both plugins, with the IPv4-only
+    # routed-cni in the same rounds as the yardstick for what the second family costs.
+    n_dual = max(10, a.runs // 2)
+    log(f"dual-stack ADD/DEL latency, {n_dual} runs each")
+    dual = (routed.with_conf("routed-cni-dual", {**routed.conf, "ipam": {
+                "ranges": [[{"subnet": "10.244.4.0/24"}], [{"subnet": "fd00:10:244:4::/64"}]],
+                "dataDir": f"{tmp}/store"}, "nonMasqueradeCIDRs": ["10.244.0.0/16", "fd00:10:244::/48"]}),
+            ptp.with_conf("ptp-dual", {**ptp.conf, "ipam": {
+                "type": "host-local", "dataDir": f"{tmp}/hl",
+                "ranges": [[{"subnet": "10.245.4.0/24"}], [{"subnet": "fd00:10:245:4::/64"}]]}}))
+    dual_residents = [Attached(p, pods) for p in dual]
+    for att in dual_residents:
+        att.add("dual-resident")
+    R["latency_dual"] = latency((*dual, routed), pods, n_dual)
+    for att in dual_residents:
+        att.drain()
+
     log(f"{a.parallel} pods in parallel, {a.rounds} rounds")
     R["parallel"] = parallel_rounds(pair, pods, a.parallel, a.rounds)
 
@@ -791,6 +808,14 @@ def render(a, routed, ptp):
     for cmd in ("ADD", "DEL"):
         add_row(f"{cmd} latency median, stores on {R['shm_fs']} (n={len(shm[L][cmd])})",
                 med(shm[L][cmd]), med(shm[P][cmd]))
+    dual = R["latency_dual"]
+    n_dual = len(dual[f"{L}-dual"]["ADD"])
+    for cmd in ("ADD", "DEL"):
+        add_row(f"{cmd} latency median, dual-stack pod: IPv4 + IPv6 (n={n_dual})",
+                med(dual[f"{L}-dual"][cmd]), med(dual[f"{P}-dual"][cmd]))
+    rows.append((f"routed-cni ADD median, dual-stack / IPv4-only, same rounds (n={n_dual})",
+                 f"{fmt_ms(med(dual[f'{L}-dual']['ADD']))} / {fmt_ms(med(dual[L]['ADD']))}",
+                 "-", ratio(med(dual[f"{L}-dual"]["ADD"]), med(dual[L]["ADD"]))))
     par = R["parallel"]
     for cmd in ("ADD", "DEL"):
         add_row(f"{a.parallel} pods {cmd} in parallel, wall (median of {a.rounds})",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole routed-cni test suite, in order, failing fast:
-#   packages, cargo fmt --check, clippy, release build, cargo test (unit +
-#   node integration tests), every executable e2e/*.sh, then scripts/demo.sh.
+#   packages, cargo fmt --check, Kubernetes manifests, shellcheck e2e/kind, clippy,
+#   release build, cargo test (unit + node integration tests), every executable e2e/*.sh,
+#   then scripts/demo.sh.
 # Needs root (the node tests and the demo create network namespaces).
 set -euo pipefail
 
@@ -28,7 +29,7 @@ stage() { # stage NAME COMMAND...
 
 packages() {
     local need=() pkg
-    for pkg in iproute2 iptables iputils-ping socat jq openssl python3 containernetworking-plugins; do
+    for pkg in iproute2 iptables iputils-ping socat jq python3 openssl containernetworking-plugins python3-venv shellcheck; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
     done
     if [ ${#need[@]} -eq 0 ]; then
@@ -55,6 +56,10 @@ export ROUTED_CNI_BIN
 
 stage "debian packages" packages
 stage "cargo fmt --check" cargo fmt --check
+# Kubernetes manifests: strict schema + our own policy checks, offline (scripts/validate-manifests.sh).
+stage "manifests" bash scripts/validate-manifests.sh
+# The kind e2e needs Docker and is not run here; lint it so it does not rot.
+stage "shellcheck e2e/kind" shellcheck e2e/kind/*.sh
 stage "cargo clippy" cargo clippy --all-targets -- -D warnings
 stage "cargo build --release" cargo build --release
 # Each node test builds its own namespaces, so they can run in parallel.

@@ -1,10 +1,11 @@
 //! `routed-cni audit`: everything of ours on this node that no live allocation explains — host
-//! veths, /32 routes into them, NAT jumps and chains — and allocations whose host veth is gone.
+//! veths, /32 and /128 routes into them, NAT jumps and chains (iptables and ip6tables) — and
+//! allocations whose host veth is gone.
 //! Exit 0 when the node is clean, 1 when something leaked.
 
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use crate::config::{DEFAULT_DATA_DIR, DEFAULT_HOST_VETH_PREFIX};
@@ -51,17 +52,18 @@ pub fn all_records(data_dir: &Path) -> Result<Vec<(String, Record)>, String> {
     Ok(out)
 }
 
-/// Finds what leaked. `nat_rules` is `iptables -t nat -S` output.
+/// Finds what leaked. `routes` are the host routes (/32 and /128) with their output link;
+/// `nat_tables` pairs a command (`iptables`, `ip6tables`) with its `-t nat -S` output.
 pub fn findings(
     records: &[(String, Record)],
     links: &HashMap<u32, String>,
-    routes: &[(Ipv4Addr, u32)],
-    nat_rules: &str,
+    routes: &[(IpAddr, u32)],
+    nat_tables: &[(&str, String)],
     prefix: &str,
 ) -> Vec<String> {
     let mut out = Vec::new();
     let veths: HashSet<&str> = records.iter().map(|(_, r)| r.host_veth.as_str()).collect();
-    let by_ip: HashMap<Ipv4Addr, &Record> = records.iter().map(|(_, r)| (r.ip, r)).collect();
+    let by_ip: HashMap<IpAddr, &Record> = records.iter().map(|(_, r)| (r.ip, r)).collect();
     let present: HashSet<&str> = links.values().map(String::as_str).collect();
     let mut ours: Vec<&String> = links.values().filter(|n| n.starts_with(prefix)).collect();
     ours.sort();
@@ -76,10 +78,11 @@ pub fn findings(
         let Some(dev) = links.get(oif).filter(|n| n.starts_with(prefix)) else {
             continue;
         };
+        let plen = crate::dataplane::host_prefix(*ip);
         match by_ip.get(ip) {
             Some(r) if r.host_veth == *dev => {}
-            Some(r) => out.push(format!("route {ip}/32 dev {dev}: the allocation of {ip} names {}", r.host_veth)),
-            None => out.push(format!("route {ip}/32 dev {dev}: no allocation for {ip} (remove: ip route del {ip}/32 dev {dev})")),
+            Some(r) => out.push(format!("route {ip}/{plen} dev {dev}: the allocation of {ip} names {}", r.host_veth)),
+            None => out.push(format!("route {ip}/{plen} dev {dev}: no allocation for {ip} (remove: ip route del {ip}/{plen} dev {dev})")),
         }
     }
     for (pool, r) in records {
@@ -91,6 +94,13 @@ pub fn findings(
         }
     }
     let live_pools: HashSet<&str> = records.iter().map(|(p, _)| p.as_str()).collect();
+    for (cmd, nat_rules) in nat_tables {
+        nat_findings(cmd, nat_rules, &live_pools, &mut out);
+    }
+    out
+}
+
+fn nat_findings(cmd: &str, nat_rules: &str, live_pools: &HashSet<&str>, out: &mut Vec<String>) {
     let mut jumped = HashSet::new();
     for line in nat_rules
         .lines()
@@ -104,16 +114,15 @@ pub fn findings(
         let chain = line.rsplit_once("-j ").map(|(_, c)| c.trim()).unwrap_or("");
         jumped.insert(chain.to_string());
         if !live_pools.contains(pool) {
-            out.push(format!("NAT jump to {chain} for pool {pool}: the pool has no allocation (remove: iptables -t nat -D {})", &line[3..]));
+            out.push(format!("NAT jump to {chain} for pool {pool}: the pool has no allocation (remove: {cmd} -t nat -D {})", &line[3..]));
         }
     }
     for line in nat_rules.lines().filter(|l| l.starts_with("-N RCNI-")) {
         let chain = &line[3..];
         if !jumped.contains(chain) {
-            out.push(format!("NAT chain {chain}: nothing jumps to it (remove: iptables -t nat -F {chain}; iptables -t nat -X {chain})"));
+            out.push(format!("NAT chain {chain}: nothing jumps to it (remove: {cmd} -t nat -F {chain}; {cmd} -t nat -X {chain})"));
         }
     }
-    out
 }
 
 pub fn run(args: &[String]) -> i32 {
@@ -149,13 +158,21 @@ pub fn run(args: &[String]) -> i32 {
         rt.block_on(async {
             let host = Netlink::connect()?;
             let links = host.link_names().await?;
-            let routes: Vec<(Ipv4Addr, u32)> = host
-                .main_routes()
-                .await?
-                .into_iter()
-                .filter(|r| r.prefix == 32)
-                .filter_map(|r| Some((r.dst, r.oif?)))
-                .collect();
+            let mut routes: Vec<(IpAddr, u32)> = Vec::new();
+            for r in host.main_routes_of::<Ipv4Addr>().await? {
+                routes.extend(
+                    r.oif
+                        .filter(|_| r.prefix == 32)
+                        .map(|o| (IpAddr::V4(r.dst), o)),
+                );
+            }
+            for r in host.main_routes_of::<Ipv6Addr>().await? {
+                routes.extend(
+                    r.oif
+                        .filter(|_| r.prefix == 128)
+                        .map(|o| (IpAddr::V6(r.dst), o)),
+                );
+            }
             Ok((links, routes))
         })
     });
@@ -166,23 +183,28 @@ pub fn run(args: &[String]) -> i32 {
             return 2;
         }
     };
-    let nat = std::process::Command::new("iptables")
-        .args(["-t", "nat", "-S", "--wait"])
-        .output();
-    let nat = match nat {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        Ok(o) => {
-            eprintln!(
-                "routed-cni audit: iptables -t nat -S: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            return 2;
+    let mut nat = Vec::new();
+    for cmd in ["iptables", "ip6tables"] {
+        match std::process::Command::new(cmd)
+            .args(["-t", "nat", "-S", "--wait"])
+            .output()
+        {
+            Ok(o) if o.status.success() => {
+                nat.push((cmd, String::from_utf8_lossy(&o.stdout).into_owned()))
+            }
+            Ok(o) => {
+                eprintln!(
+                    "routed-cni audit: {cmd} -t nat -S: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                return 2;
+            }
+            Err(e) => {
+                eprintln!("routed-cni audit: run {cmd}: {e}");
+                return 2;
+            }
         }
-        Err(e) => {
-            eprintln!("routed-cni audit: run iptables: {e}");
-            return 2;
-        }
-    };
+    }
     let found = findings(&records, &links, &routes, &nat, &prefix);
     if as_json {
         println!("{}", json!({"allocations": records.len(), "leaks": found}));
@@ -222,7 +244,8 @@ mod tests {
         let links = HashMap::from([(1, "lo".to_string()), (7, "rcniaaaaaaaaaaa".to_string())]);
         let routes = vec![("10.244.1.2".parse().unwrap(), 7)];
         let nat = "-P POSTROUTING ACCEPT\n-N RCNI-AB\n-A POSTROUTING -s 10.244.1.0/24 -m comment --comment \"routed-cni pool 10.244.1.0/24\" -j RCNI-AB\n";
-        assert!(findings(&records, &links, &routes, nat, "rcni").is_empty());
+        let t = |rules: &str| vec![("iptables", rules.to_string())];
+        assert!(findings(&records, &links, &routes, &t(nat), "rcni").is_empty());
 
         let links2 = HashMap::from([
             (7, "rcniaaaaaaaaaaa".to_string()),
@@ -233,18 +256,37 @@ mod tests {
             ("10.244.1.9".parse().unwrap(), 8),
         ];
         let nat2 = format!("{nat}-N RCNI-OLD\n");
-        let f = findings(&records, &links2, &routes2, &nat2, "rcni");
+        let f = findings(&records, &links2, &routes2, &t(&nat2), "rcni");
         assert_eq!(f.len(), 3, "{f:?}");
         assert!(f[0].contains("rcnibbbbbbbbbbb"));
         assert!(f[1].contains("10.244.1.9/32"));
         assert!(f[2].contains("RCNI-OLD"));
-        let f = findings(&records, &HashMap::new(), &[], nat, "rcni");
+        let f = findings(&records, &HashMap::new(), &[], &t(nat), "rcni");
         assert!(
             f.iter()
                 .any(|l| l.contains("host veth rcniaaaaaaaaaaa is gone")),
             "{f:?}"
         );
-        let f = findings(&[], &HashMap::new(), &[], nat, "rcni");
+        let f = findings(&[], &HashMap::new(), &[], &t(nat), "rcni");
         assert!(f.iter().any(|l| l.contains("NAT jump to RCNI-AB")), "{f:?}");
+
+        // IPv6: a /128 into one of our veths without an allocation, an ip6tables chain alone.
+        let mut v6 = records.clone();
+        v6.push((
+            "fd00:10:244:1::/64".into(),
+            rec("fd00:10:244:1::2", "rcniaaaaaaaaaaa").1,
+        ));
+        let routes6 = vec![
+            ("fd00:10:244:1::2".parse().unwrap(), 7),
+            ("fd00:10:244:1::9".parse().unwrap(), 7),
+        ];
+        let tables = vec![
+            ("iptables", nat.to_string()),
+            ("ip6tables", "-N RCNI-V6\n".to_string()),
+        ];
+        let f = findings(&v6, &links, &routes6, &tables, "rcni");
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f[0].contains("fd00:10:244:1::9/128") && f[0].contains("no allocation"));
+        assert!(f[1].contains("ip6tables -t nat -X RCNI-V6"));
     }
 }

@@ -20,17 +20,20 @@ Commands for people:
                          /run/routed-cni), with pod, container, host veth and
                          whether the host veth exists on this node
   routed-cni doctor [--pod NAMESPACE/NAME | --container ID | --netns PATH | --all]
-                    [--to IP[:PORT]] [--data-dir DIR] [--json]
+                    [--to IP | IPv4:PORT | [IPv6]:PORT] [--data-dir DIR] [--json]
                          walk a pod's packet path on this node (run it in the
                          node's network namespace): pod interface, address,
                          routes and gateway neighbour; host veth, its sysctls,
                          ip_forward, the /32 route, rp_filter; NAT rules and
-                         counters; the allocation record. --to adds the route
-                         each side takes to IP and whether it is masqueraded.
+                         counters; the allocation record. IPv6 addresses get
+                         their own walk (the /128, fe80::ecee:eeff:feee:eeee
+                         on the host veth, IPv6 sysctls and forwarding, the
+                         /128 route, ip6tables). --to adds the route each side
+                         takes to IP and whether it is masqueraded.
                          Each step prints ✓ or ✗, what it saw and the command
                          that fixes it. No selector means --all. Exit 0
                          healthy, 1 broken, 2 usage, 3 no such pod
-  routed-cni install --pod-subnet CIDR [--cluster-cidr CIDR] [--mtu N]
+  routed-cni install --pod-subnet CIDR[,CIDR6] [--cluster-cidr CIDR[,CIDR6]] [--mtu N]
                      [--log-file PATH] [--bin-dir /opt/cni/bin]
                      [--conf-dir /etc/cni/net.d] [--conf-name 10-routed-cni.conflist]
                      [--network-name k8s-pod-network]

@@ -1,9 +1,9 @@
 //! The plugin's network configuration: parsed from stdin JSON and validated, each problem named
 //! by its key and value (code 7), unknown keys ignored as CNI requires.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde_json::{Map, Value};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use crate::cni::error::{CniError, Code, Result};
@@ -15,25 +15,71 @@ pub const DEFAULT_HOST_VETH_PREFIX: &str = "rcni";
 /// The largest config we accept on stdin; real ones are a few KiB.
 pub const MAX_CONFIG_BYTES: usize = 4 << 20;
 
+/// An address as a number, for range arithmetic over both families.
+pub fn addr_to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// The address `n` of the family `like` belongs to (`n` must fit that family).
+pub fn addr_from_u128(like: IpAddr, n: u128) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(n as u32)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(n)),
+    }
+}
+
+/// The family's name as the CNI result spells it before 1.0.0, and as messages say it.
+pub fn family_name(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
 /// An address range handed out by the built-in store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
-    pub subnet: Ipv4Network,
-    pub range_start: Ipv4Addr,
-    pub range_end: Ipv4Addr,
+    pub subnet: IpNetwork,
+    pub range_start: IpAddr,
+    pub range_end: IpAddr,
     pub data_dir: PathBuf,
 }
 
 impl PoolConfig {
-    pub fn size(&self) -> u32 {
-        u32::from(self.range_end) - u32::from(self.range_start) + 1
+    /// How many addresses the range holds (an IPv6 /64 holds 2^64).
+    pub fn size(&self) -> u128 {
+        addr_to_u128(self.range_end) - addr_to_u128(self.range_start) + 1
+    }
+
+    pub fn is_ipv6(&self) -> bool {
+        self.subnet.is_ipv6()
+    }
+
+    /// The host prefix length of one pod address: /32 or /128.
+    pub fn host_prefix(&self) -> u8 {
+        if self.is_ipv6() {
+            128
+        } else {
+            32
+        }
+    }
+
+    pub fn in_range(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.range_start.is_ipv4()
+            && (addr_to_u128(self.range_start)..=addr_to_u128(self.range_end))
+                .contains(&addr_to_u128(ip))
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ipam {
-    /// Our own on-disk store.
-    Builtin(PoolConfig),
+    /// Our own on-disk store: one pool per address family (IPv4 first), so a dual-stack pod
+    /// gets one address from each.
+    Builtin(Vec<PoolConfig>),
     /// Another IPAM plugin, run from CNI_PATH.
     Delegated { plugin: String },
 }
@@ -44,7 +90,7 @@ pub struct NetConf {
     pub name: String,
     pub ipam: Ipam,
     pub masquerade: bool,
-    pub non_masquerade_cidrs: Vec<Ipv4Network>,
+    pub non_masquerade_cidrs: Vec<IpNetwork>,
     pub mtu: Option<u32>,
     pub host_veth_prefix: String,
     pub log_file: Option<PathBuf>,
@@ -127,11 +173,11 @@ fn str_field<'a>(o: &'a Map<String, Value>, key: &str, path: &str) -> Result<Opt
     }
 }
 
-fn parse_subnet(s: &str, path: &str) -> Result<Ipv4Network> {
-    let net: Ipv4Network = s.parse().map_err(|_| {
+fn parse_subnet(s: &str, path: &str) -> Result<IpNetwork> {
+    let net: IpNetwork = s.parse().map_err(|_| {
         CniError::invalid_config(
             path,
-            format!("{s:?} is not an IPv4 CIDR like 10.244.1.0/24"),
+            format!("{s:?} is not a CIDR like 10.244.1.0/24 or fd00:10:244:1::/64"),
         )
     })?;
     if net.ip() != net.network() {
@@ -147,9 +193,9 @@ fn parse_subnet(s: &str, path: &str) -> Result<Ipv4Network> {
     Ok(net)
 }
 
-fn parse_addr(s: &str, path: &str) -> Result<Ipv4Addr> {
+fn parse_addr(s: &str, path: &str) -> Result<IpAddr> {
     s.parse()
-        .map_err(|_| CniError::invalid_config(path, format!("{s:?} is not an IPv4 address")))
+        .map_err(|_| CniError::invalid_config(path, format!("{s:?} is not an IP address")))
 }
 
 /// One range: subnet plus optional start/end, network and broadcast excluded.
@@ -162,15 +208,18 @@ fn parse_range(o: &Map<String, Value>, prefix: &str, data_dir: PathBuf) -> Resul
         )
     })?;
     let subnet = parse_subnet(subnet_s, &subnet_key)?;
-    if subnet.prefix() > 30 {
+    let max_prefix = if subnet.is_ipv4() { 30 } else { 126 };
+    if subnet.prefix() > max_prefix {
         return Err(CniError::invalid_config(
             &subnet_key,
-            format!("{subnet} is too small: a pool needs at least a /30 (network and broadcast are never handed out)"),
+            format!("{subnet} is too small: a pool needs at least a /{max_prefix} (the first and last addresses are never handed out)"),
         ));
     }
-    let first = Ipv4Addr::from(u32::from(subnet.network()) + 1);
-    let last = Ipv4Addr::from(u32::from(subnet.broadcast()) - 1);
-    let bound = |key: &str, default: Ipv4Addr| -> Result<Ipv4Addr> {
+    // The first address is the network (IPv6: the subnet-router anycast address), the last the
+    // broadcast (IPv6: kept out too, as host-local does).
+    let first = addr_from_u128(subnet.ip(), addr_to_u128(subnet.network()) + 1);
+    let last = addr_from_u128(subnet.ip(), addr_to_u128(subnet.broadcast()) - 1);
+    let bound = |key: &str, default: IpAddr| -> Result<IpAddr> {
         let path = format!("{prefix}{key}");
         match str_field(o, key, &path)? {
             None => Ok(default),
@@ -185,7 +234,7 @@ fn parse_range(o: &Map<String, Value>, prefix: &str, data_dir: PathBuf) -> Resul
                 if a == subnet.network() || a == subnet.broadcast() {
                     return Err(CniError::invalid_config(
                         &path,
-                        format!("{a} is the network or broadcast address of {subnet}; pick one between {first} and {last}"),
+                        format!("{a} is the first (network) or last (broadcast) address of {subnet}; pick one between {first} and {last}"),
                     ));
                 }
                 Ok(a)
@@ -194,7 +243,7 @@ fn parse_range(o: &Map<String, Value>, prefix: &str, data_dir: PathBuf) -> Resul
     };
     let range_start = bound("rangeStart", first)?;
     let range_end = bound("rangeEnd", last)?;
-    if range_start > range_end {
+    if addr_to_u128(range_start) > addr_to_u128(range_end) {
         return Err(CniError::invalid_config(
             &format!("{prefix}rangeStart"),
             format!("{range_start} is after rangeEnd {range_end}"),
@@ -253,38 +302,61 @@ fn parse_ipam(v: Option<&Value>) -> Result<Ipam> {
             "ipam",
             "set either \"subnet\" or \"ranges\", not both",
         )),
-        (Some(_), None) => parse_range(o, "ipam.", data_dir).map(Ipam::Builtin),
+        (Some(_), None) => Ok(Ipam::Builtin(vec![parse_range(o, "ipam.", data_dir)?])),
         (None, Some(ranges)) => {
-            // host-local's shape: a list of range sets, each a list of ranges.
+            // host-local's shape: a list of range sets, each a list of ranges; one address
+            // per set. Dual-stack is one set per family.
             let sets = ranges
                 .as_array()
                 .filter(|a| !a.is_empty())
-                .ok_or_else(|| CniError::invalid_config("ipam.ranges", "must be a non-empty list of range sets, e.g. [[{\"subnet\": \"10.244.1.0/24\"}]]"))?;
-            if sets.len() > 1 {
+                .ok_or_else(|| CniError::invalid_config("ipam.ranges", "must be a non-empty list of range sets, e.g. [[{\"subnet\": \"10.244.1.0/24\"}], [{\"subnet\": \"fd00:10:244:1::/64\"}]]"))?;
+            if sets.len() > 2 {
                 return Err(CniError::new(
                     Code::UnsupportedField,
-                    format!("ipam.ranges has {} range sets; this version hands out one IPv4 address per pod, so give exactly one", sets.len()),
+                    format!("ipam.ranges has {} range sets; give one per address family (at most one IPv4 and one IPv6)", sets.len()),
                 ));
             }
-            let set = sets[0]
-                .as_array()
-                .filter(|a| !a.is_empty())
-                .ok_or_else(|| {
-                    CniError::invalid_config("ipam.ranges[0]", "must be a non-empty list of ranges")
+            let mut pools = Vec::new();
+            for (i, set) in sets.iter().enumerate() {
+                let set = set.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
+                    CniError::invalid_config(
+                        &format!("ipam.ranges[{i}]"),
+                        "must be a non-empty list of ranges",
+                    )
                 })?;
-            if set.len() > 1 {
-                return Err(CniError::new(
-                    Code::UnsupportedField,
-                    format!(
-                        "ipam.ranges[0] has {} ranges; this version supports one range per set",
-                        set.len()
-                    ),
-                ));
+                if set.len() > 1 {
+                    return Err(CniError::new(
+                        Code::UnsupportedField,
+                        format!(
+                            "ipam.ranges[{i}] has {} ranges; this version supports one range per set",
+                            set.len()
+                        ),
+                    ));
+                }
+                let r = set[0].as_object().ok_or_else(|| {
+                    CniError::invalid_config(
+                        &format!("ipam.ranges[{i}][0]"),
+                        "must be an object with \"subnet\"",
+                    )
+                })?;
+                let pool = parse_range(r, &format!("ipam.ranges[{i}][0]."), data_dir.clone())?;
+                if pools
+                    .iter()
+                    .any(|p: &PoolConfig| p.is_ipv6() == pool.is_ipv6())
+                {
+                    return Err(CniError::new(
+                        Code::UnsupportedField,
+                        format!(
+                            "ipam.ranges has two {} range sets; give at most one per address family",
+                            family_name(pool.subnet.ip())
+                        ),
+                    ));
+                }
+                pools.push(pool);
             }
-            let r = set[0].as_object().ok_or_else(|| {
-                CniError::invalid_config("ipam.ranges[0][0]", "must be an object with \"subnet\"")
-            })?;
-            parse_range(r, "ipam.ranges[0][0].", data_dir).map(Ipam::Builtin)
+            // IPv4 first: results list it first, and stores are always locked in this order.
+            pools.sort_by_key(PoolConfig::is_ipv6);
+            Ok(Ipam::Builtin(pools))
         }
         (None, None) => Err(CniError::invalid_config(
             "ipam.subnet",
@@ -326,7 +398,7 @@ pub fn parse(v: Value) -> Result<NetConf> {
     };
     let non_masquerade_cidrs = match o.get("nonMasqueradeCIDRs") {
         None | Some(Value::Null) => match &ipam {
-            Ipam::Builtin(p) => vec![p.subnet],
+            Ipam::Builtin(pools) => pools.iter().map(|p| p.subnet).collect(),
             Ipam::Delegated { .. } => Vec::new(),
         },
         Some(Value::Array(items)) => items
@@ -440,15 +512,19 @@ mod tests {
     #[test]
     fn defaults() {
         let c = conf(base()).unwrap();
-        let Ipam::Builtin(p) = &c.ipam else { panic!() };
-        assert_eq!(p.range_start, Ipv4Addr::new(10, 244, 1, 1));
-        assert_eq!(p.range_end, Ipv4Addr::new(10, 244, 1, 254));
+        let Ipam::Builtin(pools) = &c.ipam else {
+            panic!()
+        };
+        let p = &pools[0];
+        assert_eq!(pools.len(), 1);
+        assert_eq!(p.range_start, IpAddr::V4(Ipv4Addr::new(10, 244, 1, 1)));
+        assert_eq!(p.range_end, IpAddr::V4(Ipv4Addr::new(10, 244, 1, 254)));
         assert_eq!(p.size(), 254);
         assert_eq!(p.data_dir, PathBuf::from("/run/routed-cni"));
         assert!(c.masquerade);
         assert_eq!(
             c.non_masquerade_cidrs,
-            vec!["10.244.1.0/24".parse::<Ipv4Network>().unwrap()]
+            vec!["10.244.1.0/24".parse::<IpNetwork>().unwrap()]
         );
         assert_eq!(c.host_veth_prefix, "rcni");
         assert_eq!(c.mtu, None);
@@ -466,7 +542,10 @@ mod tests {
             "someUnknownKey":{"x":1},"runtimeConfig":{},"args":{"cni":{}}
         }))
         .unwrap();
-        let Ipam::Builtin(p) = &c.ipam else { panic!() };
+        let Ipam::Builtin(pools) = &c.ipam else {
+            panic!()
+        };
+        let p = &pools[0];
         assert_eq!(p.size(), 241);
         assert_eq!(p.data_dir, PathBuf::from("/var/lib/rcni"));
         assert!(!c.masquerade);
@@ -482,7 +561,10 @@ mod tests {
         let mut v = base();
         v["ipam"] = json!({"type":"routed-cni","ranges":[[{"subnet":"10.10.0.0/16","rangeStart":"10.10.1.1","rangeEnd":"10.10.1.2"}]]});
         let c = conf(v).unwrap();
-        let Ipam::Builtin(p) = &c.ipam else { panic!() };
+        let Ipam::Builtin(pools) = &c.ipam else {
+            panic!()
+        };
+        let p = &pools[0];
         assert_eq!(p.subnet.to_string(), "10.10.0.0/16");
         assert_eq!(p.size(), 2);
     }
@@ -610,7 +692,65 @@ mod tests {
     fn unsupported_multi_range() {
         let mut v = base();
         v["ipam"] = json!({"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"10.2.0.0/24"}]]});
+        let e = err_with(v);
+        assert_eq!(e.code, Code::UnsupportedField);
+        assert!(e.msg.contains("two IPv4 range sets"), "{}", e.msg);
+        let mut v = base();
+        v["ipam"] = json!({"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fd00::/64"}],[{"subnet":"10.3.0.0/24"}]]});
         assert_eq!(err_with(v).code, Code::UnsupportedField);
+    }
+
+    #[test]
+    fn dual_stack_and_ipv6_only_pools() {
+        let mut v = base();
+        // IPv6 listed first: pools still come out IPv4 first (lock order, result order).
+        v["ipam"] =
+            json!({"ranges":[[{"subnet":"fd00:10:244:1::/64"}],[{"subnet":"10.244.1.0/24"}]]});
+        let c = conf(v).unwrap();
+        let Ipam::Builtin(pools) = &c.ipam else {
+            panic!()
+        };
+        assert_eq!(pools.len(), 2);
+        assert_eq!(pools[0].subnet.to_string(), "10.244.1.0/24");
+        assert_eq!(pools[1].range_start.to_string(), "fd00:10:244:1::1");
+        assert_eq!(
+            pools[1].range_end.to_string(),
+            "fd00:10:244:1:ffff:ffff:ffff:fffe"
+        );
+        assert_eq!(pools[1].size(), (1u128 << 64) - 2);
+        assert_eq!(pools[1].host_prefix(), 128);
+        assert_eq!(c.non_masquerade_cidrs.len(), 2);
+
+        let mut v = base();
+        v["ipam"] = json!({"subnet":"fd00:10:244:2::/120","rangeStart":"fd00:10:244:2::10","rangeEnd":"fd00:10:244:2::1f"});
+        let c = conf(v).unwrap();
+        let Ipam::Builtin(pools) = &c.ipam else {
+            panic!()
+        };
+        assert_eq!(pools.len(), 1);
+        assert_eq!(pools[0].size(), 16);
+        assert!(pools[0].in_range("fd00:10:244:2::1f".parse().unwrap()));
+        assert!(!pools[0].in_range("fd00:10:244:2::20".parse().unwrap()));
+        assert!(!pools[0].in_range("10.0.0.1".parse().unwrap()));
+
+        for (ipam, needle) in [
+            (json!({"subnet":"fd00::/127"}), "too small"),
+            (json!({"subnet":"fd00::1/64"}), "host bits"),
+            (
+                json!({"subnet":"fd00::/64","rangeStart":"10.0.0.1"}),
+                "outside",
+            ),
+            (
+                json!({"subnet":"fd00::/64","rangeEnd":"fd00::"}),
+                "first (network)",
+            ),
+        ] {
+            let mut v = base();
+            v["ipam"] = ipam.clone();
+            let e = err_with(v);
+            assert_eq!(e.code, Code::InvalidConfig, "{ipam}");
+            assert!(e.msg.contains(needle), "{ipam}: {}", e.msg);
+        }
     }
 }
 
@@ -630,6 +770,9 @@ mod fuzz {
             prop_oneof![
                 Just("10.244.1.0/24"),
                 Just("10.0.0.0/8"),
+                Just("fd00:10:244:1::/64"),
+                Just("fd00::/126"),
+                Just("fd00::5"),
                 Just("10.244.1.7"),
                 Just("1.1.0"),
                 Just("0.3.1"),
@@ -684,10 +827,15 @@ mod fuzz {
             let bytes = serde_json::to_vec(&v).unwrap();
             match parse_json(&bytes).and_then(parse) {
                 Ok(c) => {
-                    if let Ipam::Builtin(p) = &c.ipam {
-                        prop_assert!(p.range_start > p.subnet.network() && p.range_end < p.subnet.broadcast());
-                        prop_assert!(p.range_start <= p.range_end);
-                        prop_assert!(p.data_dir.is_absolute());
+                    if let Ipam::Builtin(pools) = &c.ipam {
+                        prop_assert!(!pools.is_empty() && pools.len() <= 2);
+                        for p in pools {
+                            let n = |a| addr_to_u128(a);
+                            prop_assert!(n(p.range_start) > n(p.subnet.network()) && n(p.range_end) < n(p.subnet.broadcast()));
+                            prop_assert!(n(p.range_start) <= n(p.range_end));
+                            prop_assert!(p.subnet.contains(p.range_start) && p.subnet.contains(p.range_end));
+                            prop_assert!(p.data_dir.is_absolute());
+                        }
                     }
                     prop_assert!(c.host_veth_prefix.len() <= 4);
                 }

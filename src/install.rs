@@ -3,7 +3,7 @@
 //! config and never execs a half-copied binary ("text file busy" cannot happen either: the old
 //! inode stays intact for processes still running it). Re-running it is harmless.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -21,8 +21,10 @@ pub struct InstallOptions {
     pub conf_dir: PathBuf,
     pub conf_name: String,
     pub network_name: String,
-    pub pod_subnet: Ipv4Network,
-    pub cluster_cidr: Option<Ipv4Network>,
+    /// This node's pod CIDRs: one, or one per family for dual-stack (IPv4 first).
+    pub pod_subnets: Vec<IpNetwork>,
+    /// The cluster's pod CIDRs (per family), reached without masquerade.
+    pub cluster_cidrs: Vec<IpNetwork>,
     pub mtu: Option<u32>,
     pub log_file: Option<String>,
 }
@@ -36,11 +38,29 @@ pub struct Installed {
 
 /// The conflist for this node.
 pub fn conflist(o: &InstallOptions) -> Value {
+    let ipam = match o.pod_subnets.as_slice() {
+        [one] => json!({ "subnet": one.to_string() }),
+        many => json!({
+            "ranges": many.iter().map(|s| json!([{ "subnet": s.to_string() }])).collect::<Vec<_>>()
+        }),
+    };
+    // Per family: the cluster CIDR if one was given, else the node's own pod subnet.
+    let non_masquerade: Vec<String> = o
+        .pod_subnets
+        .iter()
+        .map(|p| {
+            o.cluster_cidrs
+                .iter()
+                .find(|c| c.is_ipv6() == p.is_ipv6())
+                .unwrap_or(p)
+                .to_string()
+        })
+        .collect();
     let mut plugin = json!({
         "type": "routed-cni",
-        "ipam": { "subnet": o.pod_subnet.to_string() },
+        "ipam": ipam,
         "masquerade": true,
-        "nonMasqueradeCIDRs": [o.cluster_cidr.unwrap_or(o.pod_subnet).to_string()],
+        "nonMasqueradeCIDRs": non_masquerade,
     });
     if let Some(m) = o.mtu {
         plugin["mtu"] = json!(m);
@@ -82,6 +102,10 @@ fn replace_file(dest: &Path, data: &[u8], mode: u32) -> Result<bool, String> {
         f.write_all(data)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.sync_all()?;
+        // Closed before the rename: while any process holds a file open for writing, exec of
+        // it fails with ETXTBSY ("text file busy"), so a runtime exec'ing the plugin right
+        // after the rename would fail until we closed it (tests/install.rs caught this).
+        drop(f);
         crate::crashpoint::here("install:before-rename");
         fs::rename(&tmp, dest)?;
         // The rename itself must survive a crash too.
@@ -111,28 +135,53 @@ pub fn install(o: &InstallOptions) -> Result<Installed, String> {
     })
 }
 
-/// Everything `install` needs except the pod subnet: what `agent` takes from its flags and
-/// environment, the subnet coming from the Node object instead.
+/// A comma-separated list of CIDRs, at most one per family, IPv4 first in the result.
+pub fn parse_cidrs(flag: &str, s: &str) -> Result<Vec<IpNetwork>, String> {
+    let mut out: Vec<IpNetwork> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let n: IpNetwork = part
+            .parse()
+            .map_err(|_| format!("--{flag} {part:?} is not a CIDR"))?;
+        if n.ip() != n.network() {
+            return Err(format!("--{flag} {part:?} has host bits set"));
+        }
+        if out.iter().any(|o| o.is_ipv6() == n.is_ipv6()) {
+            return Err(format!(
+                "--{flag} {s:?} has two CIDRs of one family; give at most one IPv4 and one IPv6"
+            ));
+        }
+        out.push(n);
+    }
+    if out.is_empty() {
+        return Err(format!("--{flag} {s:?} holds no CIDR"));
+    }
+    out.sort_by_key(IpNetwork::is_ipv6);
+    Ok(out)
+}
+
+/// Everything `install` needs except the pod subnets: what `agent` takes from its flags and
+/// environment, the subnets coming from the Node object instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstallSettings {
     pub bin_dir: PathBuf,
     pub conf_dir: PathBuf,
     pub conf_name: String,
     pub network_name: String,
-    pub cluster_cidr: Option<Ipv4Network>,
+    pub cluster_cidrs: Vec<IpNetwork>,
     pub mtu: Option<u32>,
     pub log_file: Option<String>,
 }
 
 impl InstallSettings {
-    pub fn for_subnet(&self, pod_subnet: Ipv4Network) -> InstallOptions {
+    /// `pod_subnets`: at most one per family, IPv4 first (as `parse_cidrs` gives them).
+    pub fn for_subnets(&self, pod_subnets: Vec<IpNetwork>) -> InstallOptions {
         InstallOptions {
             bin_dir: self.bin_dir.clone(),
             conf_dir: self.conf_dir.clone(),
             conf_name: self.conf_name.clone(),
             network_name: self.network_name.clone(),
-            pod_subnet,
-            cluster_cidr: self.cluster_cidr,
+            pod_subnets,
+            cluster_cidrs: self.cluster_cidrs.clone(),
             mtu: self.mtu,
             log_file: self.log_file.clone(),
         }
@@ -174,21 +223,12 @@ impl Flags {
             .or_else(|| std::env::var(var).ok().filter(|v| !v.is_empty()))
     }
 
-    fn cidr(&self, flag: &str, var: &str) -> Result<Option<Ipv4Network>, String> {
-        self.get(flag, var)
-            .map(|s| {
-                let n: Ipv4Network = s
-                    .parse()
-                    .map_err(|_| format!("--{flag} {s:?} is not an IPv4 CIDR"))?;
-                if n.ip() != n.network() {
-                    return Err(format!("--{flag} {s:?} has host bits set"));
-                }
-                Ok(n)
-            })
-            .transpose()
-    }
-
     fn settings(&self) -> Result<InstallSettings, String> {
+        let cluster_cidrs = self
+            .get("cluster-cidr", "ROUTED_CNI_CLUSTER_CIDR")
+            .map(|s| parse_cidrs("cluster-cidr", &s))
+            .transpose()?
+            .unwrap_or_default();
         let mtu = self
             .get("mtu", "ROUTED_CNI_MTU")
             .map(|m| {
@@ -211,7 +251,7 @@ impl Flags {
             network_name: self
                 .get("network-name", "ROUTED_CNI_NETWORK_NAME")
                 .unwrap_or_else(|| "k8s-pod-network".into()),
-            cluster_cidr: self.cidr("cluster-cidr", "ROUTED_CNI_CLUSTER_CIDR")?,
+            cluster_cidrs,
             mtu,
             log_file: self.get("log-file", "ROUTED_CNI_LOG_FILE"),
         })
@@ -223,10 +263,12 @@ pub fn parse_args(args: &[String]) -> Result<InstallOptions, String> {
     let mut known = SETTINGS_FLAGS.to_vec();
     known.push("--pod-subnet");
     let flags = Flags::parse(args, &known)?;
-    let pod_subnet = flags
-        .cidr("pod-subnet", "ROUTED_CNI_POD_SUBNET")?
-        .ok_or("--pod-subnet (or ROUTED_CNI_POD_SUBNET) is required: this node's pod CIDR")?;
-    Ok(flags.settings()?.for_subnet(pod_subnet))
+    let pod_subnets = flags
+        .get("pod-subnet", "ROUTED_CNI_POD_SUBNET")
+        .map(|s| parse_cidrs("pod-subnet", &s))
+        .transpose()?
+        .ok_or("--pod-subnet (or ROUTED_CNI_POD_SUBNET) is required: this node's pod CIDR (two, comma-separated, for dual-stack)")?;
+    Ok(flags.settings()?.for_subnets(pod_subnets))
 }
 
 /// Parses the `InstallSettings` flags (`SETTINGS_FLAGS`) with the same environment fallbacks.
@@ -244,8 +286,8 @@ mod tests {
             conf_dir: dir.join("net.d"),
             conf_name: DEFAULT_CONF_NAME.into(),
             network_name: "k8s-pod-network".into(),
-            pod_subnet: "10.244.3.0/24".parse().unwrap(),
-            cluster_cidr: Some("10.244.0.0/16".parse().unwrap()),
+            pod_subnets: vec!["10.244.3.0/24".parse().unwrap()],
+            cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             mtu: Some(1450),
             log_file: Some("/var/log/routed-cni.log".into()),
         }
@@ -284,7 +326,7 @@ mod tests {
             .collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
         let mut changed = o.clone();
-        changed.pod_subnet = "10.244.4.0/24".parse().unwrap();
+        changed.pod_subnets = vec!["10.244.4.0/24".parse().unwrap()];
         assert_eq!(
             install(&changed).unwrap(),
             Installed {
@@ -317,16 +359,65 @@ mod tests {
             .unwrap_err()
             .contains("--bogus"));
         assert!(parse_args(&a(&["--mtu"])).is_err());
-        // The agent's view: the same settings, and the subnet is not one of them.
-        let s = parse_settings(&a(&["--conf-dir", "/x/net.d", "--mtu", "1400"])).unwrap();
+        let d = parse_args(&a(&[
+            "--pod-subnet",
+            "fd00:10:244:1::/64, 10.244.1.0/24",
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/48",
+        ]))
+        .unwrap();
+        assert_eq!(d.pod_subnets[0].to_string(), "10.244.1.0/24");
+        assert_eq!(d.pod_subnets[1].to_string(), "fd00:10:244:1::/64");
+        assert!(parse_args(&a(&["--pod-subnet", "10.1.0.0/24,10.2.0.0/24"]))
+            .unwrap_err()
+            .contains("two CIDRs of one family"));
+        // The agent's view: the same settings, and the subnets are not among them.
+        let s = parse_settings(&a(&[
+            "--conf-dir",
+            "/x/net.d",
+            "--mtu",
+            "1400",
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/48",
+        ]))
+        .unwrap();
         assert_eq!(s.conf_dir, PathBuf::from("/x/net.d"));
-        let o = s.for_subnet("10.1.2.0/24".parse().unwrap());
+        assert_eq!(s.cluster_cidrs.len(), 2);
+        let o = s.for_subnets(vec!["10.1.2.0/24".parse().unwrap()]);
         assert_eq!(
-            (o.mtu, o.pod_subnet.to_string()),
+            (o.mtu, o.pod_subnets[0].to_string()),
             (Some(1400), "10.1.2.0/24".into())
         );
         assert!(parse_settings(&a(&["--pod-subnet", "10.1.2.0/24"]))
             .unwrap_err()
             .contains("--pod-subnet"));
+    }
+
+    #[test]
+    fn dual_stack_conflist_has_one_range_set_per_family() {
+        let mut o = opts(Path::new("/nonexistent"));
+        o.pod_subnets = vec![
+            "10.244.3.0/24".parse().unwrap(),
+            "fd00:10:244:3::/64".parse().unwrap(),
+        ];
+        o.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
+        let c = conflist(&o);
+        assert_eq!(
+            c["plugins"][0]["ipam"],
+            json!({"ranges": [[{"subnet": "10.244.3.0/24"}], [{"subnet": "fd00:10:244:3::/64"}]]})
+        );
+        // No IPv6 cluster CIDR given: the node's IPv6 pod subnet is the exception.
+        assert_eq!(
+            c["plugins"][0]["nonMasqueradeCIDRs"],
+            json!(["10.244.0.0/16", "fd00:10:244:3::/64"])
+        );
+        let mut plugin = c["plugins"][0].clone();
+        plugin["cniVersion"] = c["cniVersion"].clone();
+        plugin["name"] = c["name"].clone();
+        let parsed = crate::config::parse(plugin).unwrap();
+        let crate::config::Ipam::Builtin(pools) = parsed.ipam else {
+            panic!()
+        };
+        assert_eq!(pools.len(), 2);
     }
 }

@@ -2,7 +2,7 @@
 //! one jump to it from POSTROUTING, never a rule per pod. The steady-state ADD costs a single
 //! `iptables -C`.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use iptables::IPTables;
 use sha2::{Digest, Sha256};
 
@@ -12,12 +12,14 @@ const TABLE: &str = "nat";
 const POSTROUTING: &str = "POSTROUTING";
 /// Multicast is link-local business; masquerading it breaks it.
 const MULTICAST: &str = "224.0.0.0/4";
+const MULTICAST6: &str = "ff00::/8";
 
-/// The masquerade rules of one pool.
+/// The masquerade rules of one pool, in `iptables` or `ip6tables` by the pool's family.
 #[derive(Debug, Clone)]
 pub struct PoolNat {
-    pub subnet: Ipv4Network,
-    pub non_masquerade: Vec<Ipv4Network>,
+    pub subnet: IpNetwork,
+    /// Only those of the pool's family are used.
+    pub non_masquerade: Vec<IpNetwork>,
 }
 
 /// A running `iptables -C` for a pool's jump.
@@ -60,13 +62,13 @@ pub fn lock() -> Result<std::fs::File> {
     Ok(file)
 }
 
-fn iptables() -> IPTables {
+fn iptables(cmd: &'static str) -> IPTables {
     // Built directly: iptables::new() would exec `iptables --version` on every call, and every
     // iptables we run on (1.6+, Debian 12 ships 1.8.9) has -C and --wait. Only `-S` listings
     // are used (see `chain_exists`), which never resolve names, so `is_numeric` stays off:
     // iptables rejects `-S … -n`.
     IPTables {
-        cmd: "iptables",
+        cmd,
         has_check: true,
         has_wait: true,
         is_numeric: false,
@@ -83,11 +85,32 @@ fn chain_exists(ipt: &IPTables, chain: &str) -> Result<bool> {
 
 fn ipt_err(what: impl std::fmt::Display, e: Box<dyn std::error::Error>) -> CniError {
     CniError::nat(format!(
-        "{what}: {e}; check that the `iptables` command works on this node (`iptables -t nat -S`)"
+        "{what}: {e}; check that the iptables commands work on this node (`iptables -t nat -S`, `ip6tables -t nat -S` for IPv6 pools)"
     ))
 }
 
 impl PoolNat {
+    /// `iptables` or `ip6tables`: the pool's family decides.
+    pub fn command(&self) -> &'static str {
+        if self.subnet.is_ipv6() {
+            "ip6tables"
+        } else {
+            "iptables"
+        }
+    }
+
+    fn ipt(&self) -> IPTables {
+        iptables(self.command())
+    }
+
+    /// The exceptions that apply to this pool's family.
+    fn exceptions(&self) -> impl Iterator<Item = &IpNetwork> {
+        let v6 = self.subnet.is_ipv6();
+        self.non_masquerade
+            .iter()
+            .filter(move |c| c.is_ipv6() == v6)
+    }
+
     /// The comment that marks the pool's jump; teardown finds jumps by it.
     fn pool_comment(&self) -> String {
         format!("routed-cni pool {}", self.subnet)
@@ -97,7 +120,7 @@ impl PoolNat {
     /// `nonMasqueradeCIDRs` gets a fresh chain instead of silently keeping the old rules.
     pub fn chain(&self) -> String {
         let mut key = self.subnet.to_string();
-        for c in &self.non_masquerade {
+        for c in self.exceptions() {
             key.push(' ');
             key.push_str(&c.to_string());
         }
@@ -123,7 +146,7 @@ impl PoolNat {
     /// Starts `iptables -C` for the jump without waiting: ADD runs it while it does its
     /// netlink work, which hides the exec and ruleset load (~2 ms) behind it.
     pub fn probe(&self) -> Result<InstalledProbe> {
-        std::process::Command::new("iptables")
+        std::process::Command::new(self.command())
             .args(["-t", TABLE, "-C", POSTROUTING])
             .args(self.jump_args())
             .arg("--wait")
@@ -134,7 +157,8 @@ impl PoolNat {
             .map(InstalledProbe)
             .map_err(|e| {
                 CniError::nat(format!(
-                    "run iptables: {e}; is the iptables package installed on this node?"
+                    "run {}: {e}; is the iptables package installed on this node?",
+                    self.command()
                 ))
             })
     }
@@ -149,15 +173,19 @@ impl PoolNat {
     }
 
     pub fn chain_rules(&self) -> Vec<String> {
+        let multicast = if self.subnet.is_ipv6() {
+            MULTICAST6
+        } else {
+            MULTICAST
+        };
         let mut rules: Vec<String> = self
-            .non_masquerade
-            .iter()
+            .exceptions()
             .map(|c| {
                 format!("-d {c} -m comment --comment \"routed-cni no masquerade to {c}\" -j RETURN")
             })
             .collect();
         rules.push(format!(
-            "! -d {MULTICAST} -m comment --comment \"routed-cni masquerade {}\" -j MASQUERADE",
+            "! -d {multicast} -m comment --comment \"routed-cni masquerade {}\" -j MASQUERADE",
             self.subnet
         ));
         rules
@@ -165,7 +193,7 @@ impl PoolNat {
 
     /// One `iptables -C`: is the pool's jump in place?
     pub fn is_installed(&self) -> Result<bool> {
-        iptables()
+        self.ipt()
             .exists(TABLE, POSTROUTING, &self.jump_rule())
             .map_err(|e| ipt_err("check masquerade jump", e))
     }
@@ -173,7 +201,7 @@ impl PoolNat {
     /// Creates (or refills) the pool's chain, then adds the jump, then drops jumps of the same
     /// pool left by an older config. Call with the pool lock held so two ADDs do not race.
     pub fn install(&self) -> Result<()> {
-        let ipt = iptables();
+        let ipt = self.ipt();
         let chain = self.chain();
         if self.is_installed()? {
             return Ok(());
@@ -197,7 +225,7 @@ impl PoolNat {
 
     /// CHECK: the jump and every rule of the chain are in place; names the first one missing.
     pub fn check(&self) -> Result<()> {
-        let ipt = iptables();
+        let ipt = self.ipt();
         let chain = self.chain();
         let mut wanted = vec![(POSTROUTING.to_string(), self.jump_rule())];
         wanted.extend(self.chain_rules().into_iter().map(|r| (chain.clone(), r)));
@@ -207,18 +235,38 @@ impl PoolNat {
                 .map_err(|e| ipt_err("check masquerade rules", e))?;
             if !present {
                 return Err(CniError::nat(format!(
-                    "masquerade rule missing: `iptables -t nat -A {in_chain} {rule}` (see `iptables -t nat -S {in_chain}`)"
+                    "masquerade rule missing: `{cmd} -t nat -A {in_chain} {rule}` (see `{cmd} -t nat -S {in_chain}`)",
+                    cmd = self.command()
                 )));
             }
         }
         Ok(())
     }
 
+    /// The pool whose jump covers `ip`, found by the jumps' comments: with delegated IPAM the
+    /// pool is whatever network the IPAM plugin returned at ADD, which CHECK no longer has.
+    pub fn installed_pool_for(ip: std::net::IpAddr) -> Result<Option<IpNetwork>> {
+        let cmd = if ip.is_ipv6() {
+            "ip6tables"
+        } else {
+            "iptables"
+        };
+        let rules = iptables(cmd)
+            .list(TABLE, POSTROUTING)
+            .map_err(|e| ipt_err("list POSTROUTING", e))?;
+        Ok(rules
+            .iter()
+            .filter_map(|line| line.split("routed-cni pool ").nth(1))
+            .filter_map(|rest| rest.split('"').next())
+            .filter_map(|subnet| subnet.parse::<IpNetwork>().ok())
+            .find(|net| net.contains(ip)))
+    }
+
     /// Removes every jump and chain of this pool (any config). Missing rules are fine.
     pub fn uninstall(&self) -> Result<()> {
         self.remove_jumps(|_| true)?;
         // The chain of the current config may have lost its jump (someone flushed POSTROUTING).
-        let ipt = iptables();
+        let ipt = self.ipt();
         let chain = self.chain();
         if chain_exists(&ipt, &chain)? {
             ipt.flush_chain(TABLE, &chain)
@@ -229,7 +277,7 @@ impl PoolNat {
     }
 
     fn remove_jumps(&self, select: impl Fn(&str) -> bool) -> Result<()> {
-        let ipt = iptables();
+        let ipt = self.ipt();
         let marker = self.pool_comment();
         let rules = ipt
             .list(TABLE, POSTROUTING)

@@ -8,6 +8,9 @@
 //!   outside  198.51.100.2/24, with no route back to the pod subnet, so a pod reaches it
 //!            only when it is masqueraded
 //!   pods     namespaces handed to the plugin as CNI_NETNS
+//! A dual-stack world (`World::dual`) adds 2001:db8:100::1/64 (node) and ::2 (outside), a
+//! node IPv6 default route, and an IPv6 pool beside the IPv4 one; the outside has no route
+//! back to the IPv6 pod subnet either.
 //! all removed when the `World` guard drops, also on panic. The host's own namespace is never
 //! touched. Without root each test prints "skipped: needs root".
 
@@ -24,6 +27,12 @@ const NODE_IP: &str = "198.51.100.1";
 const OUTSIDE_IP: &str = "198.51.100.2";
 const SUBNET: &str = "10.244.1.0/24";
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
+const NODE_IP6: &str = "2001:db8:100::1";
+const OUTSIDE_IP6: &str = "2001:db8:100::2";
+const SUBNET6: &str = "fd00:10:244:1::/64";
+const CLUSTER_CIDR6: &str = "fd00:10:244::/48";
+/// The pod's IPv6 gateway: the host veth's link-local address.
+const GATEWAY6: &str = "fe80::ecee:eeff:feee:eeee";
 /// doctor's exit codes.
 const HEALTHY: i32 = 0;
 const BROKEN: i32 = 1;
@@ -71,6 +80,39 @@ impl Doctor {
             .unwrap_or_else(|e| panic!("doctor --json printed no JSON ({e}): {self:?}"))
     }
 
+    /// The report of the pod's address in `family` (`ipv4`, `ipv6`): a dual-stack pod has one
+    /// per address.
+    fn report(&self, family: &str) -> Value {
+        let doc = self.json();
+        let pods: Vec<&Value> = doc["pods"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .filter(|p| p["family"] == family)
+            .collect();
+        assert_eq!(pods.len(), 1, "one {family} report expected: {doc:#}");
+        pods[0].clone()
+    }
+
+    fn failed_in(&self, family: &str) -> Vec<String> {
+        self.report(family)["failed"]
+            .as_array()
+            .expect("failed")
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn step_in(&self, family: &str, id: &str) -> Value {
+        self.report(family)["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {family} step {id}: {self:?}"))
+    }
+
     /// The single pod's report.
     fn pod(&self) -> Value {
         let doc = self.json();
@@ -88,10 +130,16 @@ impl Doctor {
             .collect()
     }
 
-    /// The fix commands of every failed step, in path order, each once.
+    /// The fix commands of every failed step, in path order, each once (of every report).
     fn fixes(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        for step in self.pod()["steps"].as_array().unwrap() {
+        let doc = self.json();
+        let steps = doc["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["steps"].as_array().unwrap().clone());
+        for step in steps {
             if step["status"] != "fail" {
                 continue;
             }
@@ -144,6 +192,10 @@ struct World {
     node: String,
     namespaces: Vec<String>,
     dir: PathBuf,
+    /// Pods get an IPv6 address too.
+    dual: bool,
+    /// Pods get only an IPv6 address (a single IPv6 `ipam.subnet`).
+    ipv6_only: bool,
 }
 
 impl World {
@@ -158,6 +210,8 @@ impl World {
             prefix,
             namespaces: Vec::new(),
             dir,
+            dual: false,
+            ipv6_only: false,
         };
         let node = w.node.clone();
         let outside = format!("{}-out", w.prefix);
@@ -191,6 +245,42 @@ impl World {
         w
     }
 
+    /// A dual-stack world: the uplink gets IPv6 addresses (nodad: no DAD wait) and the node
+    /// an IPv6 default route; pods get one address of each family.
+    fn dual(test: &str) -> World {
+        let mut w = World::new(test);
+        w.dual = true;
+        let outside = format!("{}-out", w.prefix);
+        for (ns, dev, addr) in [
+            (&w.node, "uplink", NODE_IP6),
+            (&outside, "wan", OUTSIDE_IP6),
+        ] {
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+        }
+        ip(&[
+            "-n",
+            &w.node,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            OUTSIDE_IP6,
+            "dev",
+            "uplink",
+        ]);
+        w
+    }
+
     fn netns_add(&mut self, name: &str) {
         ip(&["netns", "add", name]);
         self.namespaces.push(name.to_string());
@@ -202,6 +292,31 @@ impl World {
     }
 
     fn config(&self) -> String {
+        if self.ipv6_only {
+            return json!({
+                "cniVersion": "1.0.0",
+                "name": "test",
+                "type": "routed-cni",
+                "ipam": {"subnet": SUBNET6, "dataDir": self.store()},
+                "nonMasqueradeCIDRs": [CLUSTER_CIDR6],
+                "logFile": self.dir.join("cni.log"),
+            })
+            .to_string();
+        }
+        if self.dual {
+            return json!({
+                "cniVersion": "1.0.0",
+                "name": "test",
+                "type": "routed-cni",
+                "ipam": {
+                    "ranges": [[{"subnet": SUBNET}], [{"subnet": SUBNET6}]],
+                    "dataDir": self.store(),
+                },
+                "nonMasqueradeCIDRs": [CLUSTER_CIDR, CLUSTER_CIDR6],
+                "logFile": self.dir.join("cni.log"),
+            })
+            .to_string();
+        }
         json!({
             "cniVersion": "1.0.0",
             "name": "test",
@@ -291,6 +406,66 @@ impl World {
         let mut args = vec!["--pod", sel.as_str(), "--json"];
         args.extend_from_slice(extra);
         self.doctor(&args)
+    }
+
+    /// Both walks of a dual-stack pod pass, and the pod reaches the node and the outside over
+    /// both families.
+    fn assert_healthy_dual(&self, pod: &Pod) {
+        let to = format!("[{OUTSIDE_IP6}]:80");
+        let d = self.doctor_pod(pod, &["--to", &to]);
+        assert_eq!(d.code, HEALTHY, "doctor should pass: {d:?}");
+        for family in ["ipv4", "ipv6"] {
+            let report = d.report(family);
+            assert_eq!(report["ok"], true, "{report:#}");
+            assert_eq!(report["failed"], json!([]), "{report:#}");
+        }
+        for to in [NODE_IP, OUTSIDE_IP, NODE_IP6, OUTSIDE_IP6] {
+            assert!(self.ping(pod, to), "{} cannot ping {to}", pod.ns);
+        }
+    }
+
+    /// `break_and_repair` for the IPv6 path of a dual-stack pod: the IPv6 walk fails on
+    /// `expect` (perhaps also on `also`), the IPv4 walk stays whole, and the fix commands
+    /// from the JSON bring IPv6 back.
+    fn break_and_repair6(
+        &self,
+        pod: &Pod,
+        break_cmds: &[String],
+        expect: &[&str],
+        also: &[&str],
+        extra: &[&str],
+    ) -> Doctor {
+        self.assert_healthy_dual(pod);
+        for c in break_cmds {
+            self.on_node(c);
+        }
+        assert!(
+            !self.ping(pod, OUTSIDE_IP6),
+            "the IPv6 path still works after {break_cmds:?}"
+        );
+        let d = self.doctor_pod(pod, extra);
+        assert_eq!(d.code, BROKEN, "doctor should fail: {d:?}");
+        assert_eq!(d.failed_in("ipv4"), Vec::<String>::new(), "{d:?}");
+        let failed = d.failed_in("ipv6");
+        for id in expect {
+            assert!(
+                failed.iter().any(|f| f == id),
+                "doctor did not name {id}: {failed:?}\n{d:?}"
+            );
+        }
+        for f in &failed {
+            assert!(
+                expect.contains(&f.as_str()) || also.contains(&f.as_str()),
+                "doctor failed an unrelated step {f}: {d:?}"
+            );
+        }
+        let fixes = d.fixes();
+        assert!(!fixes.is_empty(), "no fix command: {d:?}");
+        for f in &fixes {
+            self.on_node(f);
+        }
+        self.assert_healthy_dual(pod);
+        d
     }
 
     fn ping(&self, pod: &Pod, to: &str) -> bool {
@@ -744,4 +919,437 @@ fn pod_whose_sandbox_is_gone() {
     // Released: the pod is no longer in the store.
     let d = w.doctor_pod(&pod, &[]);
     assert_eq!(d.code, NOT_FOUND, "{d:?}");
+}
+
+// ---------------------------------------------------------------- IPv6 and dual-stack
+
+fn ip6_of(w: &World, pod: &Pod) -> String {
+    w.doctor_pod(pod, &[]).report("ipv6")["ip"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn dual_stack_pod_gets_both_walks() {
+    require_root!();
+    let mut w = World::dual("dual");
+    let pod = w.pod("web-1");
+    let _other = w.pod("web-2");
+    w.assert_healthy_dual(&pod);
+
+    let to = format!("[{OUTSIDE_IP6}]:80");
+    let d = w.doctor_pod(&pod, &["--to", &to]);
+    let v6 = d.report("ipv6");
+    assert_eq!(v6["pod"], "default/web-1");
+    assert_eq!(v6["pool"], SUBNET6);
+    assert!(v6["ip"].as_str().unwrap().starts_with("fd00:10:244:1::"));
+    let ids: Vec<&str> = v6["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "pod-netns",
+            "pod-interface",
+            "pod-address",
+            "pod-default-route",
+            "pod-neighbour",
+            "host-veth",
+            "host-veth-sysctls",
+            "host-veth-address",
+            "ipv6-forwarding",
+            "host-route",
+            "nat",
+            "pod-route-to",
+            "node-route-to",
+            "masquerade-to",
+            "allocation"
+        ],
+        "IPv6 steps in packet-path order"
+    );
+    for s in v6["steps"].as_array().unwrap() {
+        assert_eq!(s["status"], "ok", "step {s:#}");
+    }
+    assert_eq!(
+        d.step_in("ipv6", "pod-neighbour")["saw"],
+        format!("{GATEWAY6} -> ee:ee:ee:ee:ee:ee (permanent), the host veth's MAC")
+    );
+    assert!(
+        d.step_in("ipv6", "masquerade-to")["saw"]
+            .as_str()
+            .unwrap()
+            .starts_with("yes"),
+        "{d:?}"
+    );
+    // The pings went through the IPv6 pool's MASQUERADE rule, read from ip6tables.
+    let nat = d.step_in("ipv6", "nat");
+    let masq = &nat["details"]["chainRules"][1];
+    assert_eq!(masq["target"], "MASQUERADE", "{nat:#}");
+    assert!(masq["pkts"].as_u64().unwrap() >= 1, "{nat:#}");
+    // The IPv4 walk is the IPv4 walk, its --to steps skipped for an IPv6 destination.
+    let v4 = d.report("ipv4");
+    assert_eq!(v4["steps"].as_array().unwrap().len(), 16, "{v4:#}");
+    assert_eq!(d.step_in("ipv4", "pod-route-to")["status"], "skip");
+    assert_eq!(d.step_in("ipv4", "rp-filter")["status"], "ok");
+
+    // Inside the IPv6 cluster CIDR, no masquerade; an address without a port works too.
+    let d = w.doctor_pod(&pod, &["--to", "fd00:10:244:7::7"]);
+    assert!(
+        d.step_in("ipv6", "masquerade-to")["saw"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("no: fd00:10:244:7::7 is inside {CLUSTER_CIDR6}")),
+        "{d:?}"
+    );
+
+    // For people: one section per address, IPv4 first, both healthy.
+    let text = w.doctor(&["--pod", "default/web-1", "--to", &to]).stdout;
+    let v4_at = text.find("ip 10.244.1.").expect("IPv4 section");
+    let v6_at = text.find("ip fd00:10:244:1::").expect("IPv6 section");
+    assert!(v4_at < v6_at, "{text}");
+    assert!(
+        !text.contains('✗') && text.contains("✓ host veth gateway"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 pod(s) checked (2 addresses), 0 address(es) broken"),
+        "{text}"
+    );
+    println!("{text}");
+
+    // --all: each pod's two addresses together, IPv4 first.
+    let text = w.doctor(&["--all"]).stdout;
+    let sections: Vec<(String, bool)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("pod default/"))
+        .map(|l| {
+            let (name, rest) = l.split_once("  ip ").unwrap();
+            (name.to_string(), rest.starts_with("fd00:"))
+        })
+        .collect();
+    assert_eq!(
+        sections,
+        [
+            ("web-1".to_string(), false),
+            ("web-1".to_string(), true),
+            ("web-2".to_string(), false),
+            ("web-2".to_string(), true)
+        ],
+        "{text}"
+    );
+    assert!(
+        text.contains("2 pod(s) checked (4 addresses), 0 address(es) broken"),
+        "{text}"
+    );
+    // Not found: each pool named once.
+    let d = w.doctor(&["--pod", "default/nope"]);
+    assert_eq!(d.code, NOT_FOUND, "{d:?}");
+    assert!(
+        d.stderr.contains(&format!("(pools: {SUBNET}, {SUBNET6})")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn ipv6_missing_pod_default_route() {
+    require_root!();
+    let mut w = World::dual("defroute6");
+    let pod = w.pod("web-1");
+    let to = format!("[{OUTSIDE_IP6}]:80");
+    let d = w.break_and_repair6(
+        &pod,
+        &[format!("ip -n {} -6 route del default", pod.ns)],
+        &["pod-default-route"],
+        &["pod-route-to"],
+        &["--to", &to],
+    );
+    assert_eq!(
+        d.step_in("ipv6", "pod-default-route")["fix"],
+        json!([format!(
+            "ip -n {} -6 route replace default via {GATEWAY6} dev eth0",
+            pod.ns
+        )])
+    );
+    // For people.
+    w.on_node(&format!("ip -n {} -6 route del default", pod.ns));
+    let text = w.doctor(&["--pod", "default/web-1"]).stdout;
+    assert!(
+        text.contains("✗ pod default route")
+            && text.contains(&format!(
+                "fix: ip -n {} -6 route replace default via {GATEWAY6} dev eth0",
+                pod.ns
+            ))
+            && text.contains("BROKEN: 1 step(s) failed: pod-default-route"),
+        "{text}"
+    );
+    println!("{text}");
+}
+
+#[test]
+fn ipv6_forwarding_off() {
+    require_root!();
+    let mut w = World::dual("forward6");
+    let pod = w.pod("web-1");
+    let to = format!("[{OUTSIDE_IP6}]:80");
+    let d = w.break_and_repair6(
+        &pod,
+        &["sysctl -qw net.ipv6.conf.all.forwarding=0".to_string()],
+        // Writing all.forwarding also rewrites the veth's flag: a warning of its own.
+        &["ipv6-forwarding", "node-route-to"],
+        &[],
+        &["--to", &to],
+    );
+    assert_eq!(
+        d.step_in("ipv6", "ipv6-forwarding")["fix"],
+        json!(["sysctl -w net.ipv6.conf.all.forwarding=1"])
+    );
+    assert_eq!(d.step_in("ipv6", "host-veth-sysctls")["status"], "warn");
+}
+
+#[test]
+fn ipv6_host_veth_sysctls() {
+    require_root!();
+    let mut w = World::dual("sysctl6");
+    let pod = w.pod("web-1");
+    let veth = host_veth_dual(&w, &pod);
+    // proxy_ndp and the veth's own forwarding flag: not as ADD left them, but IPv6 still
+    // flows (all.forwarding decides; the gateway is the veth's own address). A warning.
+    w.on_node(&format!(
+        "sysctl -qw net.ipv6.conf.{veth}.proxy_ndp=0 net.ipv6.conf.{veth}.forwarding=0"
+    ));
+    let d = w.doctor_pod(&pod, &[]);
+    assert_eq!(d.code, HEALTHY, "{d:?}");
+    let step = d.step_in("ipv6", "host-veth-sysctls");
+    assert_eq!(step["status"], "warn", "{d:?}");
+    assert!(w.ping(&pod, OUTSIDE_IP6) && w.ping(&pod, NODE_IP6), "{d:?}");
+    for f in step["fix"].as_array().unwrap() {
+        w.on_node(f.as_str().unwrap());
+    }
+    assert_eq!(
+        w.doctor_pod(&pod, &[]).step_in("ipv6", "host-veth-sysctls")["status"],
+        "ok"
+    );
+    // disable_ipv6 on the veth takes its gateway address and the pod's /128 route with it.
+    let d = w.break_and_repair6(
+        &pod,
+        &[format!("sysctl -qw net.ipv6.conf.{veth}.disable_ipv6=1")],
+        &["host-veth-sysctls", "host-veth-address", "host-route"],
+        &[],
+        &[],
+    );
+    assert!(
+        d.step_in("ipv6", "host-veth-sysctls")["why"]
+            .as_str()
+            .unwrap()
+            .contains("disable_ipv6=1"),
+        "{d:?}"
+    );
+}
+
+fn host_veth_dual(w: &World, pod: &Pod) -> String {
+    w.doctor_pod(pod, &[]).report("ipv6")["hostVeth"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn ipv6_missing_host_veth_gateway_address() {
+    require_root!();
+    let mut w = World::dual("gwaddr6");
+    let pod = w.pod("web-1");
+    let veth = host_veth_dual(&w, &pod);
+    let d = w.break_and_repair6(
+        &pod,
+        &[
+            format!("ip -6 addr del {GATEWAY6}/64 dev {veth}"),
+            // What the node already knows of the pod would carry replies for a while.
+            format!("ip -6 neigh flush dev {veth}"),
+        ],
+        &["host-veth-address"],
+        &[],
+        &[],
+    );
+    assert_eq!(
+        d.step_in("ipv6", "host-veth-address")["fix"],
+        json!([format!("ip -6 addr replace {GATEWAY6}/64 dev {veth} nodad")])
+    );
+    // With the pod's permanent entry gone too, resolving the gateway fails, and doctor says
+    // why.
+    w.on_node(&format!("ip -6 addr del {GATEWAY6}/64 dev {veth}"));
+    w.on_node(&format!(
+        "ip -n {} -6 neigh del {GATEWAY6} dev eth0",
+        pod.ns
+    ));
+    let d = w.doctor_pod(&pod, &[]);
+    assert_eq!(d.code, BROKEN, "{d:?}");
+    let neigh = d.step_in("ipv6", "pod-neighbour");
+    assert_eq!(neigh["status"], "fail", "{d:?}");
+    assert!(
+        neigh["why"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("does not hold {GATEWAY6}/64")),
+        "{d:?}"
+    );
+    for f in d.fixes() {
+        w.on_node(&f);
+    }
+    w.assert_healthy_dual(&pod);
+    // With the address back, neighbour discovery resolves the gateway: a warning, since ADD's
+    // permanent entry is what the pod should have.
+    w.on_node(&format!(
+        "ip -n {} -6 neigh del {GATEWAY6} dev eth0",
+        pod.ns
+    ));
+    let d = w.doctor_pod(&pod, &[]);
+    assert_eq!(d.code, HEALTHY, "{d:?}");
+    let neigh = d.step_in("ipv6", "pod-neighbour");
+    assert_eq!(neigh["status"], "warn", "{d:?}");
+    assert!(
+        neigh["saw"]
+            .as_str()
+            .unwrap()
+            .contains("-> ee:ee:ee:ee:ee:ee (reachable) (the host veth answered)"),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn ipv6_missing_host_route() {
+    require_root!();
+    let mut w = World::dual("hostroute6");
+    let pod = w.pod("web-1");
+    let ip6 = ip6_of(&w, &pod);
+    let to = format!("[{OUTSIDE_IP6}]:80");
+    let d = w.break_and_repair6(
+        &pod,
+        &[format!("ip -6 route del {ip6}/128")],
+        &["host-route", "node-route-to"],
+        &[],
+        &["--to", &to],
+    );
+    assert_eq!(
+        d.step_in("ipv6", "host-route")["fix"],
+        json!([format!(
+            "ip -6 route replace {ip6}/128 dev {}",
+            host_veth_dual(&w, &pod)
+        )])
+    );
+    assert!(
+        d.step_in("ipv6", "node-route-to")["saw"]
+            .as_str()
+            .unwrap()
+            .contains("but replies on uplink go via 2001:db8:100::2 dev uplink"),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn ipv6_missing_nat_jump() {
+    require_root!();
+    let mut w = World::dual("nat6");
+    let pod = w.pod("web-1");
+    let d = w.doctor_pod(&pod, &[]);
+    let chain = d.step_in("ipv6", "nat")["details"]["chain"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let to = OUTSIDE_IP6.to_string();
+    let d = w.break_and_repair6(
+        &pod,
+        &[format!(
+            "ip6tables -t nat -D POSTROUTING -s {SUBNET6} -m comment --comment 'routed-cni pool {SUBNET6}' -j {chain}"
+        )],
+        &["nat", "masquerade-to"],
+        &[],
+        &["--to", &to],
+    );
+    assert_eq!(
+        d.step_in("ipv6", "nat")["fix"],
+        json!([format!(
+            "ip6tables -t nat -A POSTROUTING -s {SUBNET6} -m comment --comment \"routed-cni pool {SUBNET6}\" -j {chain}"
+        )])
+    );
+}
+
+#[test]
+fn ipv6_pod_address_missing_tentative_or_disabled() {
+    require_root!();
+    let mut w = World::dual("podaddr6");
+    let pod = w.pod("web-1");
+    let ip6 = ip6_of(&w, &pod);
+    let in_pod = |cmd: &str| format!("ip netns exec {} {cmd}", pod.ns);
+    // Gone.
+    w.break_and_repair6(
+        &pod,
+        &[format!("ip -n {} -6 addr del {ip6}/128 dev eth0", pod.ns)],
+        &["pod-address"],
+        &[],
+        &[],
+    );
+    // Back, but through duplicate address detection, which a minute of probes keeps running:
+    // the kernel does not send from a tentative address.
+    let d = w.break_and_repair6(
+        &pod,
+        &[
+            in_pod(
+                "sysctl -qw net.ipv6.conf.eth0.accept_dad=1 net.ipv6.conf.eth0.dad_transmits=60",
+            ),
+            format!("ip -n {} -6 addr del {ip6}/128 dev eth0", pod.ns),
+            format!("ip -n {} -6 addr add {ip6}/128 dev eth0", pod.ns),
+        ],
+        &["pod-address"],
+        &[],
+        &[],
+    );
+    let step = d.step_in("ipv6", "pod-address");
+    assert!(
+        step["saw"].as_str().unwrap().contains("still tentative"),
+        "{d:?}"
+    );
+    assert_eq!(
+        step["fix"],
+        json!([
+            format!("ip -n {} -6 addr del {ip6}/128 dev eth0", pod.ns),
+            format!("ip -n {} -6 addr replace {ip6}/128 dev eth0 nodad", pod.ns),
+        ])
+    );
+    // IPv6 off in the pod: the address, the default route and the gateway entry go with it,
+    // and the fixes, in path order, put them back.
+    let d = w.break_and_repair6(
+        &pod,
+        &[in_pod("sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1")],
+        &["pod-address", "pod-default-route", "pod-neighbour"],
+        &[],
+        &[],
+    );
+    assert_eq!(
+        d.step_in("ipv6", "pod-address")["fix"][0],
+        in_pod("sysctl -w net.ipv6.conf.eth0.disable_ipv6=0"),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn ipv6_only_pool() {
+    require_root!();
+    let mut w = World::dual("only6");
+    w.ipv6_only = true;
+    let pod = w.pod("web-1");
+    let d = w.doctor_pod(&pod, &["--to", OUTSIDE_IP6]);
+    assert_eq!(d.code, HEALTHY, "{d:?}");
+    let report = d.pod();
+    assert_eq!(report["family"], "ipv6");
+    assert_eq!(report["failed"], json!([]), "{d:?}");
+    assert!(w.ping(&pod, OUTSIDE_IP6) && w.ping(&pod, NODE_IP6));
+    let text = w.doctor(&["--all"]).stdout;
+    assert!(
+        text.contains("ip fd00:10:244:1::") && text.contains("healthy") && !text.contains('✗'),
+        "{text}"
+    );
 }

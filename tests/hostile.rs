@@ -218,6 +218,43 @@ fn bad_inputs_get_the_right_code_and_change_nothing() {
             "outside",
         ),
         (
+            "IPv6 subnet too small",
+            vec![],
+            with(&["ipam", "subnet"], json!("fd00::/127")),
+            7,
+            "too small",
+        ),
+        (
+            "IPv4 rangeStart in an IPv6 subnet",
+            vec![],
+            with(
+                &["ipam"],
+                json!({"subnet":"fd00:10::/64","rangeStart":"10.210.0.5"}),
+            ),
+            7,
+            "outside",
+        ),
+        (
+            "two IPv6 range sets",
+            vec![],
+            with(
+                &["ipam"],
+                json!({"ranges":[[{"subnet":"fd00:1::/64"}],[{"subnet":"fd00:2::/64"}]]}),
+            ),
+            2,
+            "two IPv6 range sets",
+        ),
+        (
+            "three range sets",
+            vec![],
+            with(
+                &["ipam"],
+                json!({"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fd00:2::/64"}],[{"subnet":"10.3.0.0/24"}]]}),
+            ),
+            2,
+            "range sets",
+        ),
+        (
             "relative dataDir",
             vec![],
             with(&["ipam", "dataDir"], json!("../../etc")),

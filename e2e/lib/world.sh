@@ -10,6 +10,8 @@ NODE=rcn-node-$RUN_ID
 OUTSIDE=rcn-out-$RUN_ID
 NODE_UPLINK=198.51.100.1
 OUTSIDE_ADDR=198.51.100.2
+NODE_UPLINK6=fd00:198:51:100::1
+OUTSIDE_ADDR6=fd00:198:51:100::2
 CREATED_NETNS=()
 BACKGROUND_PIDS=()
 FAILURES=0
@@ -46,6 +48,10 @@ make_node() {
     ip -n "$NODE" link set uplink up
     ip -n "$OUTSIDE" link set eth0 up
     ip -n "$NODE" route add default via $OUTSIDE_ADDR
+    # IPv6 too (nodad: usable at once); the outside has no route back to IPv6 pod subnets either.
+    ip -n "$NODE" addr add $NODE_UPLINK6/64 dev uplink nodad
+    ip -n "$OUTSIDE" addr add $OUTSIDE_ADDR6/64 dev eth0 nodad
+    ip -n "$NODE" -6 route add default via $OUTSIDE_ADDR6
 }
 
 make_pod() { netns_add "$1"; }
@@ -89,11 +95,12 @@ expect_clean_node() {
     local store=$1 leftovers
     leftovers=$(ip -n "$NODE" -o link show | grep -o 'rcni[0-9a-f]*' || true)
     [ -z "$leftovers" ] && ok "no host veth left" || fail "host veths left: $leftovers"
-    leftovers=$(ip -n "$NODE" route show | grep rcni || true)
+    leftovers=$( (ip -n "$NODE" -4 route show; ip -n "$NODE" -6 route show) | grep rcni || true)
     [ -z "$leftovers" ] && ok "no pod route left" || fail "routes left: $leftovers"
-    leftovers=$(on_node iptables-save -t nat | grep -Ei 'routed-cni|RCNI-' || true)
+    leftovers=$( (on_node iptables-save -t nat; on_node ip6tables-save -t nat) | grep -Ei 'routed-cni|RCNI-' || true)
     [ -z "$leftovers" ] && ok "no routed-cni NAT rule left" || fail "NAT rules left: $leftovers"
-    leftovers=$(find "$store" -regextype posix-extended -regex '.*/[0-9]+(\.[0-9]+){3}$' 2>/dev/null || true)
+    # Record files are named by their address: a.b.c.d, or IPv6 (with colons).
+    leftovers=$(find "$store" -regextype posix-extended -regex '.*/([0-9]+(\.[0-9]+){3}|[0-9a-f:]*:[0-9a-f:]*)$' 2>/dev/null || true)
     [ -z "$leftovers" ] && ok "no allocation left" || fail "allocations left: $leftovers"
     leftovers=$(on_node "$BIN" audit --data-dir "$store") && ok "routed-cni audit finds no leak" ||
         fail "routed-cni audit: $leftovers"

@@ -177,12 +177,12 @@ impl NodeInfo {
         }
     }
 
-    /// The first IPv4 podCIDR: what install configures until it learns IPv6.
-    pub fn ipv4_pod_cidr(&self) -> Option<ipnetwork::Ipv4Network> {
-        self.pod_cidrs.iter().find_map(|n| match n {
-            IpNetwork::V4(v4) => Some(*v4),
-            IpNetwork::V6(_) => None,
-        })
+    /// What install configures: the first podCIDR of each family, IPv4 first (the API server
+    /// allows at most one per family anyway).
+    pub fn install_subnets(&self) -> Vec<IpNetwork> {
+        let v4 = self.pod_cidrs.iter().find(|n| n.is_ipv4());
+        let v6 = self.pod_cidrs.iter().find(|n| n.is_ipv6());
+        v4.into_iter().chain(v6).copied().collect()
     }
 }
 
@@ -459,7 +459,7 @@ mod tests {
                 "fc00:f853:ccd:e793::3".parse().unwrap()
             ]
         );
-        assert_eq!(n.ipv4_pod_cidr().unwrap().to_string(), "10.244.1.0/24");
+        assert_eq!(n.install_subnets(), n.pod_cidrs);
         assert!(n.problems.is_empty());
     }
 
@@ -479,9 +479,17 @@ mod tests {
         assert_eq!(n.problems.len(), 1, "{:?}", n.problems);
         let bare = node(r#"{"metadata":{"name":"new"}}"#);
         assert!(bare.pod_cidrs.is_empty() && bare.internal_ips.is_empty());
-        assert_eq!(bare.ipv4_pod_cidr(), None);
-        let v6only = node(r#"{"metadata":{"name":"v6"},"spec":{"podCIDRs":["fd00::/64"]}}"#);
-        assert_eq!(v6only.ipv4_pod_cidr(), None);
+        assert!(bare.install_subnets().is_empty());
+        // IPv4 first, whatever order the API lists them in.
+        let v6first =
+            node(r#"{"metadata":{"name":"v6"},"spec":{"podCIDRs":["fd00::/64","10.1.0.0/24"]}}"#);
+        assert_eq!(
+            v6first.install_subnets(),
+            vec![
+                "10.1.0.0/24".parse::<IpNetwork>().unwrap(),
+                "fd00::/64".parse().unwrap()
+            ]
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod health;
 pub mod kube;
 pub mod routes;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use nix::sys::signal::{SigSet, Signal};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -239,7 +239,8 @@ struct Agent {
     nodes: BTreeMap<String, NodeInfo>,
     /// Destination → node it was last routed for, to name the node when its route goes.
     routed_for: BTreeMap<IpNetwork, String>,
-    installed_for: Option<Ipv4Network>,
+    /// The pod subnets of the last successful install.
+    installed_for: Option<Vec<IpNetwork>>,
     /// The notes of the last reconcile (skipped nodes, install wait), so each is logged once
     /// per change rather than at every resync.
     said: Vec<String>,
@@ -424,30 +425,32 @@ impl Agent {
 
     fn install(&mut self, full: bool, notes: &mut Vec<String>) {
         let name = &self.opts.node_name;
-        let cidr = match self.nodes.get(name) {
+        let subnets = match self.nodes.get(name) {
             None => {
                 let why = format!("node {name} is not in the API's node list (check NODE_NAME/--node-name: it must be the Node object's name, spec.nodeName)");
                 notes.push(why.clone());
                 self.health.install_problem(why);
                 return;
             }
-            Some(n) => match n.ipv4_pod_cidr() {
-                Some(c) => c,
-                None => {
-                    let why = format!("node {name} has no IPv4 podCIDR yet (podCIDRs [{}]); waiting: kube-controller-manager assigns it with --allocate-node-cidrs, or set it in the Node spec", join(&n.pod_cidrs));
-                    notes.push(why.clone());
-                    self.health.install_problem(why);
-                    return;
-                }
-            },
+            Some(n) if n.install_subnets().is_empty() => {
+                let why = format!("node {name} has no podCIDR yet; waiting: kube-controller-manager assigns it with --allocate-node-cidrs, or set it in the Node spec");
+                notes.push(why.clone());
+                self.health.install_problem(why);
+                return;
+            }
+            Some(n) => n.install_subnets(),
         };
-        if !full && self.installed_for == Some(cidr) {
+        if !full && self.installed_for.as_ref() == Some(&subnets) {
             return;
         }
-        let opts = self.opts.install.for_subnet(cidr);
+        let cidr = join(&subnets);
+        let opts = self.opts.install.for_subnets(subnets.clone());
         match install::install(&opts) {
             Ok(done) => {
-                if done.binary_changed || done.config_changed || self.installed_for != Some(cidr) {
+                if done.binary_changed
+                    || done.config_changed
+                    || self.installed_for.as_ref() != Some(&subnets)
+                {
                     crate::info!(
                         "install for podCIDR {cidr}: {} {}, {} {}",
                         opts.bin_dir.join("routed-cni").display(),
@@ -464,7 +467,7 @@ impl Agent {
                         },
                     );
                 }
-                self.installed_for = Some(cidr);
+                self.installed_for = Some(subnets);
                 self.health
                     .installed(format!("conflist for podCIDR {cidr}"));
             }
@@ -515,7 +518,7 @@ mod tests {
         assert_eq!(o.health_addr, DEFAULT_HEALTH_ADDR.parse().unwrap());
         assert_eq!(o.token_file, PathBuf::from(format!("{SA_DIR}/token")));
         assert_eq!(o.install.bin_dir, PathBuf::from("/x/bin"));
-        assert_eq!(o.install.cluster_cidr.unwrap().to_string(), "10.244.0.0/16");
+        assert_eq!(o.install.cluster_cidrs[0].to_string(), "10.244.0.0/16");
         let err = |v: &[&str]| parse_args(&a(v)).unwrap_err();
         assert!(err(&["--node-name", "n1", "--api-server", "http://x:80"]).contains("https"));
         assert!(err(&[

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::error::CniError;
 
@@ -56,16 +56,16 @@ pub struct Interface {
 /// One entry of `ips` in a result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpConfig {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub prefix: u8,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
     pub interface: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub dst: String,
-    pub gw: Option<Ipv4Addr>,
+    pub gw: Option<IpAddr>,
 }
 
 /// The `dns` section, passed from config to result.
@@ -116,7 +116,8 @@ impl AddResult {
             .map(|ip| {
                 let mut o = Map::new();
                 if v.has_ip_version_field() {
-                    o.insert("version".into(), json!("4"));
+                    let family = if ip.address.is_ipv4() { "4" } else { "6" };
+                    o.insert("version".into(), json!(family));
                 }
                 if let Some(idx) = ip.interface {
                     o.insert("interface".into(), json!(idx));
@@ -257,6 +258,38 @@ mod tests {
             ))
             .unwrap();
             assert_eq!(got, want, "version {v}");
+        }
+    }
+
+    #[test]
+    fn golden_dual_stack_results_list_both_families() {
+        let mut r = sample();
+        r.ips.push(IpConfig {
+            address: "fd00:10:244:1::5".parse().unwrap(),
+            prefix: 128,
+            gateway: Some("fe80::ecee:eeff:feee:eeee".parse().unwrap()),
+            interface: Some(1),
+        });
+        r.routes.push(Route {
+            dst: "::/0".into(),
+            gw: Some("fe80::ecee:eeff:feee:eeee".parse().unwrap()),
+        });
+        let old = r.to_json("0.3.1");
+        assert_eq!(
+            old["ips"],
+            json!([{"version":"4","address":"10.244.1.5/32","gateway":"169.254.1.1","interface":1},
+                   {"version":"6","address":"fd00:10:244:1::5/128","gateway":"fe80::ecee:eeff:feee:eeee","interface":1}])
+        );
+        for v in ["1.0.0", "1.1.0"] {
+            let new = r.to_json(v);
+            assert_eq!(
+                new["ips"][1],
+                json!({"address":"fd00:10:244:1::5/128","gateway":"fe80::ecee:eeff:feee:eeee","interface":1})
+            );
+            assert_eq!(
+                new["routes"],
+                json!([{"dst":"0.0.0.0/0","gw":"169.254.1.1"},{"dst":"::/0","gw":"fe80::ecee:eeff:feee:eeee"}])
+            );
         }
     }
 

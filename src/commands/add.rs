@@ -1,16 +1,16 @@
 //! ADD: allocate, wire the pod, install masquerade; on any failure undo all of it.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde_json::Value;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::runtime;
 use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{CniError, Code, Result};
 use crate::cni::types::{AddResult, Interface, IpConfig, Route};
-use crate::config::{Ipam, NetConf};
-use crate::dataplane::{self, sysctl, Netlink, DEFAULT_MTU, GATEWAY, HOST_MAC};
+use crate::config::{Ipam, NetConf, PoolConfig};
+use crate::dataplane::{self, sysctl, Netlink, DEFAULT_MTU, GATEWAY, GATEWAY6, HOST_MAC};
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, PoolLock, Record, Store};
 use crate::nat::{InstalledProbe, PoolNat};
@@ -23,10 +23,114 @@ struct Wired {
     mtu: u32,
 }
 
-/// Where the pod's address came from, so a failed ADD can give it back.
-enum Lease {
-    Store(Store),
-    Delegated(String),
+/// One address of the pod and the network it came from. `store` is set for the built-in IPAM,
+/// so a failed ADD can give the address back and NAT installs can hold the pool lock.
+struct Leased {
+    ip: IpAddr,
+    subnet: IpNetwork,
+    store: Option<Store>,
+}
+
+/// Where the pod's addresses came from.
+struct Lease {
+    addrs: Vec<Leased>,
+    /// The delegated IPAM plugin, if one handed them out.
+    delegated: Option<String>,
+}
+
+fn allocation_template(conf: &NetConf, att: &Attachment, host_veth: &str) -> Record {
+    Record {
+        ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        container_id: att.container_id.clone(),
+        ifname: att.ifname.clone(),
+        host_veth: host_veth.to_string(),
+        pod_namespace: att.pod.namespace.clone(),
+        pod_name: att.pod.name.clone(),
+        network: conf.name.clone(),
+        netns: att.netns.clone(),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    }
+}
+
+/// One address from each pool, IPv4 first (the order every ADD and DEL takes the locks in).
+/// If a later pool fails, the addresses already taken are given back.
+fn allocate_builtin(
+    conf: &NetConf,
+    pools: &[PoolConfig],
+    att: &Attachment,
+    template: &Record,
+) -> Result<Lease> {
+    let mut lease = Lease {
+        addrs: Vec::new(),
+        delegated: None,
+    };
+    for pool in pools {
+        let taken = Store::open(pool).and_then(|store| {
+            let (record, reused) = store.lock(LOCK_TIMEOUT)?.allocate(template)?;
+            Ok((store, record, reused))
+        });
+        match taken {
+            Ok((store, record, reused)) => {
+                crate::debug!(
+                    "allocated {} for {}/{} from pool {}{}",
+                    record.ip,
+                    att.container_id,
+                    att.ifname,
+                    pool.subnet,
+                    if reused {
+                        " (kept from an earlier ADD)"
+                    } else {
+                        ""
+                    }
+                );
+                lease.addrs.push(Leased {
+                    ip: record.ip,
+                    subnet: pool.subnet,
+                    store: Some(store),
+                });
+                // Dual-stack: the IPv4 address is held, the IPv6 one not yet.
+                if pools.len() > 1 && lease.addrs.len() == 1 {
+                    crate::crashpoint::here("add:first-family-allocated");
+                }
+            }
+            Err(e) => {
+                release(conf, &lease, att);
+                return Err(e);
+            }
+        }
+    }
+    Ok(lease)
+}
+
+fn allocate_delegated(conf: &NetConf, plugin: &str) -> Result<Lease> {
+    let result = delegate::exec(plugin, Command::Add, &conf.raw)?;
+    let nets = match result.as_ref().map(delegate::pod_addresses) {
+        Some(Ok(nets)) => nets,
+        failed => {
+            release_delegated(conf, plugin);
+            return Err(failed.and_then(|r| r.err()).unwrap_or_else(|| {
+                CniError::new(
+                    Code::DelegatedIpam,
+                    format!("IPAM plugin {plugin} printed no result"),
+                )
+            }));
+        }
+    };
+    Ok(Lease {
+        addrs: nets
+            .into_iter()
+            .map(|net| Leased {
+                ip: net.ip(),
+                subnet: IpNetwork::new(net.network(), net.prefix())
+                    .expect("prefix came from a network"),
+                store: None,
+            })
+            .collect(),
+        delegated: Some(plugin.to_string()),
+    })
 }
 
 pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
@@ -36,72 +140,40 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
         &conf.host_veth_prefix,
         &attachment_hash(&att.container_id, &att.ifname),
     );
-    let (ip, subnet, lease) = match &conf.ipam {
-        Ipam::Builtin(pool) => {
-            let store = Store::open(pool)?;
-            let template = Record {
-                ip: Ipv4Addr::UNSPECIFIED,
-                container_id: att.container_id.clone(),
-                ifname: att.ifname.clone(),
-                host_veth: host_veth.clone(),
-                pod_namespace: att.pod.namespace.clone(),
-                pod_name: att.pod.name.clone(),
-                network: conf.name.clone(),
-                netns: att.netns.clone(),
-                created: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-            };
-            let (record, reused) = store.lock(LOCK_TIMEOUT)?.allocate(&template)?;
-            crate::debug!(
-                "allocated {} for {}/{} from pool {}{}",
-                record.ip,
-                att.container_id,
-                att.ifname,
-                pool.subnet,
-                if reused {
-                    " (kept from an earlier ADD)"
-                } else {
-                    ""
-                }
-            );
-            (record.ip, pool.subnet, Lease::Store(store))
-        }
-        Ipam::Delegated { plugin } => {
-            let result = delegate::exec(plugin, Command::Add, &conf.raw)?;
-            let net = match result.as_ref().map(delegate::first_ipv4) {
-                Some(Ok(net)) => net,
-                failed => {
-                    release_delegated(conf, plugin);
-                    return Err(failed.and_then(|r| r.err()).unwrap_or_else(|| {
-                        CniError::new(
-                            Code::DelegatedIpam,
-                            format!("IPAM plugin {plugin} printed no result"),
-                        )
-                    }));
-                }
-            };
-            let subnet =
-                Ipv4Network::new(net.network(), net.prefix()).expect("prefix came from a network");
-            (net.ip(), subnet, Lease::Delegated(plugin.clone()))
-        }
+    let lease = match &conf.ipam {
+        Ipam::Builtin(pools) => allocate_builtin(
+            conf,
+            pools,
+            att,
+            &allocation_template(conf, att, &host_veth),
+        )?,
+        Ipam::Delegated { plugin } => allocate_delegated(conf, plugin)?,
     };
     crate::crashpoint::here("add:allocated");
     let rt = runtime()?;
-    let nat = pool_nat(conf, subnet);
-    let probe = if conf.masquerade {
-        Some(nat.probe())
-    } else {
-        None
-    };
+    let nats: Vec<PoolNat> = lease
+        .addrs
+        .iter()
+        .map(|a| pool_nat(conf, a.subnet))
+        .collect();
+    // Every `iptables -C` runs while the netlink work does.
+    let probes: Vec<Option<Result<InstalledProbe>>> = nats
+        .iter()
+        .map(|nat| conf.masquerade.then(|| nat.probe()))
+        .collect();
+    let ips: Vec<IpAddr> = lease.addrs.iter().map(|a| a.ip).collect();
     let wired = rt
-        .block_on(wire(conf, att, &netns, &host_veth, ip))
-        .and_then(|w| ensure_nat(&nat, probe, &lease).map(|()| w));
+        .block_on(wire(conf, att, &netns, &host_veth, &ips))
+        .and_then(|w| {
+            for ((nat, probe), leased) in nats.iter().zip(probes).zip(&lease.addrs) {
+                ensure_nat(nat, probe, leased)?;
+            }
+            Ok(w)
+        });
     let wired = match wired {
         Ok(w) => w,
         Err(e) => {
-            rollback(&rt, conf, &nat, &lease, att, &host_veth);
+            rollback(&rt, conf, &lease, att, &host_veth);
             return Err(e);
         }
     };
@@ -120,16 +192,22 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
                 sandbox: Some(att.netns.clone()),
             },
         ],
-        ips: vec![IpConfig {
-            address: ip,
-            prefix: 32,
-            gateway: Some(GATEWAY),
-            interface: Some(1),
-        }],
-        routes: vec![Route {
-            dst: "0.0.0.0/0".into(),
-            gw: Some(GATEWAY),
-        }],
+        ips: ips
+            .iter()
+            .map(|&ip| IpConfig {
+                address: ip,
+                prefix: dataplane::host_prefix(ip),
+                gateway: Some(dataplane::gateway_for(ip)),
+                interface: Some(1),
+            })
+            .collect(),
+        routes: ips
+            .iter()
+            .map(|&ip| Route {
+                dst: dataplane::default_dst(ip).into(),
+                gw: Some(dataplane::gateway_for(ip)),
+            })
+            .collect(),
         dns: conf.dns.clone(),
     };
     Ok(result.to_json(&conf.cni_version))
@@ -147,10 +225,12 @@ async fn wire(
     att: &Attachment,
     netns: &Netns,
     host_veth: &str,
-    ip: std::net::Ipv4Addr,
+    ips: &[IpAddr],
 ) -> Result<Wired> {
     let host = Netlink::connect()?;
     let pod = Netlink::connect_in(netns)?;
+    let has_v4 = ips.iter().any(IpAddr::is_ipv4);
+    let has_v6 = ips.iter().any(IpAddr::is_ipv6);
     let mtu = match conf.mtu {
         Some(m) => m,
         None => host.default_route_mtu().await?.unwrap_or(DEFAULT_MTU),
@@ -170,12 +250,32 @@ async fn wire(
     host.create_veth(host_veth, &att.ifname, netns, mtu).await?;
     crate::crashpoint::here("add:veth-created");
 
-    // Host end: answer ARP for the gateway at once, and forward the pod's packets.
-    // proxy_delay=0: the kernel otherwise delays proxy ARP replies by up to 0.8 s.
-    sysctl::ensure(&format!("net/ipv4/conf/{host_veth}/proxy_arp"), "1")?;
-    sysctl::ensure(&format!("net/ipv4/neigh/{host_veth}/proxy_delay"), "0")?;
-    sysctl::ensure(&format!("net/ipv4/conf/{host_veth}/forwarding"), "1")?;
-    sysctl::ensure("net/ipv4/ip_forward", "1")?;
+    if has_v4 {
+        // Host end: answer ARP for the gateway at once, and forward the pod's packets.
+        // proxy_delay=0: the kernel otherwise delays proxy ARP replies by up to 0.8 s.
+        sysctl::ensure(&format!("net/ipv4/conf/{host_veth}/proxy_arp"), "1")?;
+        sysctl::ensure(&format!("net/ipv4/neigh/{host_veth}/proxy_delay"), "0")?;
+        sysctl::ensure(&format!("net/ipv4/conf/{host_veth}/forwarding"), "1")?;
+        sysctl::ensure("net/ipv4/ip_forward", "1")?;
+    }
+    if has_v6 {
+        // Before the pod end comes up (and with it the carrier): no DAD, so the gateway
+        // address is usable the moment the pod is; proxy_ndp as calico sets it (the gateway
+        // is the veth's own address, so the host answers for it without proxy entries).
+        for (key, value) in host_ipv6_sysctls(host_veth) {
+            sysctl::ensure(&key, value)?;
+        }
+    }
+    let host_link = host.link_by_name(host_veth).await?.ok_or_else(|| {
+        CniError::dataplane(format!(
+            "host veth {host_veth} vanished right after it was created"
+        ))
+    })?;
+    let host_index = host_link.header.index;
+    if has_v6 {
+        host.add_address(host_index, IpAddr::V6(GATEWAY6), 64)
+            .await?;
+    }
 
     let pod_link = pod.link_by_name(&att.ifname).await?.ok_or_else(|| {
         CniError::dataplane(format!(
@@ -184,21 +284,32 @@ async fn wire(
         ))
     })?;
     let pod_index = pod_link.header.index;
-    pod.add_address(pod_index, ip, 32).await?;
+    if has_v6 {
+        // /proc/sys/net belongs to the namespace of the thread that opens it.
+        let _in_pod = netns.enter()?;
+        sysctl::ensure(&format!("net/ipv6/conf/{}/disable_ipv6", att.ifname), "0")?;
+        sysctl::ensure(&format!("net/ipv6/conf/{}/accept_dad", att.ifname), "0")?;
+    }
+    for &ip in ips {
+        pod.add_address(pod_index, ip, dataplane::host_prefix(ip))
+            .await?;
+    }
     pod.set_up(pod_index, &att.ifname).await?;
-    pod.add_link_route(GATEWAY, 32, pod_index).await?;
-    pod.add_default_route(GATEWAY, pod_index).await?;
-    pod.add_permanent_neighbour(pod_index, GATEWAY, &HOST_MAC)
-        .await?;
+    if has_v4 {
+        pod.add_link_route(GATEWAY, 32, pod_index).await?;
+    }
+    for &ip in ips {
+        let gw = dataplane::gateway_for(ip);
+        pod.add_default_route(gw, pod_index).await?;
+        pod.add_permanent_neighbour(pod_index, gw, &HOST_MAC)
+            .await?;
+    }
     crate::crashpoint::here("add:pod-configured");
 
-    let host_link = host.link_by_name(host_veth).await?.ok_or_else(|| {
-        CniError::dataplane(format!(
-            "host veth {host_veth} vanished right after it was created"
-        ))
-    })?;
-    host.add_host_route(ip, host_link.header.index, &conf.host_veth_prefix)
-        .await?;
+    for &ip in ips {
+        host.add_host_route(ip, host_index, &conf.host_veth_prefix)
+            .await?;
+    }
     Ok(Wired {
         host_veth: host_veth.to_string(),
         pod_mac: dataplane::link_mac(&pod_link)
@@ -208,9 +319,30 @@ async fn wire(
     })
 }
 
+/// The node's IPv6 settings for a pod's host veth, as ADD sets them. The first two are what
+/// IPv6 traffic needs once the pod is up, and all CHECK holds a pod to: `accept_dad` matters
+/// only while the addresses are added, `proxy_ndp` and the veth's own `forwarding` not at all
+/// (the gateway is the veth's own address; `all.forwarding` decides forwarding).
+pub fn host_ipv6_sysctls(host_veth: &str) -> Vec<(String, &'static str)> {
+    vec![
+        (format!("net/ipv6/conf/{host_veth}/disable_ipv6"), "0"),
+        ("net/ipv6/conf/all/forwarding".to_string(), "1"),
+        (format!("net/ipv6/conf/{host_veth}/accept_dad"), "0"),
+        (format!("net/ipv6/conf/{host_veth}/proxy_ndp"), "1"),
+        (format!("net/ipv6/conf/{host_veth}/forwarding"), "1"),
+    ]
+}
+
+/// How many of `host_ipv6_sysctls` CHECK requires.
+pub const HOST_IPV6_SYSCTLS_REQUIRED: usize = 2;
+
 /// The masquerade rules for a pool; `nonMasqueradeCIDRs` defaults to the pool itself.
-pub fn pool_nat(conf: &NetConf, subnet: Ipv4Network) -> PoolNat {
-    let non_masquerade = if conf.non_masquerade_cidrs.is_empty() {
+pub fn pool_nat(conf: &NetConf, subnet: IpNetwork) -> PoolNat {
+    let same_family = conf
+        .non_masquerade_cidrs
+        .iter()
+        .any(|c| c.is_ipv6() == subnet.is_ipv6());
+    let non_masquerade = if !same_family {
         vec![subnet]
     } else {
         conf.non_masquerade_cidrs.clone()
@@ -231,7 +363,7 @@ pub fn drop_nat_if_empty(lock: &PoolLock, nat: &PoolNat) -> Result<()> {
     Ok(())
 }
 
-fn ensure_nat(nat: &PoolNat, probe: Option<Result<InstalledProbe>>, lease: &Lease) -> Result<()> {
+fn ensure_nat(nat: &PoolNat, probe: Option<Result<InstalledProbe>>, leased: &Leased) -> Result<()> {
     crate::crashpoint::here("add:before-nat");
     let Some(probe) = probe else {
         return Ok(());
@@ -241,25 +373,40 @@ fn ensure_nat(nat: &PoolNat, probe: Option<Result<InstalledProbe>>, lease: &Leas
     }
     // First pod of the pool (or rules were lost): install under a lock, so a parallel ADD does
     // not race us and (built-in store) a DEL emptying the pool does not remove them under us.
-    match lease {
-        Lease::Store(store) => {
+    match &leased.store {
+        Some(store) => {
             let _lock = store.lock(LOCK_TIMEOUT)?;
             nat.install()
         }
-        Lease::Delegated(_) => {
+        None => {
             let _lock = crate::nat::lock()?;
             nat.install()
         }
     }
 }
 
-/// Undoes a failed ADD: host veth (which takes the pod end and the /32 route with it), the
-/// address, and the pool's NAT rules if the pool is now empty. Problems are logged: the
+/// Gives back the built-in store's addresses of `lease`, dropping a pool's NAT rules when its
+/// last address goes. Problems are logged: the caller is already failing.
+fn release(conf: &NetConf, lease: &Lease, att: &Attachment) {
+    for leased in &lease.addrs {
+        let Some(store) = &leased.store else { continue };
+        let nat = pool_nat(conf, leased.subnet);
+        let undo_ip = store.lock(LOCK_TIMEOUT).and_then(|lock| {
+            lock.release(&att.container_id, &att.ifname)?;
+            drop_nat_if_empty(&lock, &nat)
+        });
+        if let Err(e) = undo_ip {
+            crate::error!("rollback: {e}");
+        }
+    }
+}
+
+/// Undoes a failed ADD: host veth (which takes the pod end and the host routes with it), the
+/// addresses, and a pool's NAT rules if the pool is now empty. Problems are logged: the
 /// runtime gets the error that made the ADD fail.
 fn rollback(
     rt: &tokio::runtime::Runtime,
     conf: &NetConf,
-    nat: &PoolNat,
     lease: &Lease,
     att: &Attachment,
     host_veth: &str,
@@ -268,16 +415,8 @@ fn rollback(
     if let Err(e) = undo_link {
         crate::error!("rollback: {e}");
     }
-    match lease {
-        Lease::Store(store) => {
-            let undo_ip = store.lock(LOCK_TIMEOUT).and_then(|lock| {
-                lock.release(&att.container_id, &att.ifname)?;
-                drop_nat_if_empty(&lock, nat)
-            });
-            if let Err(e) = undo_ip {
-                crate::error!("rollback: {e}");
-            }
-        }
-        Lease::Delegated(plugin) => release_delegated(conf, plugin),
+    match &lease.delegated {
+        Some(plugin) => release_delegated(conf, plugin),
+        None => release(conf, lease, att),
     }
 }

@@ -1,26 +1,30 @@
 //! CHECK: verify every piece ADD made, in packet-path order, and name the first one missing
 //! with the command that shows it. Routes that later chained plugins added are tolerated.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::RouteScope;
 use serde_json::Value;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
-use super::add::pool_nat;
+use super::add::{host_ipv6_sysctls, pool_nat, HOST_IPV6_SYSCTLS_REQUIRED};
 use super::runtime;
 use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{CniError, Result};
+use crate::config::family_name;
 use crate::config::{Ipam, NetConf};
-use crate::dataplane::{self, sysctl, Netlink, GATEWAY, HOST_MAC};
+use crate::dataplane::{self, sysctl, Netlink, GATEWAY, GATEWAY6, HOST_MAC};
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, Store};
+use crate::nat::PoolNat;
 use crate::netns::Netns;
 
 /// What ADD reported for this attachment.
 struct Expected {
-    ip: Ipv4Addr,
-    subnet: Option<Ipv4Network>,
+    /// One address per family, IPv4 first.
+    ips: Vec<IpAddr>,
+    /// The pools they came from (built-in IPAM only).
+    subnets: Vec<IpNetwork>,
     pod_mac: Option<String>,
     mtu: Option<u32>,
 }
@@ -44,7 +48,7 @@ fn from_prev_result(prev: &Value, att: &Attachment) -> Result<Expected> {
                 att.ifname, att.netns
             ))
         })?;
-    let ip = prev
+    let ips: Vec<IpAddr> = prev
         .get("ips")
         .and_then(Value::as_array)
         .into_iter()
@@ -55,12 +59,24 @@ fn from_prev_result(prev: &Value, att: &Attachment) -> Result<Expected> {
                 .is_none_or(|i| i as usize == pod_idx)
         })
         .filter_map(|e| e.get("address").and_then(Value::as_str))
-        .find_map(|a| a.parse::<Ipv4Network>().ok())
-        .ok_or_else(|| bad(format!("lists no IPv4 address for {}", att.ifname)))?;
+        .filter_map(|a| a.parse::<IpNetwork>().ok())
+        .map(|n| n.ip())
+        .collect();
+    let ips: Vec<IpAddr> = [
+        ips.iter().find(|i| i.is_ipv4()),
+        ips.iter().find(|i| i.is_ipv6()),
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .collect();
+    if ips.is_empty() {
+        return Err(bad(format!("lists no address for {}", att.ifname)));
+    }
     let pod = &interfaces[pod_idx];
     Ok(Expected {
-        ip: ip.ip(),
-        subnet: None,
+        ips,
+        subnets: Vec::new(),
         pod_mac: pod
             .get("mac")
             .and_then(Value::as_str)
@@ -93,36 +109,20 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
     })?;
     let mut want = from_prev_result(prev, att)?;
     match &conf.ipam {
-        Ipam::Builtin(pool) => {
-            let store = Store::open_existing(pool).ok_or_else(|| {
-                CniError::store(format!(
-                    "the store of pool {} does not exist under {}",
-                    pool.subnet,
-                    pool.data_dir.display()
-                ))
-            })?;
-            let record = store
-                .lock(LOCK_TIMEOUT)?
-                .find(&att.container_id, &att.ifname)?;
-            match record {
-                Some(r) if r.ip == want.ip => {}
-                Some(r) => {
-                    return Err(CniError::store(format!(
-                        "the store allocates {} to {}/{}, but ADD reported {}",
-                        r.ip, att.container_id, att.ifname, want.ip
-                    )))
-                }
-                None => {
-                    return Err(CniError::store(format!(
-                        "no allocation for {}/{} in {} (see `ls {}`)",
-                        att.container_id,
-                        att.ifname,
-                        store.dir().display(),
-                        store.dir().display()
-                    )))
-                }
+        Ipam::Builtin(pools) => {
+            for pool in pools {
+                check_allocation(pool, att, &want)?;
+                want.subnets.push(pool.subnet);
             }
-            want.subnet = Some(pool.subnet);
+            if let Some(extra) = want
+                .ips
+                .iter()
+                .find(|ip| !pools.iter().any(|p| p.subnet.contains(**ip)))
+            {
+                return Err(CniError::store(format!(
+                    "ADD reported {extra}, which is in none of the configured pools"
+                )));
+            }
         }
         Ipam::Delegated { plugin } => {
             delegate::exec(plugin, Command::Check, &conf.raw)?;
@@ -136,14 +136,65 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
     let rt = runtime()?;
     rt.block_on(check_data_path(conf, att, &netns, &host_veth, &want))?;
     if conf.masquerade {
-        let subnet = want
-            .subnet
-            .unwrap_or_else(|| Ipv4Network::new(want.ip, 32).expect("/32"));
-        if want.subnet.is_some() || !conf.non_masquerade_cidrs.is_empty() {
-            pool_nat(conf, subnet).check()?;
+        if !want.subnets.is_empty() {
+            for subnet in &want.subnets {
+                pool_nat(conf, *subnet).check()?;
+            }
+        } else {
+            // Delegated IPAM: ADD installed the rules for the network the IPAM plugin
+            // returned; CHECK has only the pod's address, so it finds that pool by its jump.
+            for ip in &want.ips {
+                match PoolNat::installed_pool_for(*ip)? {
+                    Some(subnet) => pool_nat(conf, subnet).check()?,
+                    None => {
+                        return Err(CniError::nat(format!(
+                            "no masquerade jump covers {ip}: `{} -t nat -S POSTROUTING` shows no \"routed-cni pool\" rule for its network",
+                            if ip.is_ipv6() { "ip6tables" } else { "iptables" }
+                        )))
+                    }
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// The pool's record for this attachment holds the address ADD reported for its family.
+fn check_allocation(
+    pool: &crate::config::PoolConfig,
+    att: &Attachment,
+    want: &Expected,
+) -> Result<()> {
+    let family = family_name(pool.subnet.ip());
+    let store = Store::open_existing(pool).ok_or_else(|| {
+        CniError::store(format!(
+            "the store of pool {} does not exist under {}",
+            pool.subnet,
+            pool.data_dir.display()
+        ))
+    })?;
+    let reported = want.ips.iter().find(|ip| pool.subnet.contains(**ip));
+    let record = store
+        .lock(LOCK_TIMEOUT)?
+        .find(&att.container_id, &att.ifname)?;
+    match (record, reported) {
+        (Some(r), Some(ip)) if r.ip == *ip => Ok(()),
+        (Some(r), Some(ip)) => Err(CniError::store(format!(
+            "the store allocates {} to {}/{}, but ADD reported {ip}",
+            r.ip, att.container_id, att.ifname
+        ))),
+        (_, None) => Err(CniError::invalid_config(
+            "prevResult",
+            format!("lists no {family} address from pool {}", pool.subnet),
+        )),
+        (None, Some(_)) => Err(CniError::store(format!(
+            "no {family} allocation for {}/{} in {} (see `ls {}`)",
+            att.container_id,
+            att.ifname,
+            store.dir().display(),
+            store.dir().display()
+        ))),
+    }
 }
 
 async fn check_data_path(
@@ -194,50 +245,67 @@ async fn check_data_path(
             )));
         }
     }
-    if !pod
-        .ipv4_addresses(pod_index)
-        .await?
-        .contains(&(want.ip, 32))
-    {
-        return Err(missing(format!(
-            "address {}/32 is missing on {ifname} (see `{}`)",
-            want.ip,
-            in_pod(ns, &format!("addr show {ifname}"))
-        )));
-    }
-    let routes = pod.main_routes().await?;
-    if !routes.iter().any(|r| {
-        r.dst == GATEWAY
-            && r.prefix == 32
-            && r.oif == Some(pod_index)
-            && r.scope == RouteScope::Link
-    }) {
-        return Err(missing(format!(
-            "the pod has no route `{GATEWAY} dev {ifname} scope link` (see `{}`)",
-            in_pod(ns, "route")
-        )));
-    }
-    if !routes
-        .iter()
-        .any(|r| r.prefix == 0 && r.gateway == Some(GATEWAY) && r.oif == Some(pod_index))
-    {
-        return Err(missing(format!(
-            "the pod has no default route via {GATEWAY} dev {ifname} (see `{}`)",
-            in_pod(ns, "route")
-        )));
-    }
-    match pod.neighbour(pod_index, GATEWAY).await? {
-        Some((m, state)) if m == HOST_MAC && state == NeighbourState::Permanent => {}
-        other => {
+    for &ip in &want.ips {
+        let plen = dataplane::host_prefix(ip);
+        if !pod.has_address(pod_index, ip, plen).await? {
             return Err(missing(format!(
-                "the pod's neighbour entry {GATEWAY} -> {} is {} (see `{}`)",
-                dataplane::format_mac(&HOST_MAC),
-                match other {
-                    Some((m, s)) => format!("{} ({s:?})", dataplane::format_mac(&m)),
-                    None => "missing".into(),
-                },
-                in_pod(ns, "neigh")
-            )))
+                "address {ip}/{plen} is missing on {ifname} (see `{}`)",
+                in_pod(ns, &format!("addr show {ifname}"))
+            )));
+        }
+    }
+    let has_v4 = want.ips.iter().any(IpAddr::is_ipv4);
+    let has_v6 = want.ips.iter().any(IpAddr::is_ipv6);
+    if has_v4 {
+        let routes = pod.main_routes().await?;
+        if !routes.iter().any(|r| {
+            r.dst == GATEWAY
+                && r.prefix == 32
+                && r.oif == Some(pod_index)
+                && r.scope == RouteScope::Link
+        }) {
+            return Err(missing(format!(
+                "the pod has no route `{GATEWAY} dev {ifname} scope link` (see `{}`)",
+                in_pod(ns, "route")
+            )));
+        }
+        if !routes
+            .iter()
+            .any(|r| r.prefix == 0 && r.gateway == Some(GATEWAY) && r.oif == Some(pod_index))
+        {
+            return Err(missing(format!(
+                "the pod has no default route via {GATEWAY} dev {ifname} (see `{}`)",
+                in_pod(ns, "route")
+            )));
+        }
+    }
+    if has_v6
+        && !pod
+            .main_routes_of::<Ipv6Addr>()
+            .await?
+            .iter()
+            .any(|r| r.prefix == 0 && r.gateway == Some(GATEWAY6) && r.oif == Some(pod_index))
+    {
+        return Err(missing(format!(
+            "the pod has no IPv6 default route via {GATEWAY6} dev {ifname} (see `{}`)",
+            in_pod(ns, "-6 route")
+        )));
+    }
+    for &ip in &want.ips {
+        let gw = dataplane::gateway_for(ip);
+        match pod.neighbour(pod_index, gw).await? {
+            Some((m, state)) if m == HOST_MAC && state == NeighbourState::Permanent => {}
+            other => {
+                return Err(missing(format!(
+                    "the pod's neighbour entry {gw} -> {} is {} (see `{}`)",
+                    dataplane::format_mac(&HOST_MAC),
+                    match other {
+                        Some((m, s)) => format!("{} ({s:?})", dataplane::format_mac(&m)),
+                        None => "missing".into(),
+                    },
+                    in_pod(ns, if ip.is_ipv4() { "neigh" } else { "-6 neigh" })
+                )))
+            }
         }
     }
 
@@ -262,12 +330,31 @@ async fn check_data_path(
             dataplane::format_mac(&HOST_MAC)
         )));
     }
-    for (key, value) in [
-        (format!("net/ipv4/conf/{host_veth}/proxy_arp"), "1"),
-        (format!("net/ipv4/neigh/{host_veth}/proxy_delay"), "0"),
-        (format!("net/ipv4/conf/{host_veth}/forwarding"), "1"),
-        ("net/ipv4/ip_forward".to_string(), "1"),
-    ] {
+    let mut sysctls = Vec::new();
+    if has_v4 {
+        sysctls.extend([
+            (format!("net/ipv4/conf/{host_veth}/proxy_arp"), "1"),
+            (format!("net/ipv4/neigh/{host_veth}/proxy_delay"), "0"),
+            (format!("net/ipv4/conf/{host_veth}/forwarding"), "1"),
+            ("net/ipv4/ip_forward".to_string(), "1"),
+        ]);
+    }
+    if has_v6 {
+        sysctls.extend(
+            host_ipv6_sysctls(host_veth)
+                .into_iter()
+                .take(HOST_IPV6_SYSCTLS_REQUIRED),
+        );
+        if !host
+            .has_address(host_index, IpAddr::V6(GATEWAY6), 64)
+            .await?
+        {
+            return Err(missing(format!(
+                "host veth {host_veth} lacks the IPv6 gateway address {GATEWAY6}/64 (fix: `ip addr add {GATEWAY6}/64 dev {host_veth} nodad`)"
+            )));
+        }
+    }
+    for (key, value) in sysctls {
         let got = sysctl::read(&key);
         if got.as_deref() != Some(value) {
             let name = key.replace('/', ".");
@@ -277,15 +364,17 @@ async fn check_data_path(
             )));
         }
     }
-    let host_routes = host.routes_to(want.ip, 32).await?;
-    if !host_routes
-        .iter()
-        .any(|r| dataplane::route_oif(r) == Some(host_index))
-    {
-        return Err(missing(format!(
-            "the node has no route {}/32 dev {host_veth} (fix: `ip route replace {}/32 dev {host_veth} scope link`)",
-            want.ip, want.ip
-        )));
+    for &ip in &want.ips {
+        let plen = dataplane::host_prefix(ip);
+        let host_routes = host.routes_to_ip(ip, plen).await?;
+        if !host_routes
+            .iter()
+            .any(|r| dataplane::route_oif(r) == Some(host_index))
+        {
+            return Err(missing(format!(
+                "the node has no route {ip}/{plen} dev {host_veth} (fix: `ip route replace {ip}/{plen} dev {host_veth}`)"
+            )));
+        }
     }
     Ok(())
 }

@@ -19,8 +19,12 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
     );
     let mut errors = Vec::new();
     match &conf.ipam {
-        Ipam::Builtin(pool) => {
-            if let Some(store) = Store::open_existing(pool) {
+        // IPv4 pool first, the order ADD locks them in.
+        Ipam::Builtin(pools) => {
+            for pool in pools {
+                let Some(store) = Store::open_existing(pool) else {
+                    continue;
+                };
                 // A lock timeout is a real fault: fail with code 11 so the runtime retries DEL.
                 let lock = store.lock(LOCK_TIMEOUT)?;
                 match lock.release(&att.container_id, &att.ifname) {

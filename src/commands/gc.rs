@@ -3,12 +3,13 @@
 
 use serde_json::Value;
 use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::add::{drop_nat_if_empty, pool_nat};
 use super::runtime;
 use crate::cni::env::Command;
 use crate::cni::error::{self, CniError, Result};
-use crate::config::{Ipam, NetConf};
+use crate::config::{Ipam, NetConf, PoolConfig};
 use crate::dataplane::{self, Netlink};
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, Store};
@@ -45,8 +46,8 @@ pub fn valid_attachments(raw: &Value) -> Result<Option<HashSet<(String, String)>
 }
 
 pub fn run(conf: &NetConf) -> Result<()> {
-    let pool = match &conf.ipam {
-        Ipam::Builtin(pool) => pool,
+    let pools = match &conf.ipam {
+        Ipam::Builtin(pools) => pools,
         Ipam::Delegated { plugin } => {
             return delegate::exec(plugin, Command::Gc, &conf.raw).map(|_| ())
         }
@@ -55,44 +56,15 @@ pub fn run(conf: &NetConf) -> Result<()> {
         crate::info!("GC: no cni.dev/valid-attachments in the config; nothing to do");
         return Ok(());
     };
-    let Some(store) = Store::open_existing(pool) else {
-        return Ok(());
-    };
     let mut errors = Vec::new();
     let mut stale_veths = Vec::new();
     let mut kept_veths = HashSet::new();
-    {
-        let lock = store.lock(LOCK_TIMEOUT)?;
-        for record in lock.records()? {
-            // Other networks may share the pool directory; their runtime GCs them.
-            if record.network != conf.name
-                || valid.contains(&(record.container_id.clone(), record.ifname.clone()))
-            {
-                kept_veths.insert(record.host_veth.clone());
-                continue;
-            }
-            match lock.release(&record.container_id, &record.ifname) {
-                Ok(_) => {
-                    crate::info!(
-                        "GC released {} of {}/{} (pod {}/{})",
-                        record.ip,
-                        record.container_id,
-                        record.ifname,
-                        record.pod_namespace.as_deref().unwrap_or("-"),
-                        record.pod_name.as_deref().unwrap_or("-")
-                    );
-                    if !record.host_veth.is_empty() {
-                        stale_veths.push(record.host_veth);
-                    }
-                }
-                Err(e) => errors.push(e),
-            }
-        }
-        if let Err(e) = drop_nat_if_empty(&lock, &pool_nat(conf, pool.subnet)) {
+    for pool in pools {
+        if let Err(e) = gc_pool(conf, pool, &valid, &mut stale_veths, &mut kept_veths) {
             errors.push(e);
         }
     }
-    // Host veths that route into this pool but belong to no valid attachment: left by a DEL
+    // Host veths that route into a pool but belong to no valid attachment: left by a DEL
     // that was killed after releasing the address and before deleting the link.
     let mut valid_veths: HashSet<String> = valid
         .iter()
@@ -105,14 +77,26 @@ pub fn run(conf: &NetConf) -> Result<()> {
             Ok(h) => h,
             Err(e) => return errors.push(e),
         };
-        match host.main_routes().await {
+        let routed = async {
+            let mut out: Vec<(IpAddr, u32)> = Vec::new();
+            for r in host.main_routes_of::<Ipv4Addr>().await? {
+                out.extend(r.oif.filter(|_| r.prefix == 32).map(|o| (IpAddr::V4(r.dst), o)));
+            }
+            for r in host.main_routes_of::<Ipv6Addr>().await? {
+                out.extend(r.oif.filter(|_| r.prefix == 128).map(|o| (IpAddr::V6(r.dst), o)));
+            }
+            Ok::<_, CniError>(out)
+        };
+        match routed.await {
             Ok(routes) => {
-                for r in routes.iter().filter(|r| r.prefix == 32 && pool.subnet.contains(r.dst)) {
-                    let Some(oif) = r.oif else { continue };
+                for (dst, oif) in routes {
+                    if !pools.iter().any(|p| p.subnet.contains(dst)) {
+                        continue;
+                    }
                     if let Ok(Some(link)) = host.link_by_index(oif).await {
                         match dataplane::link_name(&link) {
                             Some(n) if n.starts_with(&conf.host_veth_prefix) && !valid_veths.contains(&n) && !stale_veths.contains(&n) => {
-                                crate::info!("GC: host veth {n} routes {} but belongs to no valid attachment", r.dst);
+                                crate::info!("GC: host veth {n} routes {dst} but belongs to no valid attachment");
                                 stale_veths.push(n);
                             }
                             _ => {}
@@ -128,6 +112,51 @@ pub fn run(conf: &NetConf) -> Result<()> {
             }
         }
     });
+    error::join(errors)
+}
+
+/// Releases the stale allocations of one pool; notes their veths (to delete) and the veths of
+/// the allocations it keeps.
+fn gc_pool(
+    conf: &NetConf,
+    pool: &PoolConfig,
+    valid: &HashSet<(String, String)>,
+    stale_veths: &mut Vec<String>,
+    kept_veths: &mut HashSet<String>,
+) -> Result<()> {
+    let Some(store) = Store::open_existing(pool) else {
+        return Ok(());
+    };
+    let mut errors = Vec::new();
+    let lock = store.lock(LOCK_TIMEOUT)?;
+    for record in lock.records()? {
+        // Other networks may share the pool directory; their runtime GCs them.
+        if record.network != conf.name
+            || valid.contains(&(record.container_id.clone(), record.ifname.clone()))
+        {
+            kept_veths.insert(record.host_veth.clone());
+            continue;
+        }
+        match lock.release(&record.container_id, &record.ifname) {
+            Ok(_) => {
+                crate::info!(
+                    "GC released {} of {}/{} (pod {}/{})",
+                    record.ip,
+                    record.container_id,
+                    record.ifname,
+                    record.pod_namespace.as_deref().unwrap_or("-"),
+                    record.pod_name.as_deref().unwrap_or("-")
+                );
+                if !record.host_veth.is_empty() && !stale_veths.contains(&record.host_veth) {
+                    stale_veths.push(record.host_veth);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Err(e) = drop_nat_if_empty(&lock, &pool_nat(conf, pool.subnet)) {
+        errors.push(e);
+    }
     error::join(errors)
 }
 

@@ -3,7 +3,7 @@
 
 use crate::cni::env::Command;
 use crate::cni::error::{CniError, Code, Result};
-use crate::config::{Ipam, NetConf};
+use crate::config::{Ipam, NetConf, PoolConfig};
 use crate::ipam::{delegate, Store};
 use std::time::Duration;
 
@@ -16,31 +16,34 @@ fn not_available(msg: String) -> CniError {
 
 pub fn run(conf: &NetConf) -> Result<()> {
     match &conf.ipam {
-        Ipam::Builtin(pool) => {
-            let store = Store::open(pool)
-                .map_err(|e| not_available(format!("the IPAM store is unusable: {}", e.msg)))?;
-            let lock = store
-                .lock(STATUS_LOCK_TIMEOUT)
-                .map_err(|e| not_available(format!("the IPAM store is unusable: {}", e.msg)))?;
-            let used = lock
-                .addresses_in_use()
-                .map_err(|e| not_available(format!("the IPAM store is unreadable: {}", e.msg)))?
-                .into_iter()
-                .filter(|ip| (pool.range_start..=pool.range_end).contains(ip))
-                .count() as u32;
-            if used >= pool.size() {
-                return Err(not_available(format!(
-                    "pool {} (range {}-{}) is exhausted: all {} addresses are allocated",
-                    pool.subnet,
-                    pool.range_start,
-                    pool.range_end,
-                    pool.size()
-                )));
-            }
-            Ok(())
-        }
+        // Every pool must have room: a dual-stack pod needs an address from each.
+        Ipam::Builtin(pools) => pools.iter().try_for_each(pool_status),
         Ipam::Delegated { plugin } => delegate::exec(plugin, Command::Status, &conf.raw)
             .map(|_| ())
             .map_err(|e| not_available(e.msg)),
     }
+}
+
+fn pool_status(pool: &PoolConfig) -> Result<()> {
+    let store = Store::open(pool)
+        .map_err(|e| not_available(format!("the IPAM store is unusable: {}", e.msg)))?;
+    let lock = store
+        .lock(STATUS_LOCK_TIMEOUT)
+        .map_err(|e| not_available(format!("the IPAM store is unusable: {}", e.msg)))?;
+    let used = lock
+        .addresses_in_use()
+        .map_err(|e| not_available(format!("the IPAM store is unreadable: {}", e.msg)))?
+        .into_iter()
+        .filter(|ip| pool.in_range(*ip))
+        .count() as u128;
+    if used >= pool.size() {
+        return Err(not_available(format!(
+            "pool {} (range {}-{}) is exhausted: all {} addresses are allocated",
+            pool.subnet,
+            pool.range_start,
+            pool.range_end,
+            pool.size()
+        )));
+    }
+    Ok(())
 }

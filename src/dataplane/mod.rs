@@ -6,6 +6,7 @@ pub mod sysctl;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -15,7 +16,7 @@ use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteScope, RouteType,
 };
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use crate::cni::error::{CniError, Result};
@@ -25,6 +26,79 @@ use crate::netns::Netns;
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// Every host veth carries this MAC, so the pod's neighbour entry for the gateway never changes.
 pub const HOST_MAC: [u8; 6] = [0xee; 6];
+/// The IPv6 gateway: the host veth's own link-local address, the EUI-64 one the kernel derives
+/// from HOST_MAC (ee:ee:ee:ee:ee:ee -> fe80::ecee:eeff:feee:eeee), so it is the same for every
+/// pod and a real address on the other end of the pod's link. ADD also sets it explicitly, for
+/// nodes whose addr_gen_mode would pick another one.
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+
+/// The pod's gateway for an address family.
+pub fn gateway_for(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(GATEWAY),
+        IpAddr::V6(_) => IpAddr::V6(GATEWAY6),
+    }
+}
+
+/// The default route's destination as a result spells it.
+pub fn default_dst(ip: IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "0.0.0.0/0"
+    } else {
+        "::/0"
+    }
+}
+
+/// One host's prefix length: 32 or 128.
+pub fn host_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// An address family the route and address dumps can be read in.
+pub trait Family: Copy + Eq + std::fmt::Debug + Send + 'static {
+    const IPV6: bool;
+    const UNSPECIFIED: Self;
+    fn from_ip(ip: IpAddr) -> Option<Self>;
+    fn from_route(a: &RouteAddress) -> Option<Self>;
+}
+
+impl Family for Ipv4Addr {
+    const IPV6: bool = false;
+    const UNSPECIFIED: Self = Ipv4Addr::UNSPECIFIED;
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }
+    }
+    fn from_route(a: &RouteAddress) -> Option<Self> {
+        match a {
+            RouteAddress::Inet(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+}
+
+impl Family for Ipv6Addr {
+    const IPV6: bool = true;
+    const UNSPECIFIED: Self = Ipv6Addr::UNSPECIFIED;
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        }
+    }
+    fn from_route(a: &RouteAddress) -> Option<Self> {
+        match a {
+            RouteAddress::Inet6(ip) => Some(*ip),
+            _ => None,
+        }
+    }
+}
 pub const DEFAULT_MTU: u32 = 1500;
 
 const ENODEV: i32 = 19;
@@ -155,14 +229,14 @@ impl Netlink {
             .map_err(|e| nl_err(format_args!("set {name} up"), e))
     }
 
-    pub async fn add_address(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
-        match self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(ip), prefix)
-            .execute()
-            .await
-        {
+    /// Adds `ip/prefix`; IPv6 addresses skip duplicate address detection (the pool is the
+    /// only source of them), so they are usable at once instead of tentative for a second.
+    pub async fn add_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
+        let mut req = self.handle.address().add(index, ip, prefix);
+        if ip.is_ipv6() {
+            req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        }
+        match req.execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
             Err(e) => Err(nl_err(format_args!("add address {ip}/{prefix}"), e)),
@@ -180,12 +254,18 @@ impl Netlink {
             .await
     }
 
-    /// `default via <gw> dev <index>`.
-    pub async fn add_default_route(&self, gw: Ipv4Addr, index: u32) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gw)
-            .output_interface(index)
-            .build();
+    /// `default via <gw> dev <index>`, in the gateway's family.
+    pub async fn add_default_route(&self, gw: IpAddr, index: u32) -> Result<()> {
+        let msg = match gw {
+            IpAddr::V4(gw) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(gw)
+                .output_interface(index)
+                .build(),
+            IpAddr::V6(gw) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(gw)
+                .output_interface(index)
+                .build(),
+        };
         self.add_route(msg, format_args!("add default route via {gw}"))
             .await
     }
@@ -199,15 +279,10 @@ impl Netlink {
     }
 
     /// A permanent neighbour entry: the pod never has to ARP for the gateway.
-    pub async fn add_permanent_neighbour(
-        &self,
-        index: u32,
-        ip: Ipv4Addr,
-        mac: &[u8],
-    ) -> Result<()> {
+    pub async fn add_permanent_neighbour(&self, index: u32, ip: IpAddr, mac: &[u8]) -> Result<()> {
         self.handle
             .neighbours()
-            .add(index, IpAddr::V4(ip))
+            .add(index, ip)
             .link_layer_address(mac)
             .state(NeighbourState::Permanent)
             .replace()
@@ -221,14 +296,15 @@ impl Netlink {
             })
     }
 
-    /// Every IPv4 route of the main table.
-    async fn dump_main_routes(&self) -> Result<Vec<RouteMessage>> {
+    /// Every route of the main table in family `A`.
+    async fn dump_main_routes<A: Family>(&self) -> Result<Vec<RouteMessage>> {
         let mut out = Vec::new();
-        let mut routes = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+        let filter = if A::IPV6 {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
+        let mut routes = self.handle.route().get(filter).execute();
         while let Some(r) = routes
             .try_next()
             .await
@@ -241,31 +317,48 @@ impl Netlink {
         Ok(out)
     }
 
-    /// IPv4 routes of the main table whose destination is exactly `dst/prefix`.
-    pub async fn routes_to(&self, dst: Ipv4Addr, prefix: u8) -> Result<Vec<RouteMessage>> {
-        let mut out = self.dump_main_routes().await?;
-        out.retain(|r| r.header.destination_prefix_length == prefix && route_dst(r) == Some(dst));
+    /// Routes of the main table whose destination is exactly `dst/prefix`.
+    pub async fn routes_to<A: Family>(&self, dst: A, prefix: u8) -> Result<Vec<RouteMessage>> {
+        let mut out = self.dump_main_routes::<A>().await?;
+        out.retain(|r| {
+            r.header.destination_prefix_length == prefix && route_dst_of::<A>(r) == Some(dst)
+        });
         Ok(out)
     }
 
-    /// `<ip>/32 dev <host veth> scope link` on the node. A route to the same address through
+    /// `routes_to` for an address of either family.
+    pub async fn routes_to_ip(&self, dst: IpAddr, prefix: u8) -> Result<Vec<RouteMessage>> {
+        match dst {
+            IpAddr::V4(a) => self.routes_to(a, prefix).await,
+            IpAddr::V6(a) => self.routes_to(a, prefix).await,
+        }
+    }
+
+    /// `<ip>/32 dev <host veth> scope link` on the node (`/128` for IPv6). A route to the same address through
     /// another of our veths, or through a link that is down, is a leftover of a pod that is gone
     /// (the store never hands out an address twice), so it is replaced; one through a live
     /// interface of someone else's is reported rather than stolen.
-    pub async fn add_host_route(&self, ip: Ipv4Addr, index: u32, host_prefix: &str) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(ip, 32)
-            .output_interface(index)
-            .scope(RouteScope::Link)
-            .build();
+    pub async fn add_host_route(&self, ip: IpAddr, index: u32, host_prefix: &str) -> Result<()> {
+        let plen = self::host_prefix(ip);
+        let msg = match ip {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .output_interface(index)
+                .scope(RouteScope::Link)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .output_interface(index)
+                .build(),
+        };
         match self.handle.route().add(msg.clone()).execute().await {
             Ok(()) => return Ok(()),
             Err(e) if errno(&e) != Some(EEXIST) => {
-                return Err(nl_err(format_args!("add host route {ip}/32"), e))
+                return Err(nl_err(format_args!("add host route {ip}/{plen}"), e))
             }
             Err(_) => {}
         }
-        for existing in self.routes_to(ip, 32).await? {
+        for existing in self.routes_to_ip(ip, plen).await? {
             let oif = route_oif(&existing);
             if oif == Some(index) {
                 return Ok(());
@@ -284,8 +377,8 @@ impl Netlink {
                     .and_then(link_name)
                     .unwrap_or_else(|| "another path".into());
                 return Err(CniError::dataplane(format!(
-                    "the node already routes {ip}/32 via {name}, which is up and not routed-cni's; \
-                     this address belongs to the pool, so remove that route (`ip route del {ip}/32 dev {name}`) or fix the overlapping configuration"
+                    "the node already routes {ip}/{plen} via {name}, which is up and not routed-cni's; \
+                     this address belongs to the pool, so remove that route (`ip route del {ip}/{plen} dev {name}`) or fix the overlapping configuration"
                 )));
             }
         }
@@ -295,7 +388,7 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| nl_err(format_args!("replace host route {ip}/32"), e))
+            .map_err(|e| nl_err(format_args!("replace host route {ip}/{plen}"), e))
     }
 
     /// The MTU of the interface that holds the default route, if there is one.
@@ -313,10 +406,10 @@ impl Netlink {
 
 /// A route as CHECK and doctor look at it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteInfo {
-    pub dst: Ipv4Addr,
+pub struct RouteInfo<A = Ipv4Addr> {
+    pub dst: A,
     pub prefix: u8,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<A>,
     pub oif: Option<u32>,
     pub scope: RouteScope,
 }
@@ -324,17 +417,22 @@ pub struct RouteInfo {
 impl Netlink {
     /// IPv4 routes of the main table.
     pub async fn main_routes(&self) -> Result<Vec<RouteInfo>> {
+        self.main_routes_of::<Ipv4Addr>().await
+    }
+
+    /// Routes of the main table in family `A`.
+    pub async fn main_routes_of<A: Family>(&self) -> Result<Vec<RouteInfo<A>>> {
         Ok(self
-            .dump_main_routes()
+            .dump_main_routes::<A>()
             .await?
             .iter()
             .filter_map(|r| {
                 let gateway = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(*ip),
+                    RouteAttribute::Gateway(g) => A::from_route(g),
                     _ => None,
                 });
                 Some(RouteInfo {
-                    dst: route_dst(r)?,
+                    dst: route_dst_of::<A>(r)?,
                     prefix: r.header.destination_prefix_length,
                     gateway,
                     oif: route_oif(r),
@@ -346,6 +444,25 @@ impl Netlink {
 
     /// IPv4 addresses (with prefix length) on link `index`.
     pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        self.addresses_of::<Ipv4Addr>(index).await
+    }
+
+    /// Addresses of family `A` (with prefix length) on link `index`.
+    pub async fn addresses_of<A: Family>(&self, index: u32) -> Result<Vec<(A, u8)>> {
+        Ok(self
+            .addresses_with_flags::<A>(index)
+            .await?
+            .into_iter()
+            .map(|(a, p, _)| (a, p))
+            .collect())
+    }
+
+    /// Addresses of family `A` on link `index` with their `IFA_F_*` flags, which say whether
+    /// an IPv6 address is usable yet (tentative: DAD still running; dadfailed: never).
+    pub async fn addresses_with_flags<A: Family>(
+        &self,
+        index: u32,
+    ) -> Result<Vec<(A, u8, AddressFlags)>> {
         let mut out = Vec::new();
         let mut addrs = self
             .handle
@@ -361,21 +478,43 @@ impl Netlink {
             if a.header.index != index {
                 continue;
             }
+            // IFA_FLAGS carries all 32 bits; the header only the first 8.
+            let flags = a
+                .attributes
+                .iter()
+                .find_map(|attr| match attr {
+                    AddressAttribute::Flags(f) => Some(*f),
+                    _ => None,
+                })
+                .unwrap_or_else(|| {
+                    AddressFlags::from_bits_retain(u32::from(a.header.flags.bits()))
+                });
             for attr in &a.attributes {
-                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
-                    out.push((*ip, a.header.prefix_len));
+                if let AddressAttribute::Address(ip) = attr {
+                    if let Some(ip) = A::from_ip(*ip) {
+                        out.push((ip, a.header.prefix_len, flags));
+                    }
                 }
             }
         }
         Ok(out)
     }
 
+    /// Whether `ip/prefix` is on link `index`, for either family.
+    pub async fn has_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<bool> {
+        Ok(match ip {
+            IpAddr::V4(a) => self.addresses_of(index).await?.contains(&(a, prefix)),
+            IpAddr::V6(a) => self.addresses_of(index).await?.contains(&(a, prefix)),
+        })
+    }
+
     /// The neighbour entry for `ip` on link `index`: its MAC and state.
     pub async fn neighbour(
         &self,
         index: u32,
-        ip: Ipv4Addr,
+        ip: impl Into<IpAddr>,
     ) -> Result<Option<(Vec<u8>, NeighbourState)>> {
+        let ip: IpAddr = ip.into();
         let mut neighs = self.handle.neighbours().get().execute();
         while let Some(n) = neighs
             .try_next()
@@ -386,7 +525,8 @@ impl Netlink {
                 continue;
             }
             let dst = n.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => Some(*d),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => Some(IpAddr::V4(*d)),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => Some(IpAddr::V6(*d)),
                 _ => None,
             });
             if dst == Some(ip) {
@@ -411,17 +551,18 @@ pub struct RouteLookup {
     pub kind: RouteType,
     pub table: u32,
     pub oif: Option<u32>,
-    pub gateway: Option<Ipv4Addr>,
-    pub prefsrc: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
+    pub prefsrc: Option<IpAddr>,
 }
 
-/// The packet a route lookup is made for: with `iif` set the kernel treats it as arriving on
-/// that link (the forwarding path, with its `forwarding` and `rp_filter` checks), otherwise as
-/// sent by this namespace.
+/// The packet a route lookup is made for, IPv4 or IPv6 (`dst` and `src` of one family): with
+/// `iif` set the kernel treats it as arriving on that link (the forwarding path, with its
+/// `forwarding` and `rp_filter` checks for IPv4), otherwise as sent by this namespace.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RouteQuery {
-    pub dst: Option<Ipv4Addr>,
-    pub src: Option<Ipv4Addr>,
+    /// `None`: the unspecified address of `src`'s family (IPv4 without `src`).
+    pub dst: Option<IpAddr>,
+    pub src: Option<IpAddr>,
     pub iif: Option<u32>,
     /// A TCP destination port, for policy rules that match on it.
     pub tcp_dport: Option<u16>,
@@ -429,13 +570,21 @@ pub struct RouteQuery {
 
 impl Netlink {
     /// Asks the kernel which route a packet takes. `Ok(Err(errno))` is the kernel's refusal
-    /// (ENETUNREACH: no route; EHOSTUNREACH: forwarding is off on `iif`; EINVAL/EXDEV: the
-    /// source fails the reverse-path check); `Err` is a failure to ask.
+    /// (ENETUNREACH: no route; for IPv4 also EHOSTUNREACH: forwarding is off on `iif`, and
+    /// EINVAL/EXDEV: the source fails the reverse-path check); `Err` is a failure to ask.
+    /// IPv6 lookups never look at forwarding: the kernel drops later, in ip6_forward, when
+    /// `net.ipv6.conf.all.forwarding` is 0.
     pub async fn route_get(&self, q: RouteQuery) -> Result<std::result::Result<RouteLookup, i32>> {
-        let dst = q.dst.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(dst, 32);
+        let dst = q.dst.unwrap_or(match q.src {
+            Some(IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        });
+        let bad = |e| CniError::dataplane(format!("route get {dst}: {e}"));
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst, host_prefix(dst))
+            .map_err(bad)?;
         if let Some(src) = q.src {
-            b = b.source_prefix(src, 32);
+            b = b.source_prefix(src, host_prefix(src)).map_err(bad)?;
         }
         if let Some(iif) = q.iif {
             b = b.input_interface(iif);
@@ -459,7 +608,8 @@ impl Netlink {
         };
         let addr = |want: fn(&RouteAttribute) -> Option<&RouteAddress>| {
             r.attributes.iter().find_map(|a| match want(a) {
-                Some(RouteAddress::Inet(ip)) => Some(*ip),
+                Some(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+                Some(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
                 _ => None,
             })
         };
@@ -478,12 +628,14 @@ impl Netlink {
         }))
     }
 
-    /// Asks the kernel to resolve `ip` on link `index` (NTF_USE: an ARP request goes out as if
-    /// a packet were waiting). An entry already valid, permanent included, is left as it is.
-    pub async fn probe_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<()> {
+    /// Asks the kernel to resolve `ip` on link `index` (NTF_USE: an ARP request or IPv6
+    /// neighbour solicitation goes out as if a packet were waiting). An entry already valid,
+    /// permanent included, is left as it is.
+    pub async fn probe_neighbour(&self, index: u32, ip: impl Into<IpAddr>) -> Result<()> {
+        let ip: IpAddr = ip.into();
         self.handle
             .neighbours()
-            .add(index, IpAddr::V4(ip))
+            .add(index, ip)
             .state(NeighbourState::None)
             .flags(NeighbourFlags::Use)
             .replace()
@@ -560,11 +712,16 @@ pub fn route_oif(r: &RouteMessage) -> Option<u32> {
 }
 
 pub fn route_dst(r: &RouteMessage) -> Option<Ipv4Addr> {
+    route_dst_of::<Ipv4Addr>(r)
+}
+
+/// A route's destination in family `A` (the unspecified address for a default route).
+pub fn route_dst_of<A: Family>(r: &RouteMessage) -> Option<A> {
     if r.header.destination_prefix_length == 0 {
-        return Some(Ipv4Addr::UNSPECIFIED);
+        return Some(A::UNSPECIFIED);
     }
     r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+        RouteAttribute::Destination(d) => A::from_route(d),
         _ => None,
     })
 }
@@ -598,5 +755,18 @@ mod tests {
         assert_eq!(n, host_veth_name("rcni", &attachment_hash("abc", "eth0")));
         assert_ne!(n, host_veth_name("rcni", &attachment_hash("abc", "eth1")));
         assert_eq!(format_mac(&HOST_MAC), "ee:ee:ee:ee:ee:ee");
+    }
+
+    #[test]
+    fn ipv6_gateway_is_the_eui64_link_local_of_the_host_mac() {
+        // EUI-64: flip the universal/local bit of the first byte, put ff:fe in the middle.
+        let m = HOST_MAC;
+        let iid = [m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]];
+        let mut octets = [0u8; 16];
+        octets[0] = 0xfe;
+        octets[1] = 0x80;
+        octets[8..].copy_from_slice(&iid);
+        assert_eq!(Ipv6Addr::from(octets), GATEWAY6);
+        assert_eq!(GATEWAY6.to_string(), "fe80::ecee:eeff:feee:eeee");
     }
 }

@@ -2,13 +2,14 @@
 //! what the kernel actually does with it (route lookups, neighbour resolution), not only by
 //! whether an object exists.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
+use rtnetlink::packet_route::address::AddressFlags;
 use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use serde_json::json;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
@@ -16,23 +17,27 @@ use tokio::runtime::Runtime;
 use super::iptables::{self, PoolRules, Verdict};
 use super::report::{PodReport, Step};
 use crate::commands::check::in_pod;
-use crate::dataplane::{self, sysctl, Netlink, RouteLookup, RouteQuery, GATEWAY, HOST_MAC};
+use crate::dataplane::{
+    self, sysctl, Netlink, RouteLookup, RouteQuery, GATEWAY, GATEWAY6, HOST_MAC,
+};
 use crate::ipam::{attachment_hash, Record};
 use crate::netns::Netns;
 
-/// One allocation found in the store.
+/// One allocation (one address, IPv4 or IPv6) found in the store.
 pub struct Target {
-    pub pool: Ipv4Network,
+    pub pool: IpNetwork,
+    /// The record's address.
+    pub ip: IpAddr,
     pub store_dir: PathBuf,
     pub record: Record,
     /// The address the attachment's key file leads to (`PoolLock::find`), as DEL would see it.
-    pub key_finds: Option<Ipv4Addr>,
+    pub key_finds: Option<IpAddr>,
 }
 
 /// `--to IP[:PORT]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Dest {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: Option<u16>,
 }
 
@@ -58,6 +63,23 @@ fn refusal(code: i32) -> String {
             "the source address fails the reverse-path filter, rp_filter (EINVAL)".into()
         }
         other => std::io::Error::from_raw_os_error(other).to_string(),
+    }
+}
+
+/// `refusal` for an IPv6 lookup, where the kernel checks neither forwarding nor the source.
+fn refusal6(code: i32) -> String {
+    match code {
+        0 => "the lookup itself failed".into(),
+        ENETUNREACH => "no route (ENETUNREACH)".into(),
+        other => std::io::Error::from_raw_os_error(other).to_string(),
+    }
+}
+
+fn refusal_for(ip: IpAddr, code: i32) -> String {
+    if ip.is_ipv6() {
+        refusal6(code)
+    } else {
+        refusal(code)
     }
 }
 
@@ -93,7 +115,7 @@ fn describe(l: &RouteLookup, names: &HashMap<u32, String>) -> String {
     s.trim().to_string()
 }
 
-fn lookup_json(r: &std::result::Result<RouteLookup, i32>) -> serde_json::Value {
+fn lookup_json(r: &std::result::Result<RouteLookup, i32>, ip: IpAddr) -> serde_json::Value {
     match r {
         Ok(l) => json!({
             "type": format!("{:?}", l.kind).to_lowercase(),
@@ -102,7 +124,15 @@ fn lookup_json(r: &std::result::Result<RouteLookup, i32>) -> serde_json::Value {
             "gateway": l.gateway,
             "prefsrc": l.prefsrc,
         }),
-        Err(code) => json!({"errno": code, "error": refusal(*code)}),
+        Err(code) => json!({"errno": code, "error": refusal_for(ip, *code)}),
+    }
+}
+
+fn family_name(ip: IpAddr) -> &'static str {
+    if ip.is_ipv6() {
+        "IPv6"
+    } else {
+        "IPv4"
     }
 }
 
@@ -122,6 +152,20 @@ fn state_name(s: NeighbourState) -> String {
     format!("{s:?}").to_lowercase()
 }
 
+/// An IPv6 address's state flags as `ip addr` prints them (" tentative dadfailed").
+fn flag_words(f: AddressFlags) -> String {
+    [
+        (AddressFlags::Tentative, " tentative"),
+        (AddressFlags::Dadfailed, " dadfailed"),
+        (AddressFlags::Deprecated, " deprecated"),
+        (AddressFlags::Nodad, " nodad"),
+    ]
+    .iter()
+    .filter(|(flag, _)| f.contains(*flag))
+    .map(|(_, word)| *word)
+    .collect()
+}
+
 fn sysctl_fix(key: &str, value: &str) -> String {
     format!("sysctl -w {}={value}", key.replace('/', "."))
 }
@@ -132,6 +176,8 @@ struct Walk<'a> {
     r: &'a Record,
     to: Option<Dest>,
     pod: Option<Netlink>,
+    /// The pod's namespace, to read its sysctls (IPv6: `disable_ipv6`, `accept_dad`).
+    pod_ns: Option<Netns>,
     pod_links: HashMap<u32, String>,
     pod_link: Option<LinkMessage>,
     host_link: Option<LinkMessage>,
@@ -139,6 +185,7 @@ struct Walk<'a> {
     to_pod: Option<std::result::Result<RouteLookup, i32>>,
     /// `route get 169.254.1.1 from <podIP> iif <host veth>`: the lookup the node makes for the
     /// pod's ARP request (proxy ARP) and, with any destination, for every forwarded packet.
+    /// IPv4 only: IPv6 has no proxy ARP and no rp_filter.
     from_pod: Option<std::result::Result<RouteLookup, i32>>,
     steps: Vec<Step>,
 }
@@ -175,28 +222,68 @@ impl Walk<'_> {
             .unwrap_or_else(|| HOST_MAC.to_vec())
     }
 
+    fn v6(&self) -> bool {
+        self.t.ip.is_ipv6()
+    }
+
+    /// The pod's gateway in this address's family.
+    fn gw(&self) -> IpAddr {
+        dataplane::gateway_for(self.t.ip)
+    }
+
+    /// `ip` options for this family: IPv4 fixes read as they always did, IPv6 ones say `-6`.
+    fn fam(&self) -> &'static str {
+        if self.v6() {
+            "-6 "
+        } else {
+            ""
+        }
+    }
+
+    fn refused(&self, code: i32) -> String {
+        refusal_for(self.t.ip, code)
+    }
+
     fn pod_cmd(&self, args: &str) -> String {
-        in_pod(self.ns(), args)
+        in_pod(self.ns(), &format!("{}{args}", self.fam()))
+    }
+
+    /// A command run inside the pod's namespace that is not `ip` (sysctl).
+    fn pod_exec(&self, cmd: &str) -> String {
+        match self
+            .ns()
+            .strip_prefix("/run/netns/")
+            .or_else(|| self.ns().strip_prefix("/var/run/netns/"))
+        {
+            Some(name) if !name.contains('/') => format!("ip netns exec {name} {cmd}"),
+            _ => format!("nsenter --net={} {cmd}", self.ns()),
+        }
     }
 
     fn route_fix(&self) -> String {
-        format!(
-            "ip route replace {}/32 dev {} scope link",
-            self.r.ip,
-            self.veth()
-        )
+        if self.v6() {
+            format!("ip -6 route replace {}/128 dev {}", self.t.ip, self.veth())
+        } else {
+            format!(
+                "ip route replace {}/32 dev {} scope link",
+                self.t.ip,
+                self.veth()
+            )
+        }
     }
 
     fn default_route_fix(&self) -> String {
         self.pod_cmd(&format!(
-            "route replace default via {GATEWAY} dev {}",
+            "route replace default via {} dev {}",
+            self.gw(),
             self.ifname()
         ))
     }
 
     fn neigh_fix(&self) -> String {
         self.pod_cmd(&format!(
-            "neigh replace {GATEWAY} lladdr {} dev {} nud permanent",
+            "neigh replace {} lladdr {} dev {} nud permanent",
+            self.gw(),
             dataplane::format_mac(&self.host_mac()),
             self.ifname()
         ))
@@ -246,7 +333,7 @@ impl Walk<'_> {
                     .join(attachment_hash(&self.r.container_id, &self.r.ifname));
                 step = step.fix(format!(
                     "rm -f {} {}",
-                    self.t.store_dir.join(self.r.ip.to_string()).display(),
+                    self.t.store_dir.join(self.t.ip.to_string()).display(),
                     key.display()
                 ));
                 self.steps.push(step);
@@ -259,6 +346,7 @@ impl Walk<'_> {
                 self.pod_links = self.block(p.link_names()).unwrap_or_default();
                 self.pod_link = self.block(p.link_by_name(&self.r.ifname)).ok().flatten();
                 self.pod = Some(p);
+                self.pod_ns = Some(ns);
                 self.steps.push(Step::ok(
                     ID,
                     TITLE,
@@ -359,20 +447,167 @@ impl Walk<'_> {
             },
             self.ifname()
         );
-        let want = (self.r.ip, 32);
-        let step = if addrs.contains(&want) {
+        let want = (self.t.ip, 32);
+        let step = if addrs.iter().any(|&(a, p)| (IpAddr::V4(a), p) == want) {
             Step::ok(ID, TITLE, saw)
         } else {
             let mut s = Step::fail(ID, TITLE, saw).why(format!(
                 "the pod has no source address {}: what it sends cannot be answered",
-                self.r.ip
+                self.t.ip
             ));
-            for (a, p) in addrs.iter().filter(|(a, _)| *a == self.r.ip) {
+            for (a, p) in addrs.iter().filter(|(a, _)| IpAddr::V4(*a) == self.t.ip) {
                 s = s.fix(self.pod_cmd(&format!("addr del {a}/{p} dev {}", self.ifname())));
             }
-            s.fix(self.pod_cmd(&format!("addr add {}/32 dev {}", self.r.ip, self.ifname())))
+            s.fix(self.pod_cmd(&format!("addr add {}/32 dev {}", self.t.ip, self.ifname())))
         };
         self.steps.push(step.details(json!({"addresses": shown})));
+    }
+
+    /// A sysctl of the pod's namespace (`/proc/sys/net` is the namespace of the thread that
+    /// opens it).
+    fn pod_sysctl(&self, key: &str) -> Option<String> {
+        let ns = self.pod_ns.as_ref()?;
+        let _in_pod = ns.enter().ok()?;
+        sysctl::read(key)
+    }
+
+    /// IPv6: `<ip>/128` on the pod's interface, usable (not tentative, not dadfailed: ADD adds
+    /// it with nodad and turns DAD off, so neither should ever be seen).
+    fn pod_address6(&mut self) {
+        const ID: &str = "pod-address";
+        const TITLE: &str = "pod address";
+        if !self.pod_needs_interface(ID, TITLE) {
+            return;
+        }
+        let (pod, index) = (
+            self.pod.clone().expect("pod"),
+            self.pod_index().expect("link"),
+        );
+        let addrs = match self.block(pod.addresses_with_flags::<Ipv6Addr>(index)) {
+            Ok(a) => a,
+            Err(e) => return self.steps.push(Step::fail(ID, TITLE, e.msg)),
+        };
+        let ifname = self.ifname().to_string();
+        let ip = self.t.ip;
+        let shown: Vec<String> = addrs
+            .iter()
+            .map(|(a, p, f)| format!("{a}/{p}{}", flag_words(*f)))
+            .collect();
+        let disable_key = format!("net/ipv6/conf/{ifname}/disable_ipv6");
+        let disabled = self.pod_sysctl(&disable_key);
+        let accept_dad = self.pod_sysctl(&format!("net/ipv6/conf/{ifname}/accept_dad"));
+        let saw = format!(
+            "{} on {ifname}",
+            if shown.is_empty() {
+                "no IPv6 address".to_string()
+            } else {
+                shown.join(", ")
+            }
+        );
+        let add = self.pod_cmd(&format!("addr replace {ip}/128 dev {ifname} nodad"));
+        let mine: Vec<_> = addrs
+            .iter()
+            .filter(|(a, _, _)| IpAddr::V6(*a) == ip)
+            .collect();
+        let del_mine = |w: &Self, mut s: Step| {
+            for (a, p, _) in &mine {
+                s = s.fix(w.pod_cmd(&format!("addr del {a}/{p} dev {ifname}")));
+            }
+            s
+        };
+        let step = match mine.iter().find(|(_, p, _)| *p == 128) {
+            Some((_, _, f)) if f.contains(AddressFlags::Dadfailed) => del_mine(
+                self,
+                Step::fail(ID, TITLE, format!("{saw}: duplicate address detection failed"))
+                    .why(format!(
+                        "the kernel never sends from {ip}: something else on the link claimed it; ADD adds it with nodad"
+                    )),
+            )
+            .fix(add),
+            Some((_, _, f)) if f.contains(AddressFlags::Tentative) => del_mine(
+                self,
+                Step::fail(ID, TITLE, format!("{saw}: still tentative"))
+                    .why(format!(
+                        "duplicate address detection is running: until it ends the kernel does not send from {ip} (connect() fails with EADDRNOTAVAIL); ADD adds it with nodad"
+                    )),
+            )
+            .fix(add),
+            Some(_) => Step::ok(ID, TITLE, saw),
+            None => {
+                let mut s = Step::fail(ID, TITLE, saw.clone());
+                if disabled.as_deref() == Some("1") {
+                    s = s
+                        .why(format!(
+                            "IPv6 is off on the pod's {ifname} ({}=1): it holds no IPv6 address at all",
+                            disable_key.replace('/', ".")
+                        ))
+                        .fix(self.pod_exec(&sysctl_fix(&disable_key, "0")));
+                } else {
+                    s = s.why(format!(
+                        "the pod has no source address {ip}: what it sends cannot be answered"
+                    ));
+                }
+                del_mine(self, s).fix(add)
+            }
+        };
+        self.steps.push(step.details(json!({
+            "addresses": shown,
+            "disable_ipv6": disabled,
+            "accept_dad": accept_dad,
+        })));
+    }
+
+    /// IPv6: `default via fe80::ecee:eeff:feee:eeee dev eth0`. A link-local gateway needs no
+    /// route of its own: the kernel takes it as on the link the route names.
+    fn pod_routes6(&mut self) {
+        const ID: &str = "pod-default-route";
+        const TITLE: &str = "pod default route";
+        if !self.pod_needs_interface(ID, TITLE) {
+            return;
+        }
+        let (pod, index) = (
+            self.pod.clone().expect("pod"),
+            self.pod_index().expect("link"),
+        );
+        let routes = match self.block(pod.main_routes_of::<Ipv6Addr>()) {
+            Ok(r) => r,
+            Err(e) => return self.steps.push(Step::fail(ID, TITLE, e.msg)),
+        };
+        let shown: Vec<String> = routes
+            .iter()
+            .map(|r| {
+                let mut s = match r.prefix {
+                    0 => "default".to_string(),
+                    128 => r.dst.to_string(),
+                    p => format!("{}/{p}", r.dst),
+                };
+                if let Some(g) = r.gateway {
+                    s.push_str(&format!(" via {g}"));
+                }
+                if let Some(i) = r.oif {
+                    let n = self.pod_links.get(&i).cloned().unwrap_or(format!("#{i}"));
+                    s.push_str(&format!(" dev {n}"));
+                }
+                s
+            })
+            .collect();
+        let ifname = self.ifname().to_string();
+        let def = routes
+            .iter()
+            .any(|r| r.prefix == 0 && r.gateway == Some(GATEWAY6) && r.oif == Some(index));
+        let step = if def {
+            Step::ok(ID, TITLE, format!("default via {GATEWAY6} dev {ifname}"))
+        } else {
+            let table = if shown.is_empty() {
+                "the pod has no IPv6 routes".to_string()
+            } else {
+                format!("pod IPv6 routes: {}", shown.join("; "))
+            };
+            Step::fail(ID, TITLE, format!("no default via {GATEWAY6}; {table}"))
+                .why("the pod's IPv6 sockets get \"Network is unreachable\" for anything off the pod")
+                .fix(self.default_route_fix())
+        };
+        self.steps.push(step.details(json!({"routes": shown})));
     }
 
     fn pod_routes(&mut self) {
@@ -486,29 +721,40 @@ impl Walk<'_> {
         );
         let want = self.host_mac();
         let want_s = dataplane::format_mac(&want);
-        let read = |w: &Self| w.block(pod.neighbour(index, GATEWAY)).ok().flatten();
+        let gw = self.gw();
+        // How the gateway's MAC is learned without the permanent entry ADD writes.
+        let (learned, answered, works_while) = if self.v6() {
+            (
+                "neighbour discovery",
+                "the host veth answered",
+                format!("it works while the host veth answers neighbour solicitations for its own {GATEWAY6}"),
+            )
+        } else {
+            (
+                "ARP",
+                "proxy ARP answered",
+                "it works while the host veth answers ARP (proxy_arp)".to_string(),
+            )
+        };
+        let read = |w: &Self| w.block(pod.neighbour(index, gw)).ok().flatten();
         let show = |e: &Option<(Vec<u8>, NeighbourState)>| match e {
             Some((m, s)) if m.is_empty() => {
-                format!("{GATEWAY} without a MAC ({})", state_name(*s))
+                format!("{gw} without a MAC ({})", state_name(*s))
             }
-            Some((m, s)) => format!(
-                "{GATEWAY} -> {} ({})",
-                dataplane::format_mac(m),
-                state_name(*s)
-            ),
-            None => format!("no entry for {GATEWAY}"),
+            Some((m, s)) => format!("{gw} -> {} ({})", dataplane::format_mac(m), state_name(*s)),
+            None => format!("no entry for {gw}"),
         };
         let entry = read(self);
         let step = match &entry {
             Some((m, NeighbourState::Permanent)) if *m == want => {
-                Step::ok(ID, TITLE, format!("{GATEWAY} -> {want_s} (permanent), the host veth's MAC"))
+                Step::ok(ID, TITLE, format!("{gw} -> {want_s} (permanent), the host veth's MAC"))
             }
             Some((m, s)) if *m == want && neighbour_valid(*s) => Step::warn(
                 ID,
                 TITLE,
-                format!("{} learned by ARP; ADD writes it permanent", show(&entry)),
+                format!("{} learned by {learned}; ADD writes it permanent", show(&entry)),
             )
-            .why("it works while the host veth answers ARP (proxy_arp); a permanent entry does not depend on it")
+            .why(format!("{works_while}; a permanent entry does not depend on it"))
             .fix(self.neigh_fix()),
             Some((m, s)) if !m.is_empty() && neighbour_valid(*s) => Step::fail(
                 ID,
@@ -520,7 +766,7 @@ impl Walk<'_> {
             _ => {
                 // Ask the kernel to resolve it, the way the pod's first packet would.
                 let started = Instant::now();
-                let probed = self.block(pod.probe_neighbour(index, GATEWAY));
+                let probed = self.block(pod.probe_neighbour(index, gw));
                 let mut now = read(self);
                 while probed.is_ok()
                     && started.elapsed() < Duration::from_millis(1500)
@@ -536,12 +782,12 @@ impl Walk<'_> {
                         ID,
                         TITLE,
                         format!(
-                            "{}; resolving it gave {} (proxy ARP answered)",
+                            "{}; resolving it gave {} ({answered})",
                             show(&entry),
                             show(&now)
                         ),
                     )
-                    .why("it works while the host veth answers ARP (proxy_arp); ADD writes a permanent entry that does not depend on it")
+                    .why(format!("{works_while}; ADD writes a permanent entry that does not depend on it"))
                     .fix(self.neigh_fix()),
                     _ => Step::fail(
                         ID,
@@ -555,7 +801,11 @@ impl Walk<'_> {
                     )
                     .why(format!(
                         "the pod cannot send anything: every packet waits for the gateway's MAC. {}",
-                        self.proxy_arp_verdict()
+                        if self.v6() {
+                            self.ndp_verdict()
+                        } else {
+                            self.proxy_arp_verdict()
+                        }
                     ))
                     .fix(self.neigh_fix()),
                 }
@@ -567,6 +817,37 @@ impl Walk<'_> {
             "hostVethMac": want_s,
         });
         self.steps.push(step.details(details));
+    }
+
+    /// Why the host veth would or would not answer the pod's neighbour solicitation for
+    /// fe80::ecee:eeff:feee:eeee: it answers for its own address, so it must hold it.
+    fn ndp_verdict(&self) -> String {
+        let veth = self.veth();
+        let Some(index) = self.host_index() else {
+            return format!("The host veth {veth} is missing.");
+        };
+        let key = format!("net/ipv6/conf/{veth}/disable_ipv6");
+        if sysctl::read(&key).as_deref() == Some("1") {
+            return format!(
+                "IPv6 is off on the host veth ({}=1): it holds no address to answer for.",
+                key.replace('/', ".")
+            );
+        }
+        let held = self
+            .block(self.node.net.addresses_with_flags::<Ipv6Addr>(index))
+            .unwrap_or_default()
+            .into_iter()
+            .find(|(a, p, _)| *a == GATEWAY6 && *p == 64);
+        match held {
+            None => format!("The host veth does not hold {GATEWAY6}/64, so nothing answers for it."),
+            Some((_, _, f)) if f.intersects(AddressFlags::Tentative | AddressFlags::Dadfailed) => format!(
+                "The host veth's {GATEWAY6} is{}: the kernel answers for it only once DAD has passed.",
+                flag_words(f)
+            ),
+            Some(_) => format!(
+                "The host veth holds {GATEWAY6} and should answer; look for ICMPv6 filtering (ip6tables, nft) on the node."
+            ),
+        }
     }
 
     /// Why the host veth would or would not answer the pod's ARP request for the gateway.
@@ -585,8 +866,8 @@ impl Walk<'_> {
         match &self.from_pod {
             Some(Err(code)) => format!(
                 "proxy_arp is on, but the node answers ARP only for addresses it would forward to, and its lookup for {GATEWAY} from {} on {veth} fails: {}.",
-                self.r.ip,
-                refusal(*code)
+                self.t.ip,
+                self.refused(*code)
             ),
             Some(Ok(l)) if l.oif == self.host_index() => format!(
                 "proxy_arp is on, but the node routes {GATEWAY} back out {veth}; proxy ARP answers only for addresses routed out another interface."
@@ -732,16 +1013,153 @@ impl Walk<'_> {
         });
     }
 
-    fn host_route(&mut self) {
-        const ID: &str = "host-route";
-        const TITLE: &str = "host route";
-        let (ip, veth) = (self.r.ip, self.veth().to_string());
+    /// IPv6 sysctls of the host veth. Only `disable_ipv6` stops packets by itself (it takes the
+    /// gateway address and the /128 route with it); the others are how ADD leaves the veth,
+    /// and a difference is a warning: for IPv6, forwarding is decided by `all.forwarding`
+    /// (a step of its own), and the gateway is the veth's own address, answered without
+    /// proxy_ndp.
+    fn host_veth_sysctls6(&mut self) {
+        const ID: &str = "host-veth-sysctls";
+        const TITLE: &str = "host veth sysctls";
+        let veth = self.veth().to_string();
+        if self.host_link.is_none() {
+            self.steps
+                .push(Step::skip(ID, TITLE, format!("no {veth} on the node")));
+            return;
+        }
+        let mut saw = Vec::new();
+        let (mut fail_why, mut warn_why, mut fixes) = (Vec::new(), Vec::new(), Vec::new());
+        let mut details = serde_json::Map::new();
+        for (key, value) in crate::commands::add::host_ipv6_sysctls(&veth) {
+            // all.forwarding has a step of its own.
+            let Some(short) = key
+                .strip_prefix(&format!("net/ipv6/conf/{veth}/"))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let got = sysctl::read(&key).unwrap_or_else(|| "missing".into());
+            saw.push(format!("{short}={got}"));
+            details.insert(short.clone(), json!(got));
+            if got == value {
+                continue;
+            }
+            fixes.push(sysctl_fix(&key, value));
+            match short.as_str() {
+                "disable_ipv6" => fail_why.push(format!(
+                    "disable_ipv6={got}: the veth has no IPv6 at all: the kernel drops its {GATEWAY6} and the pod's /128 route with it"
+                )),
+                "accept_dad" => warn_why.push(format!(
+                    "accept_dad={got}: if {GATEWAY6} is added again it is unusable while DAD runs (ADD adds it nodad)"
+                )),
+                "proxy_ndp" => warn_why.push(format!(
+                    "proxy_ndp={got}: ADD sets it as calico does; nothing depends on it while the veth holds {GATEWAY6} itself"
+                )),
+                _ => warn_why.push(format!(
+                    "forwarding={got}: the veth acts as a host, not a router (its neighbour advertisements lose the router flag); packets are still forwarded while net.ipv6.conf.all.forwarding=1"
+                )),
+            }
+        }
+        let saw = format!("{veth}: {}", saw.join(", "));
+        let mut step = if !fail_why.is_empty() {
+            fail_why.extend(warn_why);
+            Step::fail(ID, TITLE, saw).why(fail_why.join("; "))
+        } else if !warn_why.is_empty() {
+            Step::warn(ID, TITLE, saw).why(warn_why.join("; "))
+        } else {
+            Step::ok(ID, TITLE, saw)
+        };
+        step.fix = fixes;
+        self.steps
+            .push(step.details(serde_json::Value::Object(details)));
+    }
+
+    /// IPv6: the host veth holds the pod's gateway, fe80::ecee:eeff:feee:eeee/64, usable. It
+    /// answers the pod's neighbour solicitations for the gateway, and it is the source of the
+    /// node's own solicitations for the pod's address: without a link-local address on the
+    /// veth the node sends none, and replies to the pod are dropped.
+    fn host_veth_address6(&mut self) {
+        const ID: &str = "host-veth-address";
+        const TITLE: &str = "host veth gateway";
+        let veth = self.veth().to_string();
         let Some(index) = self.host_index() else {
             self.steps
                 .push(Step::skip(ID, TITLE, format!("no {veth} on the node")));
             return;
         };
-        let routes = match self.block(self.node.net.routes_to(ip, 32)) {
+        let addrs = match self.block(self.node.net.addresses_with_flags::<Ipv6Addr>(index)) {
+            Ok(a) => a,
+            Err(e) => return self.steps.push(Step::fail(ID, TITLE, e.msg)),
+        };
+        let shown: Vec<String> = addrs
+            .iter()
+            .map(|(a, p, f)| format!("{a}/{p}{}", flag_words(*f)))
+            .collect();
+        // replace: re-enabling IPv6 on the veth may have brought the EUI-64 one back already.
+        let add = format!("ip -6 addr replace {GATEWAY6}/64 dev {veth} nodad");
+        let step = match addrs.iter().find(|(a, p, _)| *a == GATEWAY6 && *p == 64) {
+            Some((_, _, f)) if f.intersects(AddressFlags::Tentative | AddressFlags::Dadfailed) => {
+                Step::fail(
+                    ID,
+                    TITLE,
+                    format!("{GATEWAY6}/64{} on {veth}", flag_words(*f)),
+                )
+                .why("the kernel neither answers for the address nor sends from it until DAD has passed")
+                .fix(format!("ip -6 addr del {GATEWAY6}/64 dev {veth}"))
+                .fix(add)
+            }
+            Some(_) => Step::ok(ID, TITLE, format!("{GATEWAY6}/64 on {veth}")),
+            None => Step::fail(
+                ID,
+                TITLE,
+                format!(
+                    "no {GATEWAY6}/64 on {veth} (it has: {})",
+                    if shown.is_empty() {
+                        "no IPv6 address".to_string()
+                    } else {
+                        shown.join(", ")
+                    }
+                ),
+            )
+            .why(format!(
+                "the node sends no neighbour solicitation for the pod on {veth} (it needs a link-local source), so replies to the pod are dropped; and nothing answers the pod for its gateway once its permanent entry is gone"
+            ))
+            .fix(add),
+        };
+        self.steps.push(step.details(json!({"addresses": shown})));
+    }
+
+    fn ipv6_forwarding(&mut self) {
+        const ID: &str = "ipv6-forwarding";
+        const TITLE: &str = "ipv6 forwarding";
+        let key = "net/ipv6/conf/all/forwarding";
+        let got = sysctl::read(key).unwrap_or_else(|| "missing".into());
+        let saw = format!("net.ipv6.conf.all.forwarding={got}");
+        self.steps.push(if got == "1" {
+            Step::ok(ID, TITLE, saw)
+        } else {
+            Step::fail(ID, TITLE, saw)
+                .why("the node forwards no IPv6 packet: for IPv6 this switch decides, not the interfaces' own; writing it sets every interface's forwarding too, and an uplink that learns its default route from router advertisements then needs accept_ra=2")
+                .fix(sysctl_fix(key, "1"))
+        });
+    }
+
+    fn host_route(&mut self) {
+        const ID: &str = "host-route";
+        const TITLE: &str = "host route";
+        let (ip, veth) = (self.t.ip, self.veth().to_string());
+        let Some(index) = self.host_index() else {
+            self.steps
+                .push(Step::skip(ID, TITLE, format!("no {veth} on the node")));
+            return;
+        };
+        let plen = dataplane::host_prefix(ip);
+        let (fam, scope) = if self.v6() {
+            ("-6 ", "")
+        } else {
+            ("", " scope link")
+        };
+        let routes = match self.block(self.node.net.routes_to_ip(ip, plen)) {
             Ok(r) => r,
             Err(e) => return self.steps.push(Step::fail(ID, TITLE, e.msg)),
         };
@@ -755,7 +1173,7 @@ impl Walk<'_> {
         let lookup = self.to_pod.clone().expect("looked up");
         let resolved = match &lookup {
             Ok(l) => format!("`route get {ip}`: {}", describe(l, self.node.links)),
-            Err(code) => format!("`route get {ip}`: {}", refusal(*code)),
+            Err(code) => format!("`route get {ip}`: {}", self.refused(*code)),
         };
         let reaches =
             matches!(&lookup, Ok(l) if l.oif == Some(index) && l.kind == RouteType::Unicast);
@@ -764,7 +1182,7 @@ impl Walk<'_> {
                 ID,
                 TITLE,
                 format!(
-                    "no {ip}/32 dev {veth} in the main table{}; {resolved}",
+                    "no {ip}/{plen} dev {veth} in the main table{}; {resolved}",
                     if oifs.is_empty() {
                         String::new()
                     } else {
@@ -778,20 +1196,20 @@ impl Walk<'_> {
             Step::fail(
                 ID,
                 TITLE,
-                format!("{ip}/32 dev {veth} is in the main table, but it is shadowed: {resolved}"),
+                format!("{ip}/{plen} dev {veth} is in the main table, but it is shadowed: {resolved}"),
             )
             .why(format!(
-                "something the node consults first wins: a policy rule (`ip rule show`) to another table, or {ip} is the node's own address (`ip route show table all {ip}`)"
+                "something the node consults first wins: a policy rule (`ip {fam}rule show`) to another table, or {ip} is the node's own address (`ip {fam}route show table all {ip}`)"
             ))
         } else {
             Step::ok(
                 ID,
                 TITLE,
-                format!("{ip}/32 dev {veth} scope link; {resolved}"),
+                format!("{ip}/{plen} dev {veth}{scope}; {resolved}"),
             )
         };
         self.steps
-            .push(step.details(json!({"routes": oifs, "lookup": lookup_json(&lookup)})));
+            .push(step.details(json!({"routes": oifs, "lookup": lookup_json(&lookup, ip)})));
     }
 
     fn rp_filter(&mut self) {
@@ -822,8 +1240,7 @@ impl Walk<'_> {
         let back_ok =
             matches!(&back, Ok(l) if l.oif == Some(index) && l.kind == RouteType::Unicast);
         let kernel_refuses = matches!(self.from_pod, Some(Err(EINVAL | EXDEV)));
-        let details =
-            json!({"all": all, "dev": dev, "mode": name, "reverseLookup": lookup_json(&back)});
+        let details = json!({"all": all, "dev": dev, "mode": name, "reverseLookup": lookup_json(&back, self.t.ip)});
         let step = if mode == 0 {
             Step::ok(
                 ID,
@@ -836,18 +1253,18 @@ impl Walk<'_> {
                 TITLE,
                 format!(
                     "{saw}: passes, the route back to {} leaves through {veth}",
-                    self.r.ip
+                    self.t.ip
                 ),
             )
         } else {
             let back_s = match &back {
                 Ok(l) => describe(l, self.node.links),
-                Err(c) => refusal(*c),
+                Err(c) => self.refused(*c),
             };
             let mut s = Step::fail(
                 ID,
                 TITLE,
-                format!("{saw}: the route back to {} is `{back_s}`, not {veth}", self.r.ip),
+                format!("{saw}: the route back to {} is `{back_s}`, not {veth}", self.t.ip),
             )
             .why(format!(
                 "the node drops every packet from the pod: rp_filter accepts a source only when the route back to it leaves through the interface it came in on, and {veth} has no address, so even loose mode does not fall back"
@@ -910,7 +1327,7 @@ impl Walk<'_> {
                 format!("POSTROUTING has no jump for pool {}; {chain_saw}", p.subnet),
             )
             .why("pod traffic leaves the node with the pod's address, which nothing outside can answer")
-            .fix(format!("iptables -t nat -A POSTROUTING {}", p.jump_spec()))
+            .fix(format!("{} -t nat -A POSTROUTING {}", p.command(), p.jump_spec()))
         } else if !p.chain_ok() {
             let chain = p.chain.clone().unwrap_or_default();
             if chain == nat.chain() {
@@ -920,9 +1337,9 @@ impl Walk<'_> {
                     format!("{chain_saw}: not the rules ADD writes, in its order"),
                 )
                 .why("pod traffic is masqueraded wrongly or not at all")
-                .fix(format!("iptables -t nat -F {chain}"));
+                .fix(format!("{} -t nat -F {chain}", p.command()));
                 for r in nat.chain_rules() {
-                    s = s.fix(format!("iptables -t nat -A {chain} {r}"));
+                    s = s.fix(format!("{} -t nat -A {chain} {r}", p.command()));
                 }
                 s
             } else {
@@ -932,9 +1349,9 @@ impl Walk<'_> {
                     format!("{chain_saw}: the RETURN rules were changed after ADD wrote the chain"),
                 )
                 .why("the pool's nonMasqueradeCIDRs cannot be read back; remove the jump and the chain, and the next ADD in this pool writes them from the config")
-                .fix(format!("iptables -t nat -D POSTROUTING {}", p.jumps[0].spec))
-                .fix(format!("iptables -t nat -F {chain}"))
-                .fix(format!("iptables -t nat -X {chain}"))
+                .fix(format!("{} -t nat -D POSTROUTING {}", p.command(), p.jumps[0].spec))
+                .fix(format!("{} -t nat -F {chain}", p.command()))
+                .fix(format!("{} -t nat -X {chain}", p.command()))
             }
         } else {
             let jump = p
@@ -966,11 +1383,28 @@ impl Walk<'_> {
     // ---------------------------------------------------------------- --to
 
     fn destination(&mut self, d: Dest, rules: &Result<PoolRules, String>) {
-        let ip = self.r.ip;
+        let ip = self.t.ip;
         let dst = d.ip;
+        let gw = self.gw();
         // The pod's lookup.
         const POD_ID: &str = "pod-route-to";
         const POD_TITLE: &str = "pod route to";
+        if dst.is_ipv6() != ip.is_ipv6() {
+            // A dual-stack pod's other address answers for it.
+            let why = format!(
+                "{dst} is {}, this address is {}",
+                family_name(dst),
+                family_name(ip)
+            );
+            for (id, title) in [
+                (POD_ID, POD_TITLE),
+                ("node-route-to", "node route to"),
+                ("masquerade-to", "masquerade to"),
+            ] {
+                self.steps.push(Step::skip(id, title, why.clone()));
+            }
+            return;
+        }
         match (&self.pod, self.pod_index()) {
             (Some(pod), Some(index)) => {
                 let q = RouteQuery {
@@ -984,25 +1418,24 @@ impl Walk<'_> {
                     Ok(Ok(l)) => {
                         let saw = format!("{dst}: {}", describe(l, &self.pod_links));
                         if l.kind == RouteType::Local
-                            || (l.oif == Some(index)
-                                && (l.gateway == Some(GATEWAY) || dst == GATEWAY))
+                            || (l.oif == Some(index) && (l.gateway == Some(gw) || dst == gw))
                         {
                             Step::ok(POD_ID, POD_TITLE, saw)
                         } else {
                             Step::warn(POD_ID, POD_TITLE, saw).why(format!(
-                                "the pod sends it another way than through {GATEWAY} on {}",
+                                "the pod sends it another way than through {gw} on {}",
                                 self.ifname()
                             ))
                         }
                     }
                     Ok(Err(code)) => {
-                        Step::fail(POD_ID, POD_TITLE, format!("{dst}: {}", refusal(*code)))
+                        Step::fail(POD_ID, POD_TITLE, format!("{dst}: {}", self.refused(*code)))
                             .why("the pod's connect() fails at once")
                             .fix(self.default_route_fix())
                     }
                 };
                 let details = match &res {
-                    Ok(r) => lookup_json(r),
+                    Ok(r) => lookup_json(r, ip),
                     Err(_) => serde_json::Value::Null,
                 };
                 self.steps.push(step.details(details));
@@ -1047,7 +1480,17 @@ impl Walk<'_> {
                             format!("forwarded {}", describe(l, self.node.links))
                         };
                         let saw = format!("{note}{dst} from {ip} on {}: {what}", self.veth());
+                        // An IPv6 lookup does not look at forwarding; ip6_forward drops later.
+                        let key6 = "net/ipv6/conf/all/forwarding";
+                        let unforwarded6 = self.v6() && sysctl::read(key6).as_deref() != Some("1");
                         match l.oif.filter(|_| !local) {
+                            Some(_) if unforwarded6 => Step::fail(
+                                NODE_ID,
+                                NODE_TITLE,
+                                format!("{saw}, but net.ipv6.conf.all.forwarding is not 1"),
+                            )
+                            .why("the node drops the pod's packets instead of forwarding them")
+                            .fix(sysctl_fix(key6, "1")),
                             Some(out) => self.reply_path(saw, dst, out, index),
                             None => Step::ok(NODE_ID, NODE_TITLE, saw),
                         }
@@ -1059,10 +1502,11 @@ impl Walk<'_> {
                             format!(
                                 "{note}{dst} from {ip} on {}: {}",
                                 self.veth(),
-                                refusal(*code)
+                                self.refused(*code)
                             ),
                         );
                         match *code {
+                            _ if self.v6() => s.why(format!("the node has no route to {dst}")),
                             EHOSTUNREACH => s
                                 .why("the node drops the pod's packets instead of forwarding them")
                                 .fix(sysctl_fix("net/ipv4/ip_forward", "1")),
@@ -1074,7 +1518,7 @@ impl Walk<'_> {
                     }
                 };
                 let mut details = match &res {
-                    Ok(r) => lookup_json(r),
+                    Ok(r) => lookup_json(r, ip),
                     Err(_) => json!({}),
                 };
                 if let Some(s) = &service {
@@ -1135,7 +1579,11 @@ impl Walk<'_> {
                     format!("no: the pool's jump is missing, so {dst} sees the pod's {ip}"),
                 )
                 .why("an address only this node knows cannot be answered from outside the cluster")
-                .fix(format!("iptables -t nat -A POSTROUTING {}", p.jump_spec())),
+                .fix(format!(
+                    "{} -t nat -A POSTROUTING {}",
+                    p.command(),
+                    p.jump_spec()
+                )),
                 Verdict::NoRules => Step::warn(
                     NAT_ID,
                     NAT_TITLE,
@@ -1149,12 +1597,12 @@ impl Walk<'_> {
     /// The replies' way back: they arrive on `out` (the interface the request left by) with
     /// the pod as destination (the masquerade is undone before routing), so the node must
     /// forward from `out` too, and route them to the pod's veth.
-    fn reply_path(&self, saw: String, dst: Ipv4Addr, out: u32, veth: u32) -> Step {
+    fn reply_path(&self, saw: String, dst: IpAddr, out: u32, veth: u32) -> Step {
         const NODE_ID: &str = "node-route-to";
         const NODE_TITLE: &str = "node route to";
         let out_name = self.host_name(Some(out));
         let back = self.block(self.node.net.route_get(RouteQuery {
-            dst: Some(self.r.ip),
+            dst: Some(self.t.ip),
             src: Some(dst),
             iif: Some(out),
             ..Default::default()
@@ -1175,7 +1623,7 @@ impl Walk<'_> {
             )
             .why("the answers never reach the pod")
             .fix(self.route_fix()),
-            Ok(Err(EHOSTUNREACH)) => {
+            Ok(Err(EHOSTUNREACH)) if !self.v6() => {
                 let key = format!("net/ipv4/conf/{out_name}/forwarding");
                 Step::fail(
                     NODE_ID,
@@ -1194,7 +1642,7 @@ impl Walk<'_> {
             Ok(Err(code)) => Step::fail(
                 NODE_ID,
                 NODE_TITLE,
-                format!("{saw}; but replies on {out_name} are refused: {}", refusal(code)),
+                format!("{saw}; but replies on {out_name} are refused: {}", self.refused(code)),
             )
             .why(format!(
                 "the answers never reach the pod: the node's route back to {dst} does not leave through {out_name} (asymmetric routing under rp_filter)"
@@ -1223,7 +1671,7 @@ impl Walk<'_> {
             }
         );
         let details = json!({"record": record, "key": key, "keyFinds": self.t.key_finds});
-        let step = if self.t.key_finds != Some(r.ip) {
+        let step = if self.t.key_finds != Some(self.t.ip) {
             Step::fail(
                 ID,
                 TITLE,
@@ -1280,6 +1728,7 @@ pub fn check(
         r,
         to,
         pod: None,
+        pod_ns: None,
         pod_links: HashMap::new(),
         pod_link: None,
         host_link,
@@ -1290,17 +1739,17 @@ pub fn check(
     w.to_pod = Some(
         node.rt
             .block_on(node.net.route_get(RouteQuery {
-                dst: Some(r.ip),
+                dst: Some(t.ip),
                 ..Default::default()
             }))
             .unwrap_or(Err(0)),
     );
-    if let Some(index) = w.host_index() {
+    if let (Some(index), false) = (w.host_index(), t.ip.is_ipv6()) {
         w.from_pod = node
             .rt
             .block_on(node.net.route_get(RouteQuery {
-                dst: Some(GATEWAY),
-                src: Some(r.ip),
+                dst: Some(IpAddr::V4(GATEWAY)),
+                src: Some(t.ip),
                 iif: Some(index),
                 ..Default::default()
             }))
@@ -1309,14 +1758,25 @@ pub fn check(
 
     w.netns();
     w.pod_interface();
-    w.pod_address();
-    w.pod_routes();
-    w.pod_neighbour();
-    w.host_veth();
-    w.host_veth_sysctls();
-    w.ip_forward();
-    w.host_route();
-    w.rp_filter();
+    if t.ip.is_ipv6() {
+        w.pod_address6();
+        w.pod_routes6();
+        w.pod_neighbour();
+        w.host_veth();
+        w.host_veth_sysctls6();
+        w.host_veth_address6();
+        w.ipv6_forwarding();
+        w.host_route();
+    } else {
+        w.pod_address();
+        w.pod_routes();
+        w.pod_neighbour();
+        w.host_veth();
+        w.host_veth_sysctls();
+        w.ip_forward();
+        w.host_route();
+        w.rp_filter();
+    }
     w.nat(rules);
     if let Some(d) = w.to {
         w.destination(d, rules);
@@ -1332,6 +1792,7 @@ pub fn check(
         container_id: r.container_id.clone(),
         ifname: r.ifname.clone(),
         ip: r.ip.to_string(),
+        family: if t.ip.is_ipv6() { "ipv6" } else { "ipv4" },
         pool: t.pool.to_string(),
         netns: r.netns.clone(),
         host_veth: r.host_veth.clone(),

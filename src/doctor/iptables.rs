@@ -1,11 +1,11 @@
 //! The pool's masquerade rules as iptables shows them, with their packet counters. doctor does
 //! not know the network config, so the pool's exceptions (`nonMasqueradeCIDRs`) are read back
 //! from the chain's RETURN rules, and the chain's name, a hash of them, tells whether the
-//! chain still holds what ADD put in it.
+//! chain still holds what ADD put in it. IPv6 pools are read the same way from `ip6tables`.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::Serialize;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 use crate::nat::PoolNat;
@@ -20,9 +20,18 @@ pub struct Rule {
     pub bytes: u64,
 }
 
-/// `iptables -t nat -v -S [chain]`: the lines, or `None` when the chain does not exist.
-fn list(chain: Option<&str>) -> Result<Option<Vec<String>>, String> {
-    let mut cmd = Command::new("iptables");
+/// `iptables` or `ip6tables`, for an address of that family.
+pub fn command_for(ip: IpAddr) -> &'static str {
+    if ip.is_ipv6() {
+        "ip6tables"
+    } else {
+        "iptables"
+    }
+}
+
+/// `<cmd> -t nat -v -S [chain]`: the lines, or `None` when the chain does not exist.
+fn list(cmd_name: &str, chain: Option<&str>) -> Result<Option<Vec<String>>, String> {
+    let mut cmd = Command::new(cmd_name);
     cmd.args(["-w", "-t", "nat", "-v", "-S"]);
     if let Some(c) = chain {
         cmd.arg(c);
@@ -30,14 +39,14 @@ fn list(chain: Option<&str>) -> Result<Option<Vec<String>>, String> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run iptables: {e}"))?;
+        .map_err(|e| format!("cannot run {cmd_name}: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("No chain") || err.contains("does not exist") {
             return Ok(None);
         }
         return Err(format!(
-            "`iptables -t nat -v -S {}` failed: {}",
+            "`{cmd_name} -t nat -v -S {}` failed: {}",
             chain.unwrap_or(""),
             err.trim()
         ));
@@ -86,7 +95,7 @@ fn rules_of(lines: &[String], chain: &str) -> Vec<Rule> {
 }
 
 /// The destination of `-d <cidr>` (not `! -d`) in a rule.
-fn dest_of(spec: &str) -> Option<Ipv4Network> {
+fn dest_of(spec: &str) -> Option<IpNetwork> {
     let mut it = spec.split_whitespace().peekable();
     let mut negated = false;
     while let Some(t) = it.next() {
@@ -108,7 +117,7 @@ fn dest_of(spec: &str) -> Option<Ipv4Network> {
 /// What the node has for one pool.
 #[derive(Debug, Clone)]
 pub struct PoolRules {
-    pub subnet: Ipv4Network,
+    pub subnet: IpNetwork,
     /// POSTROUTING rules carrying the pool's comment.
     pub jumps: Vec<Rule>,
     /// 1-based position of the first jump in POSTROUTING, and how many rules it has.
@@ -117,13 +126,15 @@ pub struct PoolRules {
     pub chain: Option<String>,
     pub chain_rules: Vec<Rule>,
     /// The pool's exceptions as the chain's RETURN rules say.
-    pub non_masquerade: Vec<Ipv4Network>,
+    pub non_masquerade: Vec<IpNetwork>,
 }
 
 impl PoolRules {
-    /// Reads POSTROUTING and the pool's chain (two or three iptables runs).
-    pub fn read(subnet: Ipv4Network) -> Result<PoolRules, String> {
-        let post = list(Some("POSTROUTING"))?.unwrap_or_default();
+    /// Reads POSTROUTING and the pool's chain (two or three runs of `iptables`, or of
+    /// `ip6tables` for an IPv6 pool).
+    pub fn read(subnet: IpNetwork) -> Result<PoolRules, String> {
+        let cmd = command_for(subnet.ip());
+        let post = list(cmd, Some("POSTROUTING"))?.unwrap_or_default();
         let all_post = rules_of(&post, "POSTROUTING");
         let marker = format!("\"routed-cni pool {subnet}\"");
         let jumps: Vec<Rule> = all_post
@@ -139,13 +150,13 @@ impl PoolRules {
         if chain.is_none() {
             // The jump is gone; its chain may still be there.
             let masq = format!("\"routed-cni masquerade {subnet}\"");
-            chain = list(None)?.unwrap_or_default().iter().find_map(|l| {
+            chain = list(cmd, None)?.unwrap_or_default().iter().find_map(|l| {
                 let name = l.strip_prefix("-A ")?.split(' ').next()?;
                 (name.starts_with("RCNI-") && l.contains(&masq)).then(|| name.to_string())
             });
         }
         let chain_rules = match &chain {
-            Some(c) => rules_of(&list(Some(c))?.unwrap_or_default(), c),
+            Some(c) => rules_of(&list(cmd, Some(c))?.unwrap_or_default(), c),
             None => Vec::new(),
         };
         let non_masquerade = chain_rules
@@ -161,6 +172,11 @@ impl PoolRules {
             chain_rules,
             non_masquerade,
         })
+    }
+
+    /// `iptables` or `ip6tables`: what lists and repairs this pool's rules.
+    pub fn command(&self) -> &'static str {
+        command_for(self.subnet.ip())
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -207,7 +223,7 @@ impl PoolRules {
     }
 
     /// What happens to a packet from the pool to `dst` in the pool's chain.
-    pub fn verdict(&self, dst: Ipv4Addr) -> Verdict {
+    pub fn verdict(&self, dst: IpAddr) -> Verdict {
         if self.chain.is_none() || !self.jump_ok() {
             return Verdict::NoRules;
         }
@@ -226,16 +242,16 @@ pub enum Verdict {
     /// No jump or no chain: the packet leaves with the pod's address.
     NoRules,
     /// Inside `nonMasqueradeCIDRs`: the packet keeps the pod's address.
-    Return(Ipv4Network),
+    Return(IpNetwork),
     Multicast,
     Masquerade,
 }
 
 /// The Service kube-proxy (iptables mode) has for `dst` (and the port, when given): the
 /// rule's comment, or `None` when kube-proxy's chain is absent or has no such Service IP.
-pub fn kube_service(dst: Ipv4Addr, port: Option<u16>) -> Option<String> {
-    let lines = list(Some("KUBE-SERVICES")).ok()??;
-    let want = format!("-d {dst}/32 ");
+pub fn kube_service(dst: IpAddr, port: Option<u16>) -> Option<String> {
+    let lines = list(command_for(dst), Some("KUBE-SERVICES")).ok()??;
+    let want = format!("-d {dst}/{} ", crate::dataplane::host_prefix(dst));
     rules_of(&lines, "KUBE-SERVICES")
         .into_iter()
         .filter(|r| r.spec.contains(&want))
@@ -272,15 +288,8 @@ mod tests {
         assert!(parse_rule("-P POSTROUTING ACCEPT -c 0 0", "POSTROUTING").is_none());
     }
 
-    #[test]
-    fn exceptions_come_from_return_rules() {
-        let nat = PoolNat {
-            subnet: "10.244.1.0/24".parse().unwrap(),
-            non_masquerade: vec![
-                "10.244.0.0/16".parse().unwrap(),
-                "10.96.0.0/12".parse().unwrap(),
-            ],
-        };
+    /// The rules ADD writes for `nat`, as `-v -S` would list them, read back.
+    fn read_back(nat: &PoolNat) -> PoolRules {
         let chain_rules: Vec<Rule> = nat
             .chain_rules()
             .iter()
@@ -291,7 +300,7 @@ mod tests {
             .filter(|r| r.target.as_deref() == Some("RETURN"))
             .filter_map(|r| dest_of(&r.spec))
             .collect();
-        let rules = PoolRules {
+        PoolRules {
             subnet: nat.subnet,
             jumps: vec![parse_rule(
                 &format!("-A POSTROUTING {}", nat.jump_rule()),
@@ -302,9 +311,22 @@ mod tests {
             chain: Some(nat.chain()),
             chain_rules,
             non_masquerade,
+        }
+    }
+
+    #[test]
+    fn exceptions_come_from_return_rules() {
+        let nat = PoolNat {
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            non_masquerade: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "10.96.0.0/12".parse().unwrap(),
+            ],
         };
+        let rules = read_back(&nat);
         assert_eq!(rules.non_masquerade, nat.non_masquerade);
         assert!(rules.jump_ok() && rules.chain_ok());
+        assert_eq!(rules.command(), "iptables");
         assert_eq!(
             rules.verdict("10.96.0.10".parse().unwrap()),
             Verdict::Return("10.96.0.0/12".parse().unwrap())
@@ -318,5 +340,42 @@ mod tests {
             Verdict::Masquerade
         );
         assert_eq!(dest_of("! -d 224.0.0.0/4 -j MASQUERADE"), None);
+    }
+
+    #[test]
+    fn ipv6_pools_read_the_same_way_from_ip6tables() {
+        // A dual-stack config's exceptions: only the pool's own family is in its chain.
+        let nat = PoolNat {
+            subnet: "fd00:10:244:1::/64".parse().unwrap(),
+            non_masquerade: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00:10:244::/48".parse().unwrap(),
+            ],
+        };
+        let rules = read_back(&nat);
+        assert_eq!(
+            rules.non_masquerade,
+            ["fd00:10:244::/48".parse::<IpNetwork>().unwrap()]
+        );
+        assert!(rules.jump_ok() && rules.chain_ok());
+        assert_eq!(rules.command(), "ip6tables");
+        assert_eq!(
+            rules.verdict("fd00:10:244:7::7".parse().unwrap()),
+            Verdict::Return("fd00:10:244::/48".parse().unwrap())
+        );
+        assert_eq!(
+            rules.verdict("ff02::fb".parse().unwrap()),
+            Verdict::Multicast
+        );
+        assert_eq!(
+            rules.verdict("2001:db8::1".parse().unwrap()),
+            Verdict::Masquerade
+        );
+        // ip6tables prints the jump exactly as PoolNat spells it.
+        let listed = "-A POSTROUTING -s fd00:10:244:1::/64 -m comment --comment \"routed-cni pool fd00:10:244:1::/64\" -c 4 416 -j RCNI-3DE3CD72EDA0AA52";
+        let r = parse_rule(listed, "POSTROUTING").unwrap();
+        assert_eq!((r.pkts, r.bytes), (4, 416));
+        assert_eq!(r.spec, nat.jump_rule());
+        assert_eq!(dest_of("! -d ff00::/8 -j MASQUERADE"), None);
     }
 }

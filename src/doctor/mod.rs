@@ -1,14 +1,15 @@
 //! `routed-cni doctor`: finds a pod through the store and walks its packet path on this node,
 //! piece by piece, saying for each what it saw and, when a piece is broken, the command that
 //! repairs it. Read-only, except that it asks the pod's kernel to resolve the gateway's MAC
-//! when the pod has no entry for it (one ARP request on the pod's veth).
+//! when the pod has no entry for it (one ARP request, or neighbour solicitation, on the pod's
+//! veth). A dual-stack pod is walked once per address, each walk in its family's terms.
 
 mod checks;
 pub mod iptables;
 pub mod report;
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -50,15 +51,17 @@ struct Options {
     json: bool,
 }
 
+/// `IP`, `IPv4:PORT` or `[IPv6]:PORT`.
 fn parse_dest(s: &str) -> Option<Dest> {
-    if let Ok(ip) = s.parse::<Ipv4Addr>() {
+    if let Ok(ip) = s.parse::<IpAddr>() {
         return Some(Dest { ip, port: None });
     }
-    let (ip, port) = s.rsplit_once(':')?;
+    let sa = s.parse::<SocketAddr>().ok()?;
     Some(Dest {
-        ip: ip.parse().ok()?,
-        port: Some(port.parse().ok().filter(|p| *p != 0)?),
+        ip: sa.ip(),
+        port: Some(sa.port()).filter(|p| *p != 0),
     })
+    .filter(|d| d.port.is_some())
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -82,10 +85,10 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--data-dir" => o.data_dir = PathBuf::from(value("a directory")?),
             "--to" => {
                 let v = value("IP[:PORT]")?;
-                o.to = Some(
-                    parse_dest(&v)
-                        .ok_or_else(|| format!("--to {v:?} is not an IPv4 address[:port]"))?,
-                );
+                o.to =
+                    Some(parse_dest(&v).ok_or_else(|| {
+                        format!("--to {v:?} is not IP, IPv4:PORT or [IPv6]:PORT")
+                    })?);
             }
             "--pod" => {
                 let v = value("NAMESPACE/NAME")?;
@@ -160,13 +163,37 @@ fn scan(data_dir: &Path) -> Result<Vec<Target>, String> {
                 .map(|r| r.ip);
             out.push(Target {
                 pool,
+                ip: record.ip,
                 store_dir: dir.clone(),
                 record,
                 key_finds,
             });
         }
     }
-    Ok(out)
+    Ok(group_by_attachment(out))
+}
+
+/// A dual-stack pod's addresses live in one pool per family: put each attachment's addresses
+/// together, IPv4 first, in the order its first one was found.
+fn group_by_attachment(targets: Vec<Target>) -> Vec<Target> {
+    let key = |t: &Target| (t.record.container_id.clone(), t.record.ifname.clone());
+    let mut order: Vec<(String, String)> = Vec::new();
+    let mut groups: HashMap<(String, String), Vec<Target>> = HashMap::new();
+    for t in targets {
+        let k = key(&t);
+        if !groups.contains_key(&k) {
+            order.push(k.clone());
+        }
+        groups.entry(k).or_default().push(t);
+    }
+    order
+        .into_iter()
+        .flat_map(|k| {
+            let mut g = groups.remove(&k).unwrap_or_default();
+            g.sort_by_key(|t| t.ip.is_ipv6());
+            g
+        })
+        .collect()
 }
 
 fn select(targets: Vec<Target>, s: &Select) -> Vec<Target> {
@@ -251,8 +278,14 @@ pub fn run(args: &[String]) -> i32 {
         Err(e) => return fail(e),
     };
     let pools: Vec<String> = {
-        let mut p: Vec<String> = all.iter().map(|t| t.pool.to_string()).collect();
-        p.dedup();
+        // A dual-stack pod's addresses come together, so one pool's entries are not adjacent.
+        let mut p: Vec<String> = Vec::new();
+        for t in &all {
+            let pool = t.pool.to_string();
+            if !p.contains(&pool) {
+                p.push(pool);
+            }
+        }
         p
     };
     let targets = select(all, &o.select);
@@ -323,7 +356,20 @@ pub fn run(args: &[String]) -> i32 {
             eprintln!("no allocations in {}", o.data_dir.display());
         } else if reports.len() > 1 {
             let broken = reports.iter().filter(|r| !r.ok).count();
-            println!("\n{} pod(s) checked, {broken} broken", reports.len());
+            let mut pods: Vec<(&str, &str)> = reports
+                .iter()
+                .map(|r| (r.container_id.as_str(), r.ifname.as_str()))
+                .collect();
+            pods.dedup();
+            if pods.len() == reports.len() {
+                println!("\n{} pod(s) checked, {broken} broken", reports.len());
+            } else {
+                println!(
+                    "\n{} pod(s) checked ({} addresses), {broken} address(es) broken",
+                    pods.len(),
+                    reports.len()
+                );
+            }
         }
     }
     if ok {
@@ -357,6 +403,16 @@ mod tests {
         assert_eq!(parse_args(&[]).unwrap().select, Select::All);
         assert!(parse_args(&args("--pod a/b --all")).is_err());
         assert!(parse_args(&args("--to 10.0.0.1:0")).is_err());
+        for (arg, ip, port) in [
+            ("fd00::2", "fd00::2", None),
+            ("[fd00::2]:80", "fd00::2", Some(80)),
+            ("10.0.0.1", "10.0.0.1", None),
+        ] {
+            let to = parse_dest(arg).unwrap_or_else(|| panic!("{arg}"));
+            assert_eq!((to.ip, to.port), (ip.parse().unwrap(), port), "{arg}");
+        }
+        assert!(parse_args(&args("--to [fd00::2]:0")).is_err());
+        assert!(parse_args(&args("--to fd00::2:80:")).is_err());
         assert!(parse_args(&args("--to example.com")).is_err());
         assert!(parse_args(&args("--container")).is_err());
         assert!(parse_args(&args("--frobnicate")).is_err());

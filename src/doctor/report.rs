@@ -101,6 +101,8 @@ pub struct PodReport {
     pub container_id: String,
     pub ifname: String,
     pub ip: String,
+    /// `ipv4` or `ipv6`: a dual-stack pod has one report per address.
+    pub family: &'static str,
     pub pool: String,
     pub netns: String,
     pub host_veth: String,

@@ -1,7 +1,7 @@
 //! Delegated IPAM: run another IPAM plugin (host-local, whereabouts, …) from CNI_PATH with the
 //! same config and environment, and read the address it hands out.
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
@@ -103,21 +103,32 @@ pub fn exec(plugin: &str, command: Command, config: &Value) -> Result<Option<Val
     })
 }
 
-/// The first IPv4 address of an IPAM result, with the network it came from.
-pub fn first_ipv4(result: &Value) -> Result<Ipv4Network> {
-    result
+/// The pod's addresses from an IPAM result: the first of each family, IPv4 first, each with
+/// the network it came from.
+pub fn pod_addresses(result: &Value) -> Result<Vec<IpNetwork>> {
+    let all: Vec<IpNetwork> = result
         .get("ips")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|ip| ip.get("address").and_then(Value::as_str))
-        .find_map(|a| a.parse::<Ipv4Network>().ok())
-        .ok_or_else(|| {
-            CniError::new(
-                Code::DelegatedIpam,
-                format!("the IPAM plugin returned no IPv4 address: {result}"),
-            )
-        })
+        .filter_map(|a| a.parse::<IpNetwork>().ok())
+        .collect();
+    let out: Vec<IpNetwork> = [
+        all.iter().find(|n| n.is_ipv4()),
+        all.iter().find(|n| n.is_ipv6()),
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .collect();
+    if out.is_empty() {
+        return Err(CniError::new(
+            Code::DelegatedIpam,
+            format!("the IPAM plugin returned no address: {result}"),
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -126,13 +137,17 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn reads_first_ipv4_of_any_version() {
-        let r = json!({"cniVersion":"0.3.1","ips":[{"version":"6","address":"fd00::5/64"},{"version":"4","address":"10.1.0.5/24","gateway":"10.1.0.1"}]});
-        let n = first_ipv4(&r).unwrap();
-        assert_eq!(n.ip().to_string(), "10.1.0.5");
-        assert_eq!(n.network().to_string(), "10.1.0.0");
+    fn reads_one_address_per_family_ipv4_first() {
+        let r = json!({"cniVersion":"0.3.1","ips":[{"version":"6","address":"fd00::5/64"},{"version":"4","address":"10.1.0.5/24","gateway":"10.1.0.1"},{"version":"4","address":"10.2.0.5/24"}]});
+        let n = pod_addresses(&r).unwrap();
+        assert_eq!(n.len(), 2);
+        assert_eq!(n[0].ip().to_string(), "10.1.0.5");
+        assert_eq!(n[0].network().to_string(), "10.1.0.0");
+        assert_eq!(n[1].ip().to_string(), "fd00::5");
+        let v6 = pod_addresses(&json!({"ips":[{"address":"fd00::7/64"}]})).unwrap();
+        assert_eq!(v6.len(), 1);
         assert_eq!(
-            first_ipv4(&json!({"ips":[]})).unwrap_err().code,
+            pod_addresses(&json!({"ips":[]})).unwrap_err().code,
             Code::DelegatedIpam
         );
     }

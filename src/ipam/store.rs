@@ -15,13 +15,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{ErrorKind, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cni::error::{CniError, Code, ErrorContext, Result};
-use crate::config::PoolConfig;
+use crate::config::{addr_from_u128, addr_to_u128, PoolConfig};
 
 /// How long an ADD or DEL waits for another holder of the pool lock before answering
 /// "try again later" (code 11) instead of hanging the runtime.
@@ -43,7 +43,7 @@ pub fn attachment_hash(container_id: &str, ifname: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Record {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub container_id: String,
     pub ifname: String,
     #[serde(default)]
@@ -186,6 +186,7 @@ impl Store {
         let subnet = name
             .parse()
             .unwrap_or_else(|_| "0.0.0.0/0".parse().expect("valid"));
+        // Only `network()` and `broadcast()` of it are used: bounds for listing, never allocation.
         Store {
             pool: PoolConfig {
                 subnet,
@@ -244,7 +245,7 @@ impl Store {
 }
 
 impl PoolLock<'_> {
-    fn record_path(&self, ip: Ipv4Addr) -> PathBuf {
+    fn record_path(&self, ip: IpAddr) -> PathBuf {
         self.store.dir.join(ip.to_string())
     }
 
@@ -255,7 +256,7 @@ impl PoolLock<'_> {
             .join(attachment_hash(container_id, ifname))
     }
 
-    fn read_record(&self, ip: Ipv4Addr) -> Result<Option<Record>> {
+    fn read_record(&self, ip: IpAddr) -> Result<Option<Record>> {
         let path = self.record_path(ip);
         match read_optional(&path)? {
             None => Ok(None),
@@ -268,7 +269,7 @@ impl PoolLock<'_> {
         }
     }
 
-    fn key_target(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+    fn key_target(&self, container_id: &str, ifname: &str) -> Result<Option<IpAddr>> {
         let path = self.key_path(container_id, ifname);
         Ok(read_optional(&path)?.and_then(|s| s.trim().parse().ok()))
     }
@@ -283,7 +284,7 @@ impl PoolLock<'_> {
             .filter(|r| r.is_for(container_id, ifname)))
     }
 
-    fn in_use(&self, ip: Ipv4Addr) -> Result<bool> {
+    fn in_use(&self, ip: IpAddr) -> Result<bool> {
         match fs::symlink_metadata(self.record_path(ip)) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
@@ -301,16 +302,20 @@ impl PoolLock<'_> {
             return Ok((existing, true));
         }
         let pool = &self.store.pool;
-        let (start, end) = (u32::from(pool.range_start), u32::from(pool.range_end));
+        let (start, end) = (addr_to_u128(pool.range_start), addr_to_u128(pool.range_end));
         let last_path = self.store.dir.join(LAST_RESERVED_FILE);
         let resume = read_optional(&last_path)?
-            .and_then(|s| s.trim().parse::<Ipv4Addr>().ok())
-            .map(u32::from)
+            .and_then(|s| s.trim().parse::<IpAddr>().ok())
+            .filter(|l| l.is_ipv4() == pool.range_start.is_ipv4())
+            .map(addr_to_u128)
             .filter(|l| (start..=end).contains(l))
             .map_or(start, |l| if l == end { start } else { l + 1 });
-        let size = end - start + 1;
-        for i in 0..size {
-            let candidate = Ipv4Addr::from(start + (resume - start + i) % size);
+        let size = pool.size();
+        // An IPv6 /64 is never scanned to the end: the search stops at the first free address.
+        let mut i: u128 = 0;
+        while i < size {
+            let candidate = addr_from_u128(pool.range_start, start + (resume - start + i) % size);
+            i += 1;
             if self.in_use(candidate)? {
                 continue;
             }
@@ -376,7 +381,7 @@ impl PoolLock<'_> {
     }
 
     /// Every address with a record file (readable or not), sorted.
-    pub fn addresses_in_use(&self) -> Result<Vec<Ipv4Addr>> {
+    pub fn addresses_in_use(&self) -> Result<Vec<IpAddr>> {
         let dir = &self.store.dir;
         let entries = fs::read_dir(dir).or_code(
             Code::Store,
@@ -392,7 +397,7 @@ impl PoolLock<'_> {
             let name = name.to_string_lossy();
             if name.starts_with(TMP_PREFIX) {
                 let _ = fs::remove_file(entry.path());
-            } else if let Ok(ip) = name.parse::<Ipv4Addr>() {
+            } else if let Ok(ip) = name.parse::<IpAddr>() {
                 ips.push(ip);
             }
         }
@@ -411,7 +416,7 @@ impl PoolLock<'_> {
             if entry
                 .file_name()
                 .to_string_lossy()
-                .parse::<Ipv4Addr>()
+                .parse::<IpAddr>()
                 .is_ok()
             {
                 return Ok(false);
@@ -449,7 +454,7 @@ mod tests {
 
     fn rec(cid: &str) -> Record {
         Record {
-            ip: Ipv4Addr::UNSPECIFIED,
+            ip: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             container_id: cid.into(),
             ifname: "eth0".into(),
             host_veth: format!("rcni{}", &attachment_hash(cid, "eth0")[..11]),
@@ -507,6 +512,61 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_pool_allocates_distinct_addresses_and_reads_back() {
+        let dir = tempdir("v6");
+        let p = pool(
+            &dir,
+            "fd00:10:244:1::/64",
+            "fd00:10:244:1:ffff:ffff:ffff:fffc",
+            "fd00:10:244:1:ffff:ffff:ffff:fffe",
+        );
+        let store = Store::open(&p).unwrap();
+        assert!(store.dir().ends_with("fd00:10:244:1::-64"));
+        let lock = store.lock(LOCK_TIMEOUT).unwrap();
+        let ips: Vec<String> = (0..3)
+            .map(|i| {
+                lock.allocate(&rec(&format!("v{i}")))
+                    .unwrap()
+                    .0
+                    .ip
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            ips,
+            [
+                "fd00:10:244:1:ffff:ffff:ffff:fffc",
+                "fd00:10:244:1:ffff:ffff:ffff:fffd",
+                "fd00:10:244:1:ffff:ffff:ffff:fffe"
+            ]
+        );
+        assert_eq!(
+            lock.allocate(&rec("v3")).unwrap_err().code,
+            Code::PoolExhausted
+        );
+        assert_eq!(lock.records().unwrap().len(), 3);
+        assert_eq!(
+            lock.find("v1", "eth0").unwrap().unwrap().ip.to_string(),
+            ips[1]
+        );
+        assert_eq!(
+            lock.release("v1", "eth0").unwrap().unwrap().ip.to_string(),
+            ips[1]
+        );
+        // Round robin wraps to the freed one.
+        assert_eq!(lock.allocate(&rec("v4")).unwrap().0.ip.to_string(), ips[1]);
+        drop(lock);
+        // `routed-cni list` and audit find the pool by its directory name.
+        let found = Store::at(store.dir().to_path_buf());
+        assert_eq!(found.pool().subnet.to_string(), "fd00:10:244:1::/64");
+        assert_eq!(
+            found.lock(LOCK_TIMEOUT).unwrap().records().unwrap().len(),
+            3
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn same_attachment_gets_same_address_and_release_is_idempotent() {
         let dir = tempdir("idem");
         let store = Store::open(&pool(&dir, "10.0.1.0/24", "10.0.1.1", "10.0.1.254")).unwrap();
@@ -550,7 +610,7 @@ mod tests {
                 })
             })
             .collect();
-        let all: Vec<Ipv4Addr> = handles
+        let all: Vec<IpAddr> = handles
             .into_iter()
             .flat_map(|h| h.join().unwrap())
             .collect();
@@ -676,7 +736,7 @@ mod tests {
                 let dir = tempdir(&format!("model-{}", rand_tag(&ops)));
                 let store = Store::open(&pool(&dir, "10.9.0.0/29", "10.9.0.1", "10.9.0.6")).unwrap();
                 let lock = store.lock(LOCK_TIMEOUT).unwrap();
-                let mut model: HashMap<String, Ipv4Addr> = HashMap::new();
+                let mut model: HashMap<String, IpAddr> = HashMap::new();
                 for (add, who) in ops {
                     let cid = format!("c{who}");
                     if add {

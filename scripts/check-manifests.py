@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Checks of routed-cni's Kubernetes manifests that a schema cannot make.
+
+Usage: check-manifests.py FILE.yaml...   (all files together describe one deployment)
+
+A JSON schema says a field is well-formed; these say the deployment is the one we mean:
+least-privilege RBAC, a host-network agent that is not privileged, lands on every node, mounts
+only the CNI directories, runs `routed-cni agent`, and is probed where the agent listens.
+Exit 0 when every check passes, 1 with one line per failed check otherwise.
+"""
+import ipaddress
+import sys
+
+import yaml
+
+HEALTH_PORT = 9465
+BIN_DIR = "/opt/cni/bin"
+CONF_DIR = "/etc/cni/net.d"
+# Taints a CNI DaemonSet must tolerate: a node is NotReady (and tainted) until its CNI config
+# exists, and it is this DaemonSet that writes it. Plus taints nobody can predict.
+TAINTS = [
+    ("node.kubernetes.io/not-ready", "NoSchedule"),
+    ("node.kubernetes.io/not-ready", "NoExecute"),
+    ("node.kubernetes.io/unreachable", "NoExecute"),
+    ("node.kubernetes.io/network-unavailable", "NoSchedule"),
+    ("node.kubernetes.io/disk-pressure", "NoSchedule"),
+    ("node.cloudprovider.kubernetes.io/uninitialized", "NoSchedule"),
+    ("node-role.kubernetes.io/control-plane", "NoSchedule"),
+    ("example.com/anything-else", "NoSchedule"),
+    ("example.com/anything-else", "NoExecute"),
+]
+
+errors = []
+
+
+def check(cond, msg):
+    if not cond:
+        errors.append(msg)
+    return cond
+
+
+def tolerates(tolerations, key, effect):
+    """Kubernetes' matching rule (taint value left empty, so Equal needs an empty value)."""
+    for t in tolerations or []:
+        if t.get("effect") not in (None, "", effect):
+            continue
+        op = t.get("operator", "Equal")
+        if op == "Exists" and t.get("key") in (None, "", key):
+            return True
+        if op == "Equal" and t.get("key") == key and t.get("value", "") == "":
+            return True
+    return False
+
+
+def load(paths):
+    docs = []
+    for p in paths:
+        with open(p) as f:
+            docs += [d for d in yaml.safe_load_all(f) if d]
+    return docs
+
+
+def one(docs, kind, name):
+    found = [d for d in docs if d.get("kind") == kind and d["metadata"]["name"] == name]
+    check(len(found) == 1, f"expected exactly one {kind} {name}, found {len(found)}")
+    return found[0] if found else None
+
+
+def check_rbac(docs):
+    sa = one(docs, "ServiceAccount", "routed-cni")
+    if sa:
+        check(sa["metadata"].get("namespace") == "kube-system", "ServiceAccount not in kube-system")
+    for d in docs:
+        if d.get("kind") in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"):
+            check(d["metadata"]["name"] == "routed-cni", f"unexpected {d['kind']} {d['metadata']['name']}")
+    role = one(docs, "ClusterRole", "routed-cni")
+    if role:
+        check("aggregationRule" not in role, "ClusterRole must not aggregate other roles")
+        rules = role.get("rules") or []
+        check(len(rules) == 1, f"ClusterRole has {len(rules)} rules, want exactly one (nodes)")
+        for r in rules:
+            check(r.get("apiGroups") == [""], f"ClusterRole rule apiGroups {r.get('apiGroups')}, want [\"\"] (core)")
+            check(r.get("resources") == ["nodes"], f"ClusterRole rule resources {r.get('resources')}, want [nodes]")
+            check(sorted(r.get("verbs") or []) == ["get", "list", "watch"],
+                  f"ClusterRole rule verbs {r.get('verbs')}, want exactly get/list/watch")
+            check(not r.get("resourceNames"), "ClusterRole rule has resourceNames: the agent reads every node")
+            check(not r.get("nonResourceURLs"), "ClusterRole rule grants nonResourceURLs")
+    binding = one(docs, "ClusterRoleBinding", "routed-cni")
+    if binding:
+        check(binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                     "name": "routed-cni"}, f"ClusterRoleBinding roleRef {binding['roleRef']}")
+        check(binding.get("subjects") == [{"kind": "ServiceAccount", "name": "routed-cni",
+                                           "namespace": "kube-system"}],
+              f"ClusterRoleBinding subjects {binding.get('subjects')}, want only the routed-cni ServiceAccount")
+
+
+def check_daemonset(docs):
+    ds = one(docs, "DaemonSet", "routed-cni")
+    if not ds:
+        return
+    check(ds["metadata"].get("namespace") == "kube-system", "DaemonSet not in kube-system")
+    upd = ds["spec"].get("updateStrategy", {})
+    check(upd.get("type") == "RollingUpdate" and upd.get("rollingUpdate", {}).get("maxUnavailable") == 1,
+          f"updateStrategy {upd}, want RollingUpdate with maxUnavailable 1")
+    pod = ds["spec"]["template"]["spec"]
+    check(pod.get("hostNetwork") is True, "pod is not hostNetwork: it could not manage the node's routes")
+    for f in ("hostPID", "hostIPC"):
+        check(not pod.get(f), f"pod sets {f}")
+    check(pod.get("serviceAccountName") == "routed-cni", "pod does not run as the routed-cni ServiceAccount")
+    check(pod.get("automountServiceAccountToken", True) is True, "service account token not mounted")
+    check(pod.get("priorityClassName") == "system-node-critical", "priorityClassName is not system-node-critical")
+    for key, effect in TAINTS:
+        check(tolerates(pod.get("tolerations"), key, effect), f"does not tolerate taint {key}:{effect}")
+    check(not pod.get("affinity") and set(pod.get("nodeSelector", {})) <= {"kubernetes.io/os"},
+          "pod has affinity or a nodeSelector beyond kubernetes.io/os: it must run on every node")
+    check(not pod.get("securityContext", {}).get("sysctls"), "pod sets sysctls")
+
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    host_paths = {}
+    for name, v in volumes.items():
+        if check("hostPath" in v, f"volume {name} is not a hostPath: nothing else is needed"):
+            host_paths[name] = v["hostPath"]["path"].rstrip("/")
+    check(sorted(host_paths.values()) == sorted([BIN_DIR, CONF_DIR]),
+          f"hostPath volumes {sorted(host_paths.values())}, want exactly {BIN_DIR} and {CONF_DIR}")
+
+    containers = pod.get("containers") or []
+    check(len(containers) == 1, f"{len(containers)} containers, want one (the agent)")
+    check(not pod.get("initContainers"), "init containers: the agent installs by itself")
+    for c in containers + (pod.get("initContainers") or []):
+        name = c["name"]
+        argv = (c.get("command") or []) + (c.get("args") or [])
+        check(argv == ["/routed-cni", "agent"], f"{name}: runs {argv}, want [/routed-cni, agent]")
+        check(c.get("imagePullPolicy") in ("IfNotPresent", "Never") or "/" in c.get("image", ""),
+              f"{name}: image {c.get('image')} has no registry, so it must not be pulled (IfNotPresent)")
+        sc = c.get("securityContext") or {}
+        check(sc.get("privileged") is not True, f"{name}: privileged")
+        check(sc.get("allowPrivilegeEscalation") is False, f"{name}: allowPrivilegeEscalation is not false")
+        check(sc.get("readOnlyRootFilesystem") is True, f"{name}: readOnlyRootFilesystem is not true")
+        caps = sc.get("capabilities") or {}
+        check("ALL" in (caps.get("drop") or []), f"{name}: capabilities do not drop ALL")
+        check((caps.get("add") or []) == ["NET_ADMIN"], f"{name}: capabilities add {caps.get('add')}, want [NET_ADMIN]")
+        check(not c.get("ports") or all(p.get("containerPort") == HEALTH_PORT for p in c["ports"]),
+              f"{name}: exposes ports other than health")
+
+        env = {e["name"]: e for e in c.get("env") or []}
+        node = env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        check(node == "spec.nodeName", f"{name}: NODE_NAME is not the fieldRef spec.nodeName")
+        cidr = env.get("ROUTED_CNI_CLUSTER_CIDR", {}).get("value")
+        try:
+            ipaddress.IPv4Network(cidr)
+        except (ValueError, TypeError):
+            check(False, f"{name}: ROUTED_CNI_CLUSTER_CIDR {cidr!r} is not an IPv4 CIDR without host bits")
+
+        # The installer writes where the env says, which must be the mount of the host dir.
+        mounts = {m["name"]: m for m in c.get("volumeMounts") or []}
+        check(set(mounts) <= set(volumes), f"{name}: mounts undeclared volumes")
+        for var, host_dir in (("ROUTED_CNI_BIN_DIR", BIN_DIR), ("ROUTED_CNI_CONF_DIR", CONF_DIR)):
+            want = env.get(var, {}).get("value", host_dir).rstrip("/")
+            at = [m for n, m in mounts.items() if host_paths.get(n) == host_dir]
+            if check(len(at) == 1, f"{name}: {host_dir} is not mounted (once)"):
+                check(at[0]["mountPath"].rstrip("/") == want,
+                      f"{name}: {host_dir} mounted at {at[0]['mountPath']} but {var} makes install write to {want}")
+                check(not at[0].get("readOnly"), f"{name}: {host_dir} mounted read-only, install writes it")
+
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            get = (c.get(probe) or {}).get("httpGet") or {}
+            check(get.get("host") == "127.0.0.1" and get.get("port") == HEALTH_PORT and get.get("path") == path,
+                  f"{name}: {probe} is not httpGet 127.0.0.1:{HEALTH_PORT}{path} ({get})")
+        res = c.get("resources") or {}
+        check("memory" in res.get("limits", {}) and {"cpu", "memory"} <= set(res.get("requests", {})),
+              f"{name}: resources need cpu+memory requests and a memory limit")
+
+
+def main(paths):
+    docs = load(paths)
+    check_rbac(docs)
+    check_daemonset(docs)
+    kinds = sorted(d["kind"] for d in docs)
+    for e in errors:
+        print(f"check-manifests: FAIL: {e}")
+    if errors:
+        return 1
+    print(f"check-manifests: ok: {len(docs)} objects ({', '.join(kinds)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
