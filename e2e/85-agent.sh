@@ -18,6 +18,7 @@
 #     check, and stays unhealthy.
 # Nothing outside the namespaces this script creates is touched.
 set -euo pipefail
+# shellcheck disable=SC2034 # read by lib/cluster.sh: the agents make the routes between nodes
 CLUSTER_ROUTES=none
 . "$(dirname "$0")/lib/cluster.sh"
 [ -x "$BIN" ] || die "no routed-cni binary at $BIN (build it, or set ROUTED_CNI_BIN)"
@@ -75,8 +76,7 @@ start_server() {
         --nodes "$NODES" 2>>"$WORK/apiserver.log" &
     SERVER_PID=$!
     BACKGROUND_PIDS+=("$SERVER_PID")
-    local i
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         ip netns exec "$UNDERLAY" ss -Hltn "sport = :6443" | grep -q . && return 0
         sleep 0.1
     done
