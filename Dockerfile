@@ -1,6 +1,8 @@
 # routed-cni image: the static binary alone, nothing else (no shell, no libc, no package
-# manager). The DaemonSet runs `routed-cni install` from it to put the plugin and its conflist
-# on the node.
+# manager). Its default command is `routed-cni agent`, the DaemonSet's long-running side: it
+# reads the node's podCIDR from the API server, installs the plugin and its conflist on the node
+# (as `routed-cni install` does), keeps the routes between nodes and serves /healthz.
+# `install` alone still works: run the image with `install --pod-subnet CIDR ...`.
 #
 # Two ways to build:
 #  1. Where a Rust image can be pulled:     podman build -t routed-cni .
@@ -18,10 +20,10 @@ RUN RUSTFLAGS="-C target-feature=+crt-static" \
 FROM scratch AS image
 COPY --from=builder /src/target/x86_64-unknown-linux-gnu/release/routed-cni /routed-cni
 ENTRYPOINT ["/routed-cni"]
-CMD ["install"]
+CMD ["agent"]
 
 # --- 2: copy a binary built on the host by scripts/build-static.sh -------------------------
 FROM scratch AS prebuilt
 COPY target/x86_64-unknown-linux-gnu/release/routed-cni /routed-cni
 ENTRYPOINT ["/routed-cni"]
-CMD ["install"]
+CMD ["agent"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The container image and the installer: build the static binary on the host, build the image
-# from Dockerfile's `prebuilt` stage with podman (no registry needed: FROM scratch), run its
-# entrypoint `install` into a node's CNI dirs (host paths mounted into the container), and check:
+# from Dockerfile's `prebuilt` stage with podman (no registry needed: FROM scratch), check its
+# default command is `agent`, run `install` from it into a node's CNI dirs (host paths mounted
+# into the container), and check:
 # the binary is the static one, the conflist is what the plugin accepts, a second run changes
 # nothing, and an install killed before its rename leaves the previous files intact.
 set -euo pipefail
@@ -35,6 +36,11 @@ trap 'podman rmi -f "$IMAGE" >/dev/null 2>&1 || true; umount -R "$WORK/storage" 
 
 podman build -q --target prebuilt -t "$IMAGE" . >/dev/null && ok "image built from the prebuilt stage" || die "podman build failed"
 size=$(podman image inspect "$IMAGE" --format '{{.Size}}')
+expect_eq "image entrypoint and default command (the DaemonSet's agent)" \
+    "$(podman image inspect "$IMAGE" --format '{{json .Config.Entrypoint}} {{json .Config.Cmd}}')" '["/routed-cni"] ["agent"]'
+# The default command with no NODE_NAME: the agent refuses to start and says what it needs.
+out=$(podman run --rm --network none "$IMAGE" 2>&1) && fail "agent started without NODE_NAME" ||
+    { grep -q "NODE_NAME" <<<"$out" && ok "default command is the agent, asking for NODE_NAME" || fail "default command said: $out"; }
 log "image size: $size bytes"
 host=$WORK/host
 mkdir -p "$host/opt/cni/bin" "$host/etc/cni/net.d"

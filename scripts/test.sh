@@ -29,7 +29,7 @@ stage() { # stage NAME COMMAND...
 
 packages() {
     local need=() pkg
-    for pkg in iproute2 iptables iputils-ping socat jq python3 containernetworking-plugins python3-venv shellcheck; do
+    for pkg in iproute2 iptables iputils-ping socat jq python3 openssl containernetworking-plugins python3-venv shellcheck; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
     done
     if [ ${#need[@]} -eq 0 ]; then

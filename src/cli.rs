@@ -1,4 +1,5 @@
-//! Commands for people (no CNI_COMMAND): `version`, `list`, `doctor`.
+//! Commands for people (no CNI_COMMAND): `version`, `list`, `doctor`, `install`, `audit`,
+//! `agent`.
 
 use serde_json::json;
 use std::path::PathBuf;
@@ -40,6 +41,26 @@ Commands for people:
                          conflist, each by temp file + rename; harmless to
                          re-run. Every flag also reads ROUTED_CNI_<FLAG> (e.g.
                          ROUTED_CNI_POD_SUBNET) from the environment
+  routed-cni agent --node-name NAME [--cluster-cidr CIDR] [--api-server URL]
+                   [--token-file PATH] [--ca-file PATH] [--resync-seconds 60]
+                   [--stale-seconds 3*resync] [--health-addr 127.0.0.1:9465]
+                   [install's --bin-dir, --conf-dir, --conf-name, --network-name,
+                    --mtu, --log-file]
+                         the DaemonSet's long-running side: reads this node's
+                         podCIDR from the API server and runs install with it
+                         (again when it changes), keeps a route to every other
+                         node's podCIDRs via its InternalIP (both families,
+                         marked `proto 77`; only those are ever changed),
+                         re-applies both every resync from its watch-fed cache
+                         (repairing what was removed by hand; it lists again only
+                         at start and after a failed or expired watch), and
+                         answers GET /healthz and /readyz. The API server
+                         defaults to https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT,
+                         token and CA to the pod's service account. Env:
+                         NODE_NAME, ROUTED_CNI_API_SERVER, ROUTED_CNI_TOKEN_FILE,
+                         ROUTED_CNI_CA_FILE, ROUTED_CNI_RESYNC_SECONDS,
+                         ROUTED_CNI_STALE_SECONDS, ROUTED_CNI_HEALTH_ADDR and
+                         install's ROUTED_CNI_*. SIGTERM exits, routes stay
   routed-cni audit [--data-dir DIR] [--host-veth-prefix rcni] [--json]
                          anything of ours on this node that no live allocation
                          explains (veths, /32 routes, NAT jumps and chains) and
@@ -63,6 +84,7 @@ pub fn run(args: &[String]) -> i32 {
         Some("doctor") => crate::doctor::run(&args[1..]),
         Some("install") => install(&args[1..]),
         Some("audit") => crate::audit::run(&args[1..]),
+        Some("agent") => crate::agent::run(&args[1..]),
         None | Some("--help") | Some("-h") | Some("help") => {
             print!("{USAGE}");
             0

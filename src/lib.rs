@@ -9,6 +9,7 @@ pub mod cni {
     pub mod error;
     pub mod types;
 }
+pub mod agent;
 pub mod audit;
 pub mod cli;
 pub mod commands;

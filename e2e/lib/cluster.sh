@@ -13,6 +13,10 @@
 #
 # Each node runs routed-cni with its own dataDir and nonMasqueradeCIDRs = the cluster CIDR.
 # kube_proxy_sync emulates kube-proxy's iptables mode on a node.
+#
+# CLUSTER_ROUTES=static (the default) has make_cluster add the routes between pod subnets by
+# hand; CLUSTER_ROUTES=none leaves them to the test (e2e/85-agent.sh: routed-cni agent).
+# A third node: make_cluster_node "$NODE_C" pc $NODE_C_IP.
 
 . "$(dirname "${BASH_SOURCE[0]}")/world.sh"
 
@@ -27,6 +31,10 @@ ROUTER_OUT=203.0.113.1
 OUTSIDE_ADDR=203.0.113.2
 POD_CIDR_A=10.244.1.0/24
 POD_CIDR_B=10.244.2.0/24
+NODE_C=rcn-nc-$RUN_ID
+NODE_C_IP=100.64.0.3
+POD_CIDR_C=10.244.3.0/24
+CLUSTER_ROUTES=${CLUSTER_ROUTES:-static}
 
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
@@ -47,13 +55,18 @@ make_cluster() {
     ip -n "$OUTSIDE" link set eth0 up
     # The internet knows the nodes' public side, never the pod subnets or Service IPs.
     ip -n "$OUTSIDE" route add 100.64.0.0/24 via $ROUTER_OUT
-    make_cluster_node "$NODE_A" pa $NODE_A_IP $POD_CIDR_B $NODE_B_IP
-    make_cluster_node "$NODE_B" pb $NODE_B_IP $POD_CIDR_A $NODE_A_IP
+    if [ "$CLUSTER_ROUTES" == static ]; then
+        make_cluster_node "$NODE_A" pa $NODE_A_IP $POD_CIDR_B $NODE_B_IP
+        make_cluster_node "$NODE_B" pb $NODE_B_IP $POD_CIDR_A $NODE_A_IP
+    else
+        make_cluster_node "$NODE_A" pa $NODE_A_IP
+        make_cluster_node "$NODE_B" pb $NODE_B_IP
+    fi
 }
 
-# make_cluster_node NODE SWITCH_PORT ADDRESS OTHER_POD_CIDR OTHER_NODE_ADDRESS
+# make_cluster_node NODE SWITCH_PORT ADDRESS [OTHER_POD_CIDR OTHER_NODE_ADDRESS]
 make_cluster_node() {
-    local node=$1 port=$2 addr=$3 other_cidr=$4 other_addr=$5
+    local node=$1 port=$2 addr=$3 other_cidr=${4:-} other_addr=${5:-}
     netns_add "$node"
     ip link add up-$port-$RUN_ID netns "$node" type veth peer name $port-$RUN_ID netns "$UNDERLAY"
     ip -n "$node" link set up-$port-$RUN_ID name uplink
@@ -62,7 +75,7 @@ make_cluster_node() {
     ip -n "$node" addr add "$addr"/24 dev uplink
     ip -n "$node" link set uplink up
     ip -n "$node" route add default via $ROUTER_IP
-    ip -n "$node" route add "$other_cidr" via "$other_addr"
+    if [ -n "$other_cidr" ]; then ip -n "$node" route add "$other_cidr" via "$other_addr"; fi
 }
 
 # node_conf NODE POD_CIDR -> path of the node's routed-cni config (its own dataDir and log)

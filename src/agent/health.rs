@@ -1,0 +1,262 @@
+//! /healthz and /readyz for kubelet's probes: a plain HTTP/1.1 listener on its own thread.
+//!
+//! - healthz: the conflist is installed, the API server answered (a list, a watch request, a
+//!   watch event or a watch that ran to its end) and the routes were synced, both within the
+//!   staleness bound. A liveness probe on it restarts an agent that is stuck or cut off from
+//!   the API server.
+//! - readyz: healthz, and every route of the last sync is in place.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default)]
+struct State {
+    installed: Option<String>,
+    install_problem: Option<String>,
+    last_sync: Option<Instant>,
+    last_sync_error: Option<String>,
+    last_api_answer: Option<Instant>,
+    last_api_error: Option<String>,
+    route_failures: Vec<String>,
+}
+
+/// Shared between the agent loop (writer) and the listener (reader).
+#[derive(Debug)]
+pub struct Health {
+    state: Mutex<State>,
+    stale_after: Duration,
+}
+
+impl Health {
+    pub fn new(stale_after: Duration) -> Arc<Health> {
+        Arc::new(Health {
+            state: Mutex::new(State::default()),
+            stale_after,
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn installed(&self, what: String) {
+        let mut s = self.state();
+        s.installed = Some(what);
+        s.install_problem = None;
+    }
+
+    /// Install has not happened (no podCIDR yet) or failed; a done install stays done, since the
+    /// files on the node are still there.
+    pub fn install_problem(&self, why: String) {
+        self.state().install_problem = Some(why);
+    }
+
+    pub fn synced(&self, route_failures: Vec<String>) {
+        let mut s = self.state();
+        s.last_sync = Some(Instant::now());
+        s.last_sync_error = None;
+        s.route_failures = route_failures;
+    }
+
+    /// The API server answered: the cache the routes come from is current.
+    pub fn api_answered(&self) {
+        let mut s = self.state();
+        s.last_api_answer = Some(Instant::now());
+        s.last_api_error = None;
+    }
+
+    pub fn api_failed(&self, why: String) {
+        self.state().last_api_error = Some(why);
+    }
+
+    pub fn sync_failed(&self, why: String) {
+        self.state().last_sync_error = Some(why);
+    }
+
+    /// (healthy, reason) for healthz, or for readyz when `ready`.
+    pub fn check(&self, ready: bool) -> (bool, String) {
+        let s = self.state();
+        let last_error = [&s.last_api_error, &s.last_sync_error]
+            .into_iter()
+            .flatten()
+            .map(|e| format!("; last error: {e}"))
+            .collect::<String>();
+        let Some(installed) = &s.installed else {
+            let why = s
+                .install_problem
+                .clone()
+                .unwrap_or_else(|| "waiting for this node's podCIDR from the API server".into());
+            return (
+                false,
+                format!("CNI config not installed: {why}{last_error}"),
+            );
+        };
+        let bound = self.stale_after.as_secs();
+        match s.last_api_answer {
+            None => {
+                return (
+                    false,
+                    format!("no answer from the API server yet{last_error}"),
+                )
+            }
+            Some(t) if t.elapsed() > self.stale_after => {
+                let ago = t.elapsed().as_secs();
+                let why = format!("last answer from the API server {ago}s ago (bound {bound}s)");
+                return (false, format!("{why}{last_error}"));
+            }
+            Some(_) => {}
+        }
+        match s.last_sync {
+            None => return (false, format!("no successful sync yet{last_error}")),
+            Some(t) if t.elapsed() > self.stale_after => {
+                let ago = t.elapsed().as_secs();
+                let why = format!("last successful route sync {ago}s ago (bound {bound}s)");
+                return (false, format!("{why}{last_error}"));
+            }
+            Some(_) => {}
+        }
+        if ready && !s.route_failures.is_empty() {
+            return (
+                false,
+                format!(
+                    "{} route(s) failed: {}",
+                    s.route_failures.len(),
+                    s.route_failures.join("; ")
+                ),
+            );
+        }
+        let age = s.last_sync.map(|t| t.elapsed().as_secs()).unwrap_or(0);
+        (true, format!("ok: {installed}; last sync {age}s ago"))
+    }
+}
+
+/// Binds `addr` now (so a taken port fails the start, visibly) and serves on a thread.
+pub fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    std::thread::Builder::new()
+        .name("health".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                // One probe at a time is plenty; a silent client must not block the next.
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+                answer(conn, &health);
+            }
+        })?;
+    Ok(())
+}
+
+fn answer(mut conn: TcpStream, health: &Health) {
+    let mut buf = [0u8; 2048];
+    let mut got = 0;
+    // The request line is all we need; stop at the end of the headers or when the buffer is full.
+    while got < buf.len() {
+        match conn.read(&mut buf[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+        if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let request = String::from_utf8_lossy(&buf[..got]);
+    let mut words = request.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (code, body) = match (method, path) {
+        ("GET" | "HEAD", "/healthz" | "/livez") => verdict(health.check(false)),
+        ("GET" | "HEAD", "/readyz") => verdict(health.check(true)),
+        ("GET" | "HEAD", _) => ("404 Not Found", "try /healthz or /readyz".to_string()),
+        _ => ("405 Method Not Allowed", "GET only".to_string()),
+    };
+    let body = format!("{body}\n");
+    let head = format!(
+        "HTTP/1.1 {code}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = conn.write_all(head.as_bytes());
+    if method != "HEAD" {
+        let _ = conn.write_all(body.as_bytes());
+    }
+}
+
+fn verdict((ok, why): (bool, String)) -> (&'static str, String) {
+    if ok {
+        ("200 OK", why)
+    } else {
+        ("503 Service Unavailable", why)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthy_only_when_installed_and_fresh() {
+        let h = Health::new(Duration::from_millis(200));
+        let (ok, why) = h.check(false);
+        assert!(!ok && why.contains("not installed"), "{why}");
+        h.install_problem("node n1 has no podCIDR yet".into());
+        assert!(h.check(false).1.contains("no podCIDR"));
+        h.installed("podCIDR 10.244.1.0/24".into());
+        let (ok, why) = h.check(false);
+        assert!(
+            !ok && why.contains("no answer from the API server"),
+            "{why}"
+        );
+        h.api_answered();
+        let (ok, why) = h.check(false);
+        assert!(!ok && why.contains("no successful sync"), "{why}");
+        h.api_failed("HTTP 401".into());
+        assert!(h.check(false).1.contains("HTTP 401"));
+        h.api_answered();
+        h.synced(vec!["add route x: boom".into()]);
+        assert!(h.check(false).0);
+        let (ready, why) = h.check(true);
+        assert!(!ready && why.contains("boom"), "{why}");
+        h.synced(vec![]);
+        assert!(h.check(true).0);
+        h.api_failed("cannot reach the API server".into());
+        // Routes re-applied from the cache do not hide that the API server is gone.
+        std::thread::sleep(Duration::from_millis(250));
+        h.synced(vec![]);
+        let (ok, why) = h.check(false);
+        assert!(
+            !ok && why.contains("last answer from the API server"),
+            "{why}"
+        );
+        assert!(why.contains("cannot reach"), "{why}");
+        h.api_answered();
+        assert!(h.check(false).0);
+    }
+
+    #[test]
+    fn serves_http() {
+        let h = Health::new(Duration::from_secs(60));
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        serve(addr, h.clone()).unwrap();
+        let get = |path: &str| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).unwrap();
+            out
+        };
+        assert!(get("/healthz").starts_with("HTTP/1.1 503"));
+        h.installed("podCIDR 10.244.1.0/24".into());
+        h.api_answered();
+        h.synced(vec![]);
+        let ok = get("/healthz");
+        assert!(
+            ok.starts_with("HTTP/1.1 200") && ok.contains("10.244.1.0/24"),
+            "{ok}"
+        );
+        assert!(get("/readyz").starts_with("HTTP/1.1 200"));
+        assert!(get("/nope").starts_with("HTTP/1.1 404"));
+    }
+}
