@@ -73,6 +73,10 @@ make_cluster_node() {
     ip -n "$UNDERLAY" link set $port-$RUN_ID name $port
     ip -n "$UNDERLAY" link set $port master br0 up
     ip -n "$node" addr add "$addr"/24 dev uplink
+    # A real node's uplink finished duplicate address detection long ago; a fresh one would
+    # keep its link-local address tentative for a second or two, and the node cannot send
+    # neighbour solicitations for forwarded IPv6 packets from it until then.
+    in_ns "$node" sysctl -qw net.ipv6.conf.uplink.accept_dad=0
     ip -n "$node" link set uplink up
     ip -n "$node" route add default via $ROUTER_IP
     if [ -n "$other_cidr" ]; then ip -n "$node" route add "$other_cidr" via "$other_addr"; fi

@@ -44,6 +44,8 @@ make_node() {
     ip -n "$NODE" link set up-$RUN_ID name uplink
     ip -n "$OUTSIDE" link set dn-$RUN_ID name eth0
     ip -n "$NODE" addr add $NODE_UPLINK/24 dev uplink
+    # As on a node that has been up a while: no link-local address still in DAD on the uplink.
+    ip netns exec "$NODE" sysctl -qw net.ipv6.conf.uplink.accept_dad=0
     ip -n "$OUTSIDE" addr add $OUTSIDE_ADDR/24 dev eth0
     ip -n "$NODE" link set uplink up
     ip -n "$OUTSIDE" link set eth0 up
