@@ -179,8 +179,21 @@ fn list(args: &[String]) -> i32 {
             serde_json::to_string_pretty(&doc).expect("serializes")
         );
     } else {
+        // Columns as wide as their longest entry: IPv6 pools and addresses run long.
+        let pool_w = rows
+            .iter()
+            .map(|(p, _, _)| p.len())
+            .max()
+            .unwrap_or(0)
+            .max(18);
+        let ip_w = rows
+            .iter()
+            .map(|(_, r, _)| r.ip.to_string().len())
+            .max()
+            .unwrap_or(0)
+            .max(15);
         println!(
-            "{:<18} {:<15} {:<32} {:<15} {:<6} CONTAINER",
+            "{:<pool_w$} {:<ip_w$} {:<32} {:<15} {:<6} CONTAINER",
             "POOL", "IP", "POD", "HOST VETH", "ALIVE"
         );
         for (pool, r, alive) in &rows {
@@ -190,7 +203,7 @@ fn list(args: &[String]) -> i32 {
                 r.pod_name.as_deref().unwrap_or("-")
             );
             println!(
-                "{pool:<18} {:<15} {pod:<32} {:<15} {:<6} {}/{}",
+                "{pool:<pool_w$} {:<ip_w$} {pod:<32} {:<15} {:<6} {}/{}",
                 r.ip.to_string(),
                 r.host_veth,
                 if *alive { "yes" } else { "NO" },
