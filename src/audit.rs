@@ -10,46 +10,27 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{DEFAULT_DATA_DIR, DEFAULT_HOST_VETH_PREFIX};
 use crate::dataplane::Netlink;
-use crate::ipam::store::{Store, LOCK_TIMEOUT};
-use crate::ipam::Record;
+use crate::ipam::{Record, Unreadable};
 
-/// The pool directories under `data_dir` (each holds a `lock`).
-pub fn pool_dirs(data_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut dirs: Vec<_> = match std::fs::read_dir(data_dir) {
-        Ok(entries) => entries
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.join("lock").exists())
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    dirs.sort();
-    Ok(dirs)
-}
+/// Each pool's readable records, with the pool's name.
+pub type PoolRecords = Vec<(String, Record)>;
 
-/// "10.244.1.0-24" -> "10.244.1.0/24".
-pub fn pool_name(dir: &Path) -> String {
-    dir.file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("?")
-        .replacen('-', "/", 1)
-}
-
-/// Every record of every pool, read under each pool's lock.
-pub fn all_records(data_dir: &Path) -> Result<Vec<(String, Record)>, String> {
-    let mut out = Vec::new();
-    for dir in
-        pool_dirs(data_dir).map_err(|e| format!("cannot read {}: {e}", data_dir.display()))?
-    {
-        let pool = pool_name(&dir);
-        let records = Store::at(dir)
-            .lock(LOCK_TIMEOUT)
-            .and_then(|l| l.records())
-            .map_err(|e| format!("pool {pool}: {e}"))?;
-        out.extend(records.into_iter().map(|r| (pool.clone(), r)));
+/// Every record of every pool, read under each pool's lock, and the records that exist but
+/// cannot be read.
+pub fn all_records(data_dir: &Path) -> Result<(PoolRecords, Vec<Unreadable>), String> {
+    let (mut out, mut unreadable) = (Vec::new(), Vec::new());
+    for pool in crate::ipam::scan(data_dir).map_err(|e| e.msg)? {
+        if let Some(e) = pool.error {
+            return Err(format!("pool {}: {e}", pool.name));
+        }
+        out.extend(
+            pool.records
+                .into_iter()
+                .map(|f| (pool.name.clone(), f.record)),
+        );
+        unreadable.extend(pool.unreadable);
     }
-    Ok(out)
+    Ok((out, unreadable))
 }
 
 /// Finds what leaked. `routes` are the host routes (/32 and /128) with their output link;
@@ -147,7 +128,7 @@ pub fn run(args: &[String]) -> i32 {
             }
         }
     }
-    let records = match all_records(&data_dir) {
+    let (records, unreadable) = match all_records(&data_dir) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("routed-cni audit: {e}");
@@ -206,15 +187,24 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     let found = findings(&records, &links, &routes, &nat, &prefix);
+    // Unreadable records are not leaks, but nobody can vouch for them either: say so, and
+    // do not call the node clean.
+    let unreadable: Vec<String> = unreadable.iter().map(Unreadable::describe).collect();
     if as_json {
-        println!("{}", json!({"allocations": records.len(), "leaks": found}));
+        println!(
+            "{}",
+            json!({"allocations": records.len(), "leaks": found, "unreadable": unreadable})
+        );
     } else {
         for f in &found {
             println!("LEAK {f}");
         }
+        for u in &unreadable {
+            println!("UNREADABLE {u}");
+        }
         println!("{} allocation(s), {} leak(s)", records.len(), found.len());
     }
-    i32::from(!found.is_empty())
+    i32::from(!found.is_empty() || !unreadable.is_empty())
 }
 
 #[cfg(test)]

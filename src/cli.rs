@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use crate::cni::types::SUPPORTED_VERSIONS;
 use crate::config::DEFAULT_DATA_DIR;
 use crate::dataplane::Netlink;
-use crate::ipam::store::{Store, LOCK_TIMEOUT};
 
 pub const USAGE: &str = "routed-cni: a routed (calico-style) Kubernetes CNI plugin
 
@@ -116,19 +115,10 @@ fn list(args: &[String]) -> i32 {
             }
         }
     }
-    let pools = match std::fs::read_dir(&data_dir) {
-        Ok(entries) => {
-            let mut dirs: Vec<_> = entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.join("lock").exists())
-                .collect();
-            dirs.sort();
-            dirs
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+    let pools = match crate::ipam::scan(&data_dir) {
+        Ok(pools) => pools,
         Err(e) => {
-            eprintln!("routed-cni list: cannot read {}: {e}", data_dir.display());
+            eprintln!("routed-cni list: {e}");
             return 1;
         }
     };
@@ -142,22 +132,20 @@ fn list(args: &[String]) -> i32 {
     let host = rt.block_on(async { Netlink::connect() }).ok();
     let mut rows = Vec::new();
     let mut status = 0;
-    for dir in pools {
-        let pool = dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("?")
-            .replacen('-', "/", 1);
-        let store = Store::at(dir.clone());
-        let records = match store.lock(LOCK_TIMEOUT).and_then(|l| l.records()) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("routed-cni list: pool {pool}: {e}");
-                status = 1;
-                continue;
-            }
-        };
-        for r in records {
+    let mut unreadable = Vec::new();
+    for pool in pools {
+        if let Some(e) = &pool.error {
+            eprintln!("routed-cni list: pool {}: {e}", pool.name);
+            status = 1;
+            continue;
+        }
+        for u in pool.unreadable {
+            // Shown, never skipped: its address stays taken until a person looks.
+            eprintln!("routed-cni list: {}", u.describe());
+            status = 1;
+            unreadable.push((pool.name.clone(), u));
+        }
+        for r in pool.records.into_iter().map(|f| f.record) {
             let alive = match (&host, r.host_veth.is_empty()) {
                 (Some(h), false) => rt
                     .block_on(h.link_by_name(&r.host_veth))
@@ -166,13 +154,16 @@ fn list(args: &[String]) -> i32 {
                     .is_some(),
                 _ => false,
             };
-            rows.push((pool.clone(), r, alive));
+            rows.push((pool.name.clone(), r, alive));
         }
     }
     if as_json {
         let doc: Vec<_> = rows
             .iter()
             .map(|(pool, r, alive)| json!({"pool": pool, "record": r, "hostVethPresent": alive}))
+            .chain(unreadable.iter().map(|(pool, u)| {
+                json!({"pool": pool, "ip": u.ip, "unreadable": u.reason, "path": u.path})
+            }))
             .collect();
         println!(
             "{}",
@@ -209,6 +200,16 @@ fn list(args: &[String]) -> i32 {
                 if *alive { "yes" } else { "NO" },
                 r.container_id,
                 r.ifname
+            );
+        }
+        for (pool, u) in &unreadable {
+            println!(
+                "{pool:<pool_w$} {:<ip_w$} {:<32} {:<15} {:<6} unreadable record {}",
+                u.ip.to_string(),
+                "?",
+                "?",
+                "?",
+                u.path.display()
             );
         }
         eprintln!("{} allocation(s) in {}", rows.len(), data_dir.display());

@@ -46,8 +46,9 @@ static SINK: Mutex<Sink> = Mutex::new(Sink {
     file: None,
 });
 
-/// Sends further lines to `file` (appended, 0600) at `level`. If the file cannot be opened we
-/// say so on stderr and keep logging there: a log problem must not fail a pod.
+/// Sends further lines to `file` (appended, 0600) at `level`. A symlink there is refused, not
+/// followed (root must not append to whatever file a link points at). If the file cannot be
+/// opened we say so on stderr and keep logging there: a log problem must not fail a pod.
 pub fn configure(level: Level, file: Option<&Path>) {
     let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
     sink.level = level;
@@ -59,6 +60,7 @@ pub fn configure(level: Level, file: Option<&Path>) {
             .create(true)
             .append(true)
             .mode(0o600)
+            .custom_flags(libc_flags::NOFOLLOW | libc_flags::CLOEXEC)
             .open(path)
             .map_err(|e| {
                 eprintln!(
@@ -68,6 +70,13 @@ pub fn configure(level: Level, file: Option<&Path>) {
             })
             .ok()
     });
+}
+
+/// The open(2) flags, from nix's table rather than a libc dependency of our own.
+mod libc_flags {
+    use nix::fcntl::OFlag;
+    pub const NOFOLLOW: i32 = OFlag::O_NOFOLLOW.bits();
+    pub const CLOEXEC: i32 = OFlag::O_CLOEXEC.bits();
 }
 
 pub fn enabled(level: Level) -> bool {

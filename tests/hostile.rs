@@ -45,9 +45,24 @@ impl Scratch {
 
     /// Runs the plugin in the node with `env` over a valid default environment.
     fn run(&self, env: &[(&str, &str)], stdin: &[u8]) -> (i32, Value) {
+        let (rc, doc, _) = self.run_full(env, stdin, None);
+        (rc, doc)
+    }
+
+    /// `run`, also returning stderr; `nofile` caps the plugin's open files (RLIMIT_NOFILE).
+    fn run_full(
+        &self,
+        env: &[(&str, &str)],
+        stdin: &[u8],
+        nofile: Option<u32>,
+    ) -> (i32, Value, String) {
         let pod_path = format!("/run/netns/{}", self.pod);
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.node, BIN])
+        cmd.args(["netns", "exec", &self.node]);
+        if let Some(n) = nofile {
+            cmd.args(["prlimit", &format!("--nofile={n}:{n}"), "--"]);
+        }
+        cmd.arg(BIN)
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CNI_COMMAND", "ADD")
@@ -83,7 +98,31 @@ impl Scratch {
                 )
             })
         };
-        (out.status.code().unwrap_or(-1), doc)
+        (
+            out.status.code().unwrap_or(-1),
+            doc,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs a command for people (`list`, `audit`, `doctor`) in the node: exit code and
+    /// stdout + stderr.
+    fn cli(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.node, BIN])
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     }
 
     /// Links, routes and NAT rules in the node, and record files in the store.
@@ -411,4 +450,255 @@ fn bad_inputs_get_the_right_code_and_change_nothing() {
     let (rc, _) = s.run(&[("CNI_COMMAND", "DEL")], &good_bytes);
     assert_eq!(rc, 0);
     assert_eq!(s.node_state(), before, "ADD+DEL left something");
+}
+
+/// The store refuses a `dataDir` or pool directory it cannot trust — a symlink, owned by
+/// someone else, or writable by group or others — with code 103, the path and the fix, and
+/// writes nothing, neither there nor through the link.
+#[test]
+fn untrusted_store_directories_are_refused() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    let store = s.dir.join("store");
+    let chmod = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let bytes = |c: &Value| serde_json::to_vec(c).unwrap();
+    // (what, prepare, the path the message must name, a word of the fix)
+    type Prepare<'a> = Box<dyn Fn() + 'a>;
+    let real = s.dir.join("real");
+    let link = s.dir.join("link");
+    let cases: Vec<(&str, Prepare, std::path::PathBuf, &str)> = vec![
+        (
+            "world-writable dataDir",
+            Box::new(|| {
+                std::fs::create_dir_all(&store).unwrap();
+                chmod(&store, 0o777);
+            }),
+            store.clone(),
+            "chmod",
+        ),
+        (
+            "group-writable dataDir",
+            Box::new(|| {
+                std::fs::create_dir_all(&store).unwrap();
+                chmod(&store, 0o770);
+            }),
+            store.clone(),
+            "chmod",
+        ),
+        (
+            "dataDir owned by another user",
+            Box::new(|| {
+                std::fs::create_dir_all(&store).unwrap();
+                chmod(&store, 0o755);
+                std::os::unix::fs::chown(&store, Some(65534), None).unwrap();
+            }),
+            store.clone(),
+            "chown",
+        ),
+        (
+            "world-writable pool directory",
+            Box::new(|| {
+                let pool = store.join("10.210.0.0-24");
+                std::fs::create_dir_all(&pool).unwrap();
+                chmod(&store, 0o700);
+                chmod(&pool, 0o777);
+            }),
+            store.join("10.210.0.0-24"),
+            "chmod",
+        ),
+        (
+            "symlinked dataDir",
+            Box::new(|| {
+                std::fs::create_dir_all(&real).unwrap();
+                chmod(&real, 0o700);
+                std::os::unix::fs::symlink(&real, &link).unwrap();
+            }),
+            link.clone(),
+            "symbolic link",
+        ),
+    ];
+    for (what, prepare, path, fix) in cases {
+        let _ = std::fs::remove_dir_all(&store);
+        let _ = std::fs::remove_dir_all(&real);
+        let _ = std::fs::remove_file(&link);
+        prepare();
+        let before = s.node_state();
+        let mut conf = s.config();
+        conf["ipam"]["dataDir"] = json!(if what.starts_with("symlinked") {
+            &link
+        } else {
+            &store
+        });
+        let (rc, doc) = s.run(&[], &bytes(&conf));
+        assert_eq!(rc, 1, "{what}: {doc}");
+        assert_eq!(doc["code"].as_u64(), Some(103), "{what}: {doc}");
+        let msg = doc["msg"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains(fix),
+            "{what}: message {msg:?} should name {} and say {fix:?}",
+            path.display()
+        );
+        assert_eq!(s.node_state(), before, "{what} changed the node");
+        assert_eq!(
+            std::fs::read_dir(&real).map(|d| d.count()).unwrap_or(0),
+            0,
+            "{what}: something was written through the link"
+        );
+    }
+    // A directory the store creates itself is private.
+    let _ = std::fs::remove_dir_all(&store);
+    let (rc, doc) = s.run(&[], &bytes(&s.config()));
+    assert_eq!(rc, 0, "ADD into a fresh dataDir: {doc}");
+    for d in [store.clone(), store.join("10.210.0.0-24")] {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} mode", d.display());
+    }
+    let (rc, _) = s.run(&[("CNI_COMMAND", "DEL")], &bytes(&s.config()));
+    assert_eq!(rc, 0);
+}
+
+/// A record file that does not parse is shown by `list`, `audit` and `doctor` as unreadable,
+/// not skipped; and ADD never hands out its address.
+#[test]
+fn unreadable_records_are_shown_not_skipped() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let s = Scratch::new();
+    let mut conf = s.config();
+    conf["ipam"]["rangeEnd"] = json!("10.210.0.2");
+    let bytes = serde_json::to_vec(&conf).unwrap();
+    let pool = s.dir.join("store/10.210.0.0-24");
+    std::fs::create_dir_all(&pool).unwrap();
+    std::fs::write(pool.join("10.210.0.1"), b"{\"ip\": \"10.210.0").unwrap();
+    let (rc, doc) = s.run(&[], &bytes);
+    assert_eq!(rc, 0, "{doc}");
+    assert_eq!(
+        doc["ips"][0]["address"], "10.210.0.2/32",
+        "the unreadable record's address was handed out"
+    );
+    let data_dir = s.dir.join("store").display().to_string();
+    for args in [
+        vec!["list", "--data-dir", &data_dir],
+        vec!["audit", "--data-dir", &data_dir],
+        vec!["doctor", "--all", "--data-dir", &data_dir],
+    ] {
+        let (rc, out) = s.cli(&args);
+        assert_ne!(rc, 0, "{args:?} exits 0 with an unreadable record: {out}");
+        assert!(
+            out.lines()
+                .any(|l| l.contains("10.210.0.1") && l.contains("unreadable")),
+            "{args:?} does not show the unreadable record:\n{out}"
+        );
+    }
+    let (rc, _) = s.run(&[("CNI_COMMAND", "DEL")], &bytes);
+    assert_eq!(rc, 0);
+}
+
+/// The log file is not opened through a symlink, and the ADD still succeeds.
+#[test]
+fn log_file_symlink_is_not_followed() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let s = Scratch::new();
+    let victim = s.dir.join("victim");
+    std::fs::write(&victim, b"keep\n").unwrap();
+    let link = s.dir.join("cni.log");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let mut conf = s.config();
+    conf["logFile"] = json!(link);
+    let bytes = serde_json::to_vec(&conf).unwrap();
+    let (rc, doc, stderr) = s.run_full(&[], &bytes, None);
+    assert_eq!(rc, 0, "a log problem must not fail the pod: {doc}");
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"keep\n",
+        "logged through the link"
+    );
+    assert!(
+        stderr.contains(&link.display().to_string()),
+        "stderr should say the log file was refused: {stderr:?}"
+    );
+    let (rc, _) = s.run(&[("CNI_COMMAND", "DEL")], &bytes);
+    assert_eq!(rc, 0);
+}
+
+/// Failures before the config (and so the log file) is known still leave one line on stderr,
+/// while stdout carries exactly the error document.
+#[test]
+fn errors_before_the_config_reach_stderr() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let s = Scratch::new();
+    let good = serde_json::to_vec(&s.config()).unwrap();
+    let mut bad_conf = s.config();
+    bad_conf["ipam"]["subnet"] = json!(42);
+    let bad_conf = serde_json::to_vec(&bad_conf).unwrap();
+    // (what, env overrides, stdin, text the stderr line must contain)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "bad JSON",
+            vec![],
+            b"{\"cniVersion\":".to_vec(),
+            "not valid JSON",
+        ),
+        ("empty stdin", vec![], vec![], "no network config"),
+        (
+            "bad CNI_COMMAND",
+            vec![("CNI_COMMAND", "EXPLODE")],
+            good,
+            "CNI_COMMAND",
+        ),
+        ("bad config", vec![], bad_conf, "ipam.subnet"),
+    ];
+    for (what, env, stdin, needle) in cases {
+        let (rc, doc, stderr) = s.run_full(&env, &stdin, None);
+        assert_eq!(rc, 1, "{what}: {doc}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(
+            lines.len() == 1 && lines[0].contains(needle),
+            "{what}: stderr should be one line naming {needle:?}: {stderr:?}"
+        );
+    }
+}
+
+/// An ADD that fails after its address was taken gives it back, whatever step failed: here
+/// the plugin runs out of file descriptors at every possible point in turn.
+#[test]
+fn failed_add_gives_the_address_back() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let s = Scratch::new();
+    let bytes = serde_json::to_vec(&s.config()).unwrap();
+    let before = s.node_state();
+    let mut failures = 0;
+    for n in 4..48 {
+        let (rc, doc, stderr) = s.run_full(&[], &bytes, Some(n));
+        if rc == 0 {
+            let (rc, _) = s.run(&[("CNI_COMMAND", "DEL")], &bytes);
+            assert_eq!(rc, 0, "DEL after the ADD with {n} descriptors");
+        } else {
+            failures += 1;
+            assert_eq!(
+                s.node_state(),
+                before,
+                "ADD failed with {n} descriptors ({doc}; stderr {stderr}) and left this behind"
+            );
+        }
+    }
+    assert!(failures > 0, "no descriptor limit made ADD fail");
 }

@@ -140,6 +140,9 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
         &conf.host_veth_prefix,
         &attachment_hash(&att.container_id, &att.ifname),
     );
+    // Started before any address is taken: nothing that can fail may sit between allocation
+    // and the rollback below (a runtime that cannot start used to leak the address).
+    let rt = runtime()?;
     let lease = match &conf.ipam {
         Ipam::Builtin(pools) => allocate_builtin(
             conf,
@@ -150,7 +153,6 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
         Ipam::Delegated { plugin } => allocate_delegated(conf, plugin)?,
     };
     crate::crashpoint::here("add:allocated");
-    let rt = runtime()?;
     let nats: Vec<PoolNat> = lease
         .addrs
         .iter()
@@ -173,7 +175,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
     let wired = match wired {
         Ok(w) => w,
         Err(e) => {
-            rollback(&rt, conf, &lease, att, &host_veth);
+            rollback(rt, conf, &lease, att, &host_veth);
             return Err(e);
         }
     };
@@ -401,22 +403,26 @@ fn release(conf: &NetConf, lease: &Lease, att: &Attachment) {
     }
 }
 
-/// Undoes a failed ADD: host veth (which takes the pod end and the host routes with it), the
-/// addresses, and a pool's NAT rules if the pool is now empty. Problems are logged: the
-/// runtime gets the error that made the ADD fail.
+/// Undoes a failed ADD: the addresses, a pool's NAT rules if the pool is now empty, and the
+/// host veth (which takes the pod end and the host routes with it). Addresses first, as DEL
+/// does, and after `rt` is gone: the failed steps' netlink sockets live on in its tasks, and
+/// giving the addresses back must not lack a descriptor for them (an address lost is what no
+/// later DEL finds). Problems are logged: the runtime gets the error that made the ADD fail.
 fn rollback(
-    rt: &tokio::runtime::Runtime,
+    rt: tokio::runtime::Runtime,
     conf: &NetConf,
     lease: &Lease,
     att: &Attachment,
     host_veth: &str,
 ) {
-    let undo_link = rt.block_on(async { Netlink::connect()?.delete_link(host_veth).await });
-    if let Err(e) = undo_link {
-        crate::error!("rollback: {e}");
-    }
+    drop(rt);
     match &lease.delegated {
         Some(plugin) => release_delegated(conf, plugin),
         None => release(conf, lease, att),
+    }
+    let undo_link = runtime()
+        .and_then(|rt| rt.block_on(async { Netlink::connect()?.delete_link(host_veth).await }));
+    if let Err(e) = undo_link {
+        crate::error!("rollback: {e}");
     }
 }

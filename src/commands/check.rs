@@ -161,7 +161,7 @@ fn check_allocation(
     want: &Expected,
 ) -> Result<()> {
     let family = family_name(pool.subnet.ip());
-    let store = Store::open_existing(pool).ok_or_else(|| {
+    let store = Store::open_existing(pool)?.ok_or_else(|| {
         CniError::store(format!(
             "the store of pool {} does not exist under {}",
             pool.subnet,

@@ -22,7 +22,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
         // IPv4 pool first, the order ADD locks them in.
         Ipam::Builtin(pools) => {
             for pool in pools {
-                let Some(store) = Store::open_existing(pool) else {
+                let Some(store) = Store::open_existing(pool)? else {
                     continue;
                 };
                 // A lock timeout is a real fault: fail with code 11 so the runtime retries DEL.

@@ -124,7 +124,7 @@ fn gc_pool(
     stale_veths: &mut Vec<String>,
     kept_veths: &mut HashSet<String>,
 ) -> Result<()> {
-    let Some(store) = Store::open_existing(pool) else {
+    let Some(store) = Store::open_existing(pool)? else {
         return Ok(());
     };
     let mut errors = Vec::new();

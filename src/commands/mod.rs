@@ -49,11 +49,11 @@ pub fn run_cni(command: &str) -> Outcome {
             "CNI_COMMAND",
             format!("{command:?} is not one of ADD, DEL, CHECK, GC, STATUS, VERSION"),
         );
-        return failure(LATEST_VERSION, &e);
+        return early_failure(command, LATEST_VERSION, &e);
     };
     let stdin = match read_stdin() {
         Ok(b) => b,
-        Err(e) => return failure(LATEST_VERSION, &e),
+        Err(e) => return early_failure(command, LATEST_VERSION, &e),
     };
     if cmd == Command::Version {
         let asked = config::parse_json(&stdin).ok();
@@ -68,14 +68,14 @@ pub fn run_cni(command: &str) -> Outcome {
     }
     let raw = match config::parse_json(&stdin) {
         Ok(v) => v,
-        Err(e) => return failure(LATEST_VERSION, &e),
+        Err(e) => return early_failure(command, LATEST_VERSION, &e),
     };
     let version = config::declared_version(&raw)
         .unwrap_or(LATEST_VERSION)
         .to_string();
     let conf = match config::parse(raw) {
         Ok(c) => c,
-        Err(e) => return failure(&version, &e),
+        Err(e) => return early_failure(command, &version, &e),
     };
     crate::log::configure(conf.log_level, conf.log_file.as_deref());
     let result = dispatch(cmd, &conf);
@@ -109,6 +109,18 @@ pub fn run_cni(command: &str) -> Outcome {
             failure(&version, &e)
         }
     }
+}
+
+/// A failure before the config (and with it the log file) is known: the runtime gets the
+/// error document on stdout, and a person reading the kubelet's or containerd's log gets one
+/// line on stderr, where the log sink still points.
+fn early_failure(command: &str, version: &str, e: &CniError) -> Outcome {
+    crate::error!(
+        "{command} failed before the config was read: code={} msg={:?}",
+        e.code.as_u32(),
+        e.to_string()
+    );
+    failure(version, e)
 }
 
 fn failure(version: &str, e: &CniError) -> Outcome {

@@ -20,7 +20,7 @@ use self::iptables::PoolRules;
 use self::report::PodReport;
 use crate::config::DEFAULT_DATA_DIR;
 use crate::dataplane::Netlink;
-use crate::ipam::store::{Store, LOCK_TIMEOUT};
+use crate::ipam::Unreadable;
 
 /// Every step passed (warnings allowed).
 pub const EXIT_HEALTHY: i32 = 0;
@@ -132,45 +132,27 @@ fn ns_id(path: &str) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// Every allocation of every pool under `data_dir`, with what its key file leads to.
-fn scan(data_dir: &Path) -> Result<Vec<Target>, String> {
-    let entries = match std::fs::read_dir(data_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("cannot read {}: {e}", data_dir.display())),
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("lock").exists())
-        .collect();
-    dirs.sort();
+/// Every allocation of every pool under `data_dir`, with what its key file leads to, and the
+/// records that cannot be read.
+fn scan(data_dir: &Path) -> Result<(Vec<Target>, Vec<Unreadable>), String> {
     let mut out = Vec::new();
-    for dir in dirs {
-        let store = Store::at(dir.clone());
-        let pool = store.pool().subnet;
-        let lock = store
-            .lock(LOCK_TIMEOUT)
-            .map_err(|e| format!("pool {pool}: {}", e.msg))?;
-        let records = lock
-            .records()
-            .map_err(|e| format!("pool {pool}: {}", e.msg))?;
-        for record in records {
-            let key_finds = lock
-                .find(&record.container_id, &record.ifname)
-                .ok()
-                .flatten()
-                .map(|r| r.ip);
+    let mut unreadable = Vec::new();
+    for pool in crate::ipam::scan(data_dir).map_err(|e| e.msg)? {
+        if let Some(e) = pool.error {
+            return Err(format!("pool {}: {e}", pool.subnet));
+        }
+        unreadable.extend(pool.unreadable);
+        for found in pool.records {
             out.push(Target {
-                pool,
-                ip: record.ip,
-                store_dir: dir.clone(),
-                record,
-                key_finds,
+                pool: pool.subnet,
+                ip: found.record.ip,
+                store_dir: pool.dir.clone(),
+                record: found.record,
+                key_finds: found.key_finds,
             });
         }
     }
-    Ok(group_by_attachment(out))
+    Ok((group_by_attachment(out), unreadable))
 }
 
 /// A dual-stack pod's addresses live in one pool per family: put each attachment's addresses
@@ -273,10 +255,17 @@ pub fn run(args: &[String]) -> i32 {
         eprintln!("routed-cni doctor: {msg}");
         EXIT_USAGE
     };
-    let all = match scan(&o.data_dir) {
+    let (all, unreadable) = match scan(&o.data_dir) {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
+    // A record nobody can read may be the pod asked for: always shown; it makes `--all`
+    // broken, since no walk can vouch for its address.
+    let unreadable: Vec<String> = unreadable.iter().map(Unreadable::describe).collect();
+    for u in &unreadable {
+        eprintln!("✗ {u}");
+    }
+    let unreadable_broken = o.select == Select::All && !unreadable.is_empty();
     let pools: Vec<String> = {
         // A dual-stack pod's addresses come together, so one pool's entries are not adjacent.
         let mut p: Vec<String> = Vec::new();
@@ -338,9 +327,10 @@ pub fn run(args: &[String]) -> i32 {
             checks::check(&node, t, o.to, rules)
         })
         .collect();
-    let ok = reports.iter().all(|r| r.ok);
+    let ok = reports.iter().all(|r| r.ok) && !unreadable_broken;
     if o.json {
-        let doc = json!({"ok": ok, "dataDir": o.data_dir, "pods": reports});
+        let doc =
+            json!({"ok": ok, "dataDir": o.data_dir, "pods": reports, "unreadable": unreadable});
         println!(
             "{}",
             serde_json::to_string_pretty(&doc).expect("serializes")
@@ -352,7 +342,7 @@ pub fn run(args: &[String]) -> i32 {
             }
             print!("{}", r.text());
         }
-        if reports.is_empty() {
+        if reports.is_empty() && unreadable.is_empty() {
             eprintln!("no allocations in {}", o.data_dir.display());
         } else if reports.len() > 1 {
             let broken = reports.iter().filter(|r| !r.ok).count();

@@ -1,6 +1,19 @@
 //! Address management: the built-in on-disk store, or delegation to another IPAM plugin.
+//!
+//! - `record`: what is stored per allocation;
+//! - `fs`: checked store directories, and every file reached relative to them;
+//! - `lock`: the bounded pool lock;
+//! - `store`: allocate, find and release under the lock;
+//! - `scan`: the whole store read for people (`list`, `audit`, `doctor`);
+//! - `delegate`: running another IPAM plugin.
 
 pub mod delegate;
+mod fs;
+mod lock;
+pub mod record;
+pub mod scan;
 pub mod store;
 
-pub use store::{attachment_hash, PoolLock, Record, Store};
+pub use record::{attachment_hash, Record, Unreadable};
+pub use scan::{scan, Found, PoolScan};
+pub use store::{PoolLock, Store};
