@@ -340,3 +340,26 @@ mod fuzz {
         })
     }
 }
+
+#[test]
+fn unreadable_records_keep_their_address_and_show_up() {
+    let dir = tempdir("unreadable");
+    let store = Store::open(&pool(&dir, "10.0.6.0/29", "10.0.6.1", "10.0.6.2")).unwrap();
+    fs::write(store.dir().join("10.0.6.1"), b"not json").unwrap();
+    let lock = store.lock(LOCK_TIMEOUT).unwrap();
+    assert_eq!(
+        lock.allocate(&rec("a")).unwrap().0.ip.to_string(),
+        "10.0.6.2"
+    );
+    assert_eq!(
+        lock.allocate(&rec("b")).unwrap_err().code,
+        Code::PoolExhausted,
+        "the unreadable record's address was handed out"
+    );
+    let (ok, bad) = lock.entries().unwrap();
+    assert_eq!(ok.len(), 1);
+    assert_eq!(bad.len(), 1);
+    assert_eq!(bad[0].ip.to_string(), "10.0.6.1");
+    drop(lock);
+    fs::remove_dir_all(&dir).unwrap();
+}
