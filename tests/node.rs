@@ -923,8 +923,8 @@ fn gc_deletes_only_links_that_are_exactly_ours() {
         "rcnimine",
         "10.244.61.200",
     );
-    // Our name, but a dummy: not a veth we made.
-    link_with_route(&["type", "dummy"], "rcni0123456789a", "10.244.61.201");
+    // Our name, but a bridge: not a veth we made.
+    link_with_route(&["type", "bridge"], "rcni0123456789a", "10.244.61.201");
     // Ours, explained by nothing: the one GC must delete.
     let leaked = host_veth("gone", "eth0");
     link_with_route(
@@ -939,7 +939,7 @@ fn gc_deletes_only_links_that_are_exactly_ours() {
     assert!(links.contains("rcnimine"), "GC deleted rcnimine:\n{links}");
     assert!(
         links.contains("rcni0123456789a"),
-        "GC deleted a dummy link:\n{links}"
+        "GC deleted a bridge:\n{links}"
     );
     assert!(
         !links.contains(&leaked),
