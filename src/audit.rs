@@ -4,13 +4,13 @@
 //! Exit 0 when the node is clean, 1 when something leaked.
 
 use serde_json::json;
-use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::config::{DEFAULT_DATA_DIR, DEFAULT_HOST_VETH_PREFIX};
 use crate::dataplane::Netlink;
 use crate::ipam::{Record, Unreadable};
+use crate::leaks::{self, NodeState};
 
 /// Each pool's readable records, with the pool's name.
 pub type PoolRecords = Vec<(String, Record)>;
@@ -33,48 +33,18 @@ pub fn all_records(data_dir: &Path) -> Result<(PoolRecords, Vec<Unreadable>), St
     Ok((out, unreadable))
 }
 
-/// Finds what leaked. `routes` are the host routes (/32 and /128) with their output link;
+/// Finds what leaked: what `leaks::find` reports on the node, then NAT leftovers.
 /// `nat_tables` pairs a command (`iptables`, `ip6tables`) with its `-t nat -S` output.
 pub fn findings(
     records: &[(String, Record)],
-    links: &HashMap<u32, String>,
-    routes: &[(IpAddr, u32)],
+    node: &NodeState,
     nat_tables: &[(&str, String)],
-    prefix: &str,
 ) -> Vec<String> {
-    let mut out = Vec::new();
-    let veths: HashSet<&str> = records.iter().map(|(_, r)| r.host_veth.as_str()).collect();
-    let by_ip: HashMap<IpAddr, &Record> = records.iter().map(|(_, r)| (r.ip, r)).collect();
-    let present: HashSet<&str> = links.values().map(String::as_str).collect();
-    let mut ours: Vec<&String> = links.values().filter(|n| n.starts_with(prefix)).collect();
-    ours.sort();
-    for name in ours {
-        if !veths.contains(name.as_str()) {
-            out.push(format!(
-                "host veth {name}: no allocation explains it (remove: ip link del {name})"
-            ));
-        }
-    }
-    for (ip, oif) in routes {
-        let Some(dev) = links.get(oif).filter(|n| n.starts_with(prefix)) else {
-            continue;
-        };
-        let plen = crate::dataplane::host_prefix(*ip);
-        match by_ip.get(ip) {
-            Some(r) if r.host_veth == *dev => {}
-            Some(r) => out.push(format!("route {ip}/{plen} dev {dev}: the allocation of {ip} names {}", r.host_veth)),
-            None => out.push(format!("route {ip}/{plen} dev {dev}: no allocation for {ip} (remove: ip route del {ip}/{plen} dev {dev})")),
-        }
-    }
-    for (pool, r) in records {
-        if !present.contains(r.host_veth.as_str()) {
-            out.push(format!(
-                "allocation {} in pool {pool} ({}/{}): its host veth {} is gone, the pod is dead (release: routed-cni GC or DEL)",
-                r.ip, r.container_id, r.ifname, r.host_veth
-            ));
-        }
-    }
-    let live_pools: HashSet<&str> = records.iter().map(|(p, _)| p.as_str()).collect();
+    let mut out: Vec<String> = leaks::find(node, records)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let live_pools = leaks::live_pools(records);
     for (cmd, nat_rules) in nat_tables {
         nat_findings(cmd, nat_rules, &live_pools, &mut out);
     }
@@ -136,28 +106,9 @@ pub fn run(args: &[String]) -> i32 {
         }
     };
     let seen = crate::commands::runtime().and_then(|rt| {
-        rt.block_on(async {
-            let host = Netlink::connect()?;
-            let links = host.link_names().await?;
-            let mut routes: Vec<(IpAddr, u32)> = Vec::new();
-            for r in host.main_routes_of::<Ipv4Addr>().await? {
-                routes.extend(
-                    r.oif
-                        .filter(|_| r.prefix == 32)
-                        .map(|o| (IpAddr::V4(r.dst), o)),
-                );
-            }
-            for r in host.main_routes_of::<Ipv6Addr>().await? {
-                routes.extend(
-                    r.oif
-                        .filter(|_| r.prefix == 128)
-                        .map(|o| (IpAddr::V6(r.dst), o)),
-                );
-            }
-            Ok((links, routes))
-        })
+        rt.block_on(async { NodeState::observe(&Netlink::connect()?, &prefix).await })
     });
-    let (links, routes) = match seen {
+    let node = match seen {
         Ok(s) => s,
         Err(e) => {
             eprintln!("routed-cni audit: {e}");
@@ -186,7 +137,7 @@ pub fn run(args: &[String]) -> i32 {
             }
         }
     }
-    let found = findings(&records, &links, &routes, &nat, &prefix);
+    let found = findings(&records, &node, &nat);
     // Unreadable records are not leaks, but nobody can vouch for them either: say so, and
     // do not call the node clean.
     let unreadable: Vec<String> = unreadable.iter().map(Unreadable::describe).collect();
@@ -210,6 +161,8 @@ pub fn run(args: &[String]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::leaks::HostLink;
+    use std::net::IpAddr;
 
     fn rec(ip: &str, veth: &str) -> (String, Record) {
         (
@@ -228,36 +181,53 @@ mod tests {
         )
     }
 
+    /// Links named rcni<11 hex> are ours here, as `is_our_veth` says of veths named so.
+    fn node(links: &[(u32, &str)], routes: &[(IpAddr, u32)]) -> NodeState {
+        NodeState {
+            links: links
+                .iter()
+                .map(|&(i, n)| {
+                    let ours = crate::dataplane::owned::is_our_veth_name(n, "rcni");
+                    (
+                        i,
+                        HostLink {
+                            name: n.into(),
+                            ours,
+                        },
+                    )
+                })
+                .collect(),
+            routes: routes.to_vec(),
+        }
+    }
+
     #[test]
     fn clean_node_has_no_findings_and_each_leak_is_named() {
         let records = vec![rec("10.244.1.2", "rcniaaaaaaaaaaa")];
-        let links = HashMap::from([(1, "lo".to_string()), (7, "rcniaaaaaaaaaaa".to_string())]);
+        let links = [(1, "lo"), (7, "rcniaaaaaaaaaaa")];
         let routes = vec![("10.244.1.2".parse().unwrap(), 7)];
         let nat = "-P POSTROUTING ACCEPT\n-N RCNI-AB\n-A POSTROUTING -s 10.244.1.0/24 -m comment --comment \"routed-cni pool 10.244.1.0/24\" -j RCNI-AB\n";
         let t = |rules: &str| vec![("iptables", rules.to_string())];
-        assert!(findings(&records, &links, &routes, &t(nat), "rcni").is_empty());
+        assert!(findings(&records, &node(&links, &routes), &t(nat)).is_empty());
 
-        let links2 = HashMap::from([
-            (7, "rcniaaaaaaaaaaa".to_string()),
-            (8, "rcnibbbbbbbbbbb".to_string()),
-        ]);
+        let links2 = [(7, "rcniaaaaaaaaaaa"), (8, "rcnibbbbbbbbbbb")];
         let routes2 = vec![
             ("10.244.1.2".parse().unwrap(), 7),
             ("10.244.1.9".parse().unwrap(), 8),
         ];
         let nat2 = format!("{nat}-N RCNI-OLD\n");
-        let f = findings(&records, &links2, &routes2, &t(&nat2), "rcni");
+        let f = findings(&records, &node(&links2, &routes2), &t(&nat2));
         assert_eq!(f.len(), 3, "{f:?}");
         assert!(f[0].contains("rcnibbbbbbbbbbb"));
         assert!(f[1].contains("10.244.1.9/32"));
         assert!(f[2].contains("RCNI-OLD"));
-        let f = findings(&records, &HashMap::new(), &[], &t(nat), "rcni");
+        let f = findings(&records, &node(&[], &[]), &t(nat));
         assert!(
             f.iter()
                 .any(|l| l.contains("host veth rcniaaaaaaaaaaa is gone")),
             "{f:?}"
         );
-        let f = findings(&[], &HashMap::new(), &[], &t(nat), "rcni");
+        let f = findings(&[], &node(&[], &[]), &t(nat));
         assert!(f.iter().any(|l| l.contains("NAT jump to RCNI-AB")), "{f:?}");
 
         // IPv6: a /128 into one of our veths without an allocation, an ip6tables chain alone.
@@ -274,7 +244,7 @@ mod tests {
             ("iptables", nat.to_string()),
             ("ip6tables", "-N RCNI-V6\n".to_string()),
         ];
-        let f = findings(&v6, &links, &routes6, &tables, "rcni");
+        let f = findings(&v6, &node(&links, &routes6), &tables);
         assert_eq!(f.len(), 2, "{f:?}");
         assert!(f[0].contains("fd00:10:244:1::9/128") && f[0].contains("no allocation"));
         assert!(f[1].contains("ip6tables -t nat -X RCNI-V6"));

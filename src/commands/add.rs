@@ -11,6 +11,7 @@ use crate::cni::error::{CniError, Code, Result};
 use crate::cni::types::{AddResult, Interface, IpConfig, Route};
 use crate::config::{Ipam, NetConf, PoolConfig};
 use crate::dataplane::{self, sysctl, Netlink, DEFAULT_MTU, GATEWAY, GATEWAY6, HOST_MAC};
+use crate::ipam::inflight::{self, AddInFlight};
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, PoolLock, Record, Store};
 use crate::nat::{InstalledProbe, PoolNat};
@@ -29,6 +30,8 @@ struct Leased {
     ip: IpAddr,
     subnet: IpNetwork,
     store: Option<Store>,
+    /// Held until the ADD returns, so a GC with an older list of attachments leaves it alone.
+    in_flight: Option<AddInFlight>,
 }
 
 /// Where the pod's addresses came from.
@@ -69,11 +72,12 @@ fn allocate_builtin(
     };
     for pool in pools {
         let taken = Store::open(pool).and_then(|store| {
+            let mark = inflight::begin_add(&store, &att.container_id, &att.ifname)?;
             let (record, reused) = store.lock(LOCK_TIMEOUT)?.allocate(template)?;
-            Ok((store, record, reused))
+            Ok((store, mark, record, reused))
         });
         match taken {
-            Ok((store, record, reused)) => {
+            Ok((store, mark, record, reused)) => {
                 crate::debug!(
                     "allocated {} for {}/{} from pool {}{}",
                     record.ip,
@@ -90,6 +94,7 @@ fn allocate_builtin(
                     ip: record.ip,
                     subnet: pool.subnet,
                     store: Some(store),
+                    in_flight: Some(mark),
                 });
                 // Dual-stack: the IPv4 address is held, the IPv6 one not yet.
                 if pools.len() > 1 && lease.addrs.len() == 1 {
@@ -127,6 +132,7 @@ fn allocate_delegated(conf: &NetConf, plugin: &str) -> Result<Lease> {
                 subnet: IpNetwork::new(net.network(), net.prefix())
                     .expect("prefix came from a network"),
                 store: None,
+                in_flight: None,
             })
             .collect(),
         delegated: Some(plugin.to_string()),
@@ -179,6 +185,9 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
             return Err(e);
         }
     };
+    for mark in lease.addrs.iter().filter_map(|a| a.in_flight.as_ref()) {
+        mark.finished();
+    }
     let result = AddResult {
         interfaces: vec![
             Interface {
@@ -394,6 +403,7 @@ fn release(conf: &NetConf, lease: &Lease, att: &Attachment) {
         let Some(store) = &leased.store else { continue };
         let nat = pool_nat(conf, leased.subnet);
         let undo_ip = store.lock(LOCK_TIMEOUT).and_then(|lock| {
+            inflight::forget(store, &att.container_id, &att.ifname);
             lock.release(&att.container_id, &att.ifname)?;
             drop_nat_if_empty(&lock, &nat)
         });

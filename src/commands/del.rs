@@ -7,7 +7,7 @@ use crate::cni::error::{self, Result};
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::{self, Netlink};
 use crate::ipam::store::LOCK_TIMEOUT;
-use crate::ipam::{attachment_hash, delegate, Store};
+use crate::ipam::{attachment_hash, delegate, inflight, Store};
 
 use super::add::{drop_nat_if_empty, pool_nat};
 use super::runtime;
@@ -27,6 +27,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
                 };
                 // A lock timeout is a real fault: fail with code 11 so the runtime retries DEL.
                 let lock = store.lock(LOCK_TIMEOUT)?;
+                inflight::forget(&store, &att.container_id, &att.ifname);
                 match lock.release(&att.container_id, &att.ifname) {
                     Ok(Some(r)) => {
                         crate::debug!("released {} of {}/{}", r.ip, att.container_id, att.ifname)

@@ -3,16 +3,17 @@
 
 use serde_json::Value;
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::SystemTime;
 
 use super::add::{drop_nat_if_empty, pool_nat};
 use super::runtime;
 use crate::cni::env::Command;
 use crate::cni::error::{self, CniError, Result};
-use crate::config::{Ipam, NetConf, PoolConfig};
+use crate::config::{Ipam, NetConf};
 use crate::dataplane::{self, Netlink};
 use crate::ipam::store::LOCK_TIMEOUT;
-use crate::ipam::{attachment_hash, delegate, Store};
+use crate::ipam::{attachment_hash, delegate, inflight, PoolLock, Store};
+use crate::leaks::{self, Leak, NodeState};
 
 /// The attachments the runtime still uses, or `None` when it did not say (then GC does nothing).
 /// libcni sends the list under both names; the spec text of 1.1.0 used the older one.
@@ -45,7 +46,9 @@ pub fn valid_attachments(raw: &Value) -> Result<Option<HashSet<(String, String)>
         .map(Some)
 }
 
-pub fn run(conf: &NetConf) -> Result<()> {
+/// `started`: when this process started, as close as it can tell to when the runtime made its
+/// list; an ADD that finished after it is spared (see `inflight`).
+pub fn run(conf: &NetConf, started: SystemTime) -> Result<()> {
     let pools = match &conf.ipam {
         Ipam::Builtin(pools) => pools,
         Ipam::Delegated { plugin } => {
@@ -56,89 +59,105 @@ pub fn run(conf: &NetConf) -> Result<()> {
         crate::info!("GC: no cni.dev/valid-attachments in the config; nothing to do");
         return Ok(());
     };
-    let mut errors = Vec::new();
-    let mut stale_veths = Vec::new();
-    let mut kept_veths = HashSet::new();
+    // Every pool lock is held (IPv4 first, the order ADD takes them in) from the first record
+    // read to the last veth deleted: no ADD can allocate, and so create a veth, between what GC
+    // reads and what it deletes. An ADD that allocated earlier and is still running is spared
+    // (`inflight`): the runtime made its list before that ADD began.
+    let mut stores = Vec::new();
     for pool in pools {
-        if let Err(e) = gc_pool(conf, pool, &valid, &mut stale_veths, &mut kept_veths) {
+        if let Some(store) = Store::open_existing(pool)? {
+            stores.push(store);
+        }
+    }
+    let locks = stores
+        .iter()
+        .map(|s| s.lock(LOCK_TIMEOUT))
+        .collect::<Result<Vec<_>>>()?;
+    let mut errors = Vec::new();
+    let mut released_veths = HashSet::new();
+    for (store, lock) in stores.iter().zip(&locks) {
+        if let Err(e) = gc_pool(conf, store, lock, &valid, started, &mut released_veths) {
             errors.push(e);
         }
     }
-    // Host veths that route into a pool but belong to no valid attachment: left by a DEL
-    // that was killed after releasing the address and before deleting the link.
-    let mut valid_veths: HashSet<String> = valid
+    // What the pools hold now, every network's: a veth any of it names is not a leak.
+    let mut records = Vec::new();
+    for (store, lock) in stores.iter().zip(&locks) {
+        match lock.records() {
+            Ok(rs) => records.extend(rs.into_iter().map(|r| (store.pool().subnet.to_string(), r))),
+            // Without every record GC cannot tell a live veth from a leak: delete none.
+            Err(e) => {
+                errors.push(e);
+                return error::join(errors);
+            }
+        }
+    }
+    let valid_veths: HashSet<String> = valid
         .iter()
         .map(|(c, i)| dataplane::host_veth_name(&conf.host_veth_prefix, &attachment_hash(c, i)))
         .collect();
-    valid_veths.extend(kept_veths);
     let rt = runtime()?;
-    rt.block_on(async {
-        let host = match Netlink::connect() {
-            Ok(h) => h,
-            Err(e) => return errors.push(e),
-        };
-        let routed = async {
-            let mut out: Vec<(IpAddr, u32)> = Vec::new();
-            for r in host.main_routes_of::<Ipv4Addr>().await? {
-                out.extend(r.oif.filter(|_| r.prefix == 32).map(|o| (IpAddr::V4(r.dst), o)));
+    let swept = rt.block_on(async {
+        let host = Netlink::connect()?;
+        let node = NodeState::observe(&host, &conf.host_veth_prefix).await?;
+        let mut failed = Vec::new();
+        for leak in leaks::find(&node, &records) {
+            let Leak::Veth { name, routes } = leak else {
+                continue;
+            };
+            // A veth of an allocation just released, or one left by a DEL killed after its
+            // release, found by the address of one of our pools it routes.
+            let ours_to_remove = released_veths.contains(&name)
+                || routes
+                    .iter()
+                    .any(|ip| pools.iter().any(|p| p.subnet.contains(*ip)));
+            if !ours_to_remove || valid_veths.contains(&name) {
+                continue;
             }
-            for r in host.main_routes_of::<Ipv6Addr>().await? {
-                out.extend(r.oif.filter(|_| r.prefix == 128).map(|o| (IpAddr::V6(r.dst), o)));
-            }
-            Ok::<_, CniError>(out)
-        };
-        match routed.await {
-            Ok(routes) => {
-                for (dst, oif) in routes {
-                    if !pools.iter().any(|p| p.subnet.contains(dst)) {
-                        continue;
-                    }
-                    if let Ok(Some(link)) = host.link_by_index(oif).await {
-                        match dataplane::link_name(&link) {
-                            Some(n) if n.starts_with(&conf.host_veth_prefix) && !valid_veths.contains(&n) && !stale_veths.contains(&n) => {
-                                crate::info!("GC: host veth {n} routes {dst} but belongs to no valid attachment");
-                                stale_veths.push(n);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-            Err(e) => errors.push(e),
-        }
-        for veth in &stale_veths {
-            if let Err(e) = host.delete_link(veth).await {
-                errors.push(e);
+            crate::info!("GC: deleting host veth {name}: no allocation explains it");
+            if let Err(e) = host.delete_link(&name).await {
+                failed.push(e);
             }
         }
+        error::join(failed)
     });
+    drop(locks);
+    if let Err(e) = swept {
+        errors.push(e);
+    }
     error::join(errors)
 }
 
-/// Releases the stale allocations of one pool; notes their veths (to delete) and the veths of
-/// the allocations it keeps.
+/// Releases the stale allocations of one pool (its lock held by the caller) and notes their
+/// veths.
 fn gc_pool(
     conf: &NetConf,
-    pool: &PoolConfig,
+    store: &Store,
+    lock: &PoolLock,
     valid: &HashSet<(String, String)>,
-    stale_veths: &mut Vec<String>,
-    kept_veths: &mut HashSet<String>,
+    started: SystemTime,
+    released_veths: &mut HashSet<String>,
 ) -> Result<()> {
-    let Some(store) = Store::open_existing(pool)? else {
-        return Ok(());
-    };
     let mut errors = Vec::new();
-    let lock = store.lock(LOCK_TIMEOUT)?;
     for record in lock.records()? {
         // Other networks may share the pool directory; their runtime GCs them.
         if record.network != conf.name
             || valid.contains(&(record.container_id.clone(), record.ifname.clone()))
         {
-            kept_veths.insert(record.host_veth.clone());
+            continue;
+        }
+        if inflight::add_since(store, &record.container_id, &record.ifname, started) {
+            crate::info!(
+                "GC: keeping {} of {}/{}: its ADD ran while this GC did",
+                record.ip,
+                record.container_id,
+                record.ifname
+            );
             continue;
         }
         match lock.release(&record.container_id, &record.ifname) {
             Ok(_) => {
+                inflight::forget(store, &record.container_id, &record.ifname);
                 crate::info!(
                     "GC released {} of {}/{} (pod {}/{})",
                     record.ip,
@@ -147,14 +166,14 @@ fn gc_pool(
                     record.pod_namespace.as_deref().unwrap_or("-"),
                     record.pod_name.as_deref().unwrap_or("-")
                 );
-                if !record.host_veth.is_empty() && !stale_veths.contains(&record.host_veth) {
-                    stale_veths.push(record.host_veth);
+                if !record.host_veth.is_empty() {
+                    released_veths.insert(record.host_veth);
                 }
             }
             Err(e) => errors.push(e),
         }
     }
-    if let Err(e) = drop_nat_if_empty(&lock, &pool_nat(conf, pool.subnet)) {
+    if let Err(e) = drop_nat_if_empty(lock, &pool_nat(conf, store.pool().subnet)) {
         errors.push(e);
     }
     error::join(errors)

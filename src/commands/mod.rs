@@ -44,6 +44,7 @@ fn read_stdin() -> Result<Vec<u8>> {
 /// face: every failure becomes an error document.
 pub fn run_cni(command: &str) -> Outcome {
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let Some(cmd) = Command::parse(command) else {
         let e = CniError::invalid_env(
             "CNI_COMMAND",
@@ -78,7 +79,7 @@ pub fn run_cni(command: &str) -> Outcome {
         Err(e) => return early_failure(command, &version, &e),
     };
     crate::log::configure(conf.log_level, conf.log_file.as_deref());
-    let result = dispatch(cmd, &conf);
+    let result = dispatch(cmd, &conf, started_at);
     let took = started.elapsed().as_secs_f64() * 1000.0;
     let who = format!(
         "container={} ifname={} netns={}",
@@ -130,7 +131,11 @@ fn failure(version: &str, e: &CniError) -> Outcome {
     }
 }
 
-fn dispatch(cmd: Command, conf: &NetConf) -> Result<Option<Value>> {
+fn dispatch(
+    cmd: Command,
+    conf: &NetConf,
+    started_at: std::time::SystemTime,
+) -> Result<Option<Value>> {
     let v = conf.version();
     let requires = |ok: bool, since: &str| -> Result<()> {
         if ok {
@@ -155,7 +160,7 @@ fn dispatch(cmd: Command, conf: &NetConf) -> Result<Option<Value>> {
         }
         Command::Gc => {
             requires(v.is_1_1(), "1.1.0")?;
-            gc::run(conf).map(|()| None)
+            gc::run(conf, started_at).map(|()| None)
         }
         Command::Status => {
             requires(v.is_1_1(), "1.1.0")?;

@@ -140,6 +140,72 @@ pub(super) fn str_field<'a>(
     }
 }
 
+/// Name prefixes other software gives its interfaces (kernel naming, container runtimes, other
+/// CNI plugins, tunnels, cloud VPC plugins).
+const FOREIGN_IFNAME_PREFIXES: &[&str] = &[
+    "eth",
+    "en",
+    "wl",
+    "ww",
+    "ib",
+    "lo",
+    "bond",
+    "team",
+    "br",
+    "virbr",
+    "vlan",
+    "vxlan",
+    "veth",
+    "tun",
+    "tap",
+    "dummy",
+    "gre",
+    "sit",
+    "ip6",
+    "wg",
+    "docker",
+    "podman",
+    "cni",
+    "cbr",
+    "cali",
+    "cilium",
+    "lxc",
+    "flannel",
+    "weave",
+    "kube",
+    "nodelocaldns",
+    "genev",
+    "ovs",
+    "gke",
+    "eni",
+    "azv",
+    "vmnet",
+    "tailscale",
+    "zt",
+];
+
+/// Refuses a hostVethPrefix that shares a beginning with a common interface name: GC, audit and
+/// the host-route takeover treat `<prefix><11 hex>` veths as ours, so the prefix must not be one
+/// other software may use (calico's `cali` + 11 hex is exactly such a name). The rule is
+/// symmetric: `e` would overlap `eth` as much as `ethx` would.
+fn check_prefix_collision(prefix: &str) -> Result<()> {
+    let lower = prefix.to_ascii_lowercase();
+    match FOREIGN_IFNAME_PREFIXES
+        .iter()
+        .find(|f| f.starts_with(lower.as_str()) || lower.starts_with(**f))
+    {
+        None => Ok(()),
+        Some(f) => Err(CniError::invalid_config(
+            "hostVethPrefix",
+            format!(
+                "{prefix:?} overlaps {f:?}, a name prefix other interfaces on a node use, and \
+                 routed-cni deletes and reports veths named <prefix><11 hex> as its own; \
+                 use the default {DEFAULT_HOST_VETH_PREFIX:?} or another prefix no interface name starts with"
+            ),
+        )),
+    }
+}
+
 /// Parses and validates a plugin config that already passed `check_version`.
 pub fn parse(v: Value) -> Result<NetConf> {
     let cni_version = check_version(&v)?;
@@ -226,6 +292,7 @@ pub fn parse(v: Value) -> Result<NetConf> {
             format!("{host_veth_prefix:?} must be 1 to 4 letters or digits (11 hash characters follow, and names have at most 15)"),
         ));
     }
+    check_prefix_collision(&host_veth_prefix)?;
     let log_file = match str_field(o, "logFile", "logFile")? {
         None | Some("") => None,
         Some(p) if p.starts_with('/') => Some(PathBuf::from(p)),
@@ -312,7 +379,7 @@ mod tests {
             "cniVersion":"0.3.1","name":"k8s","type":"routed-cni",
             "ipam":{"subnet":"10.244.1.0/24","rangeStart":"10.244.1.10","rangeEnd":"10.244.1.250","dataDir":"/var/lib/rcni"},
             "masquerade":false,"nonMasqueradeCIDRs":["10.244.0.0/16","10.96.0.0/12"],"mtu":1450,
-            "hostVethPrefix":"cali","logFile":"/var/log/routed-cni.log","logLevel":"debug",
+            "hostVethPrefix":"pnet","logFile":"/var/log/routed-cni.log","logLevel":"debug",
             "dns":{"nameservers":["10.96.0.10"],"search":["svc.cluster.local"]},
             "someUnknownKey":{"x":1},"runtimeConfig":{},"args":{"cni":{}}
         }))
@@ -326,7 +393,7 @@ mod tests {
         assert!(!c.masquerade);
         assert_eq!(c.non_masquerade_cidrs.len(), 2);
         assert_eq!(c.mtu, Some(1450));
-        assert_eq!(c.host_veth_prefix, "cali");
+        assert_eq!(c.host_veth_prefix, "pnet");
         assert_eq!(c.log_level, Level::Debug);
         assert_eq!(c.dns.nameservers, vec!["10.96.0.10"]);
     }
@@ -436,6 +503,28 @@ mod tests {
             let e = err_with(v);
             assert_eq!(e.code, Code::InvalidConfig, "{key}={val}");
             assert!(e.msg.contains(needle), "{key}={val}: {}", e.msg);
+        }
+    }
+
+    #[test]
+    fn host_veth_prefixes_that_overlap_interface_names_are_refused() {
+        for bad in [
+            "eth", "e", "en", "enp", "wl", "cali", "veth", "v", "lo", "ETH", "br", "cni",
+        ] {
+            let mut v = base();
+            v["hostVethPrefix"] = json!(bad);
+            let e = err_with(v);
+            assert_eq!(e.code, Code::InvalidConfig, "{bad}");
+            assert!(
+                e.msg.contains("hostVethPrefix") && e.msg.contains("\"rcni\""),
+                "{bad}: {}",
+                e.msg
+            );
+        }
+        for good in ["rcni", "pnet", "rc", "r0"] {
+            let mut v = base();
+            v["hostVethPrefix"] = json!(good);
+            assert_eq!(conf(v).unwrap().host_veth_prefix, good);
         }
     }
 

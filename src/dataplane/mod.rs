@@ -2,6 +2,7 @@
 //! routes, the gateway neighbour, the host /32 route, and the sysctls that make proxy ARP and
 //! forwarding work.
 
+pub mod owned;
 pub mod sysctl;
 
 use futures_util::TryStreamExt;
@@ -368,9 +369,9 @@ impl Netlink {
                 None => None,
             };
             // Ours (a veth of a pod that is gone) or a dead link: safe to take over.
-            let stale = link.as_ref().is_none_or(|l| {
-                !link_is_up(l) || link_name(l).is_some_and(|n| n.starts_with(host_prefix))
-            });
+            let stale = link
+                .as_ref()
+                .is_none_or(|l| !link_is_up(l) || owned::is_our_veth(l, host_prefix));
             if !stale {
                 let name = link
                     .as_ref()

@@ -9,6 +9,7 @@
 
 pub mod delegate;
 mod fs;
+pub mod inflight;
 mod lock;
 pub mod record;
 pub mod scan;
