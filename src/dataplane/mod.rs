@@ -1,4 +1,5 @@
-//! The data path on the node and in the pod, over rtnetlink, one file per kind of object:
+//! The data path on the node and in the pod. `spec` says what ADD builds for a pod and why;
+//! the rest builds and reads it over rtnetlink, one file per kind of object:
 //! `links` (the veth pair), `addresses` (the pod's /32 and /128, the host veth's IPv6 gateway),
 //! `routes` (the pod's routes, the node's /32 host route to each pod), `neighbours` (the pod's
 //! permanent gateway entry), `sysctl` (reading and setting /proc/sys), `lookup` (the kernel's
@@ -12,6 +13,7 @@ mod lookup;
 mod neighbours;
 mod netlink;
 mod routes;
+pub mod spec;
 pub mod sysctl;
 
 pub use family::*;

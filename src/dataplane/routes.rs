@@ -7,35 +7,32 @@ use rtnetlink::RouteMessageBuilder;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::netlink::{errno, nl_err, EEXIST};
-use super::{link_is_up, link_mtu, link_name, FamilyAddr, Netlink};
+use super::{link_is_up, link_mtu, link_name, spec, FamilyAddr, Netlink};
 use crate::cni::error::{CniError, Result};
 
 impl Netlink {
-    /// `<dst>/<prefix> dev <index> scope link`.
-    pub async fn add_link_route(&self, dst: Ipv4Addr, prefix: u8, index: u32) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst, prefix)
-            .output_interface(index)
-            .scope(RouteScope::Link)
-            .build();
-        self.add_route(msg, format_args!("add route {dst}/{prefix} scope link"))
-            .await
-    }
-
-    /// `default via <gw> dev <index>`, in the gateway's family.
-    pub async fn add_default_route(&self, gw: IpAddr, index: u32) -> Result<()> {
-        let msg = match gw {
-            IpAddr::V4(gw) => RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(gw)
-                .output_interface(index)
-                .build(),
-            IpAddr::V6(gw) => RouteMessageBuilder::<Ipv6Addr>::new()
-                .gateway(gw)
-                .output_interface(index)
-                .build(),
-        };
-        self.add_route(msg, format_args!("add default route via {gw}"))
-            .await
+    /// A route of the spec through link `index`: `<dst>/<prefix> [via <gw>] dev <index> [scope
+    /// link]`.
+    pub async fn add_spec_route(&self, r: &spec::Route, index: u32) -> Result<()> {
+        let what = format!(
+            "add route {}/{}{}{}",
+            r.dst,
+            r.prefix,
+            r.gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
+            if r.scope_link { " scope link" } else { "" }
+        );
+        let bad = |e| CniError::dataplane(format!("{what}: {e}"));
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(r.dst, r.prefix)
+            .map_err(bad)?
+            .output_interface(index);
+        if let Some(gw) = r.gateway {
+            b = b.gateway(gw).map_err(bad)?;
+        }
+        if r.scope_link {
+            b = b.scope(RouteScope::Link);
+        }
+        self.add_route(b.build(), format_args!("{what}")).await
     }
 
     async fn add_route(&self, msg: RouteMessage, what: std::fmt::Arguments<'_>) -> Result<()> {

@@ -16,12 +16,13 @@ use tokio::runtime::Runtime;
 
 use super::iptables::{self, PoolRules, Verdict};
 use super::report::{PodReport, Step};
-use crate::commands::check::in_pod;
+use crate::dataplane::spec::Place;
+use crate::dataplane::Family;
 use crate::dataplane::{
     self, sysctl, Netlink, RouteLookup, RouteQuery, GATEWAY, GATEWAY6, HOST_MAC,
 };
 use crate::ipam::{attachment_hash, Record};
-use crate::netns::Netns;
+use crate::netns::{in_pod, Netns};
 
 /// One allocation (one address, IPv4 or IPv6) found in the store.
 pub struct Target {
@@ -1030,7 +1031,11 @@ impl Walk<'_> {
         let mut saw = Vec::new();
         let (mut fail_why, mut warn_why, mut fixes) = (Vec::new(), Vec::new(), Vec::new());
         let mut details = serde_json::Map::new();
-        for (key, value) in crate::commands::add::host_ipv6_sysctls(&veth) {
+        for (key, value) in Family::V6
+            .sysctls_at(Place::HostVeth)
+            .chain(std::iter::once(Family::V6.forwarding()))
+            .map(|s| (s.key(&veth), s.value))
+        {
             // all.forwarding has a step of its own.
             let Some(short) = key
                 .strip_prefix(&format!("net/ipv6/conf/{veth}/"))
