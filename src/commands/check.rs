@@ -5,7 +5,7 @@ use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::RouteScope;
 use serde_json::Value;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
 use super::add::pool_nat;
 use super::runtime;
@@ -247,21 +247,13 @@ async fn check_data_path(
     }
     for r in spec.pod_routes() {
         let family = Family::of(r.dst);
-        let found = match family {
-            Family::V4 => pod.main_routes().await?.iter().any(|have| {
-                IpAddr::V4(have.dst) == r.dst
-                    && have.prefix == r.prefix
-                    && (r.gateway.is_none() || have.gateway.map(IpAddr::V4) == r.gateway)
-                    && have.oif == Some(pod_index)
-                    && (!r.scope_link || have.scope == RouteScope::Link)
-            }),
-            Family::V6 => pod.main_routes_of::<Ipv6Addr>().await?.iter().any(|have| {
-                IpAddr::V6(have.dst) == r.dst
-                    && have.prefix == r.prefix
-                    && (r.gateway.is_none() || have.gateway.map(IpAddr::V6) == r.gateway)
-                    && have.oif == Some(pod_index)
-            }),
-        };
+        let found = pod.main_routes_in(family).await?.iter().any(|have| {
+            have.dst == r.dst
+                && have.prefix == r.prefix
+                && (r.gateway.is_none() || have.gateway == r.gateway)
+                && have.oif == Some(pod_index)
+                && (!r.scope_link || have.scope == RouteScope::Link)
+        });
         if found {
             continue;
         }

@@ -6,7 +6,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHe
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::netlink::{errno, nl_err, EEXIST};
-use super::{FamilyAddr, Netlink};
+use super::{Family, FamilyAddr, Netlink};
 use crate::cni::error::Result;
 
 impl Netlink {
@@ -87,6 +87,30 @@ impl Netlink {
         Ok(match ip {
             IpAddr::V4(a) => self.addresses_of(index).await?.contains(&(a, prefix)),
             IpAddr::V6(a) => self.addresses_of(index).await?.contains(&(a, prefix)),
+        })
+    }
+}
+
+impl Netlink {
+    /// `addresses_with_flags` in `family`, with addresses of either family.
+    pub async fn addresses_in(
+        &self,
+        index: u32,
+        family: Family,
+    ) -> Result<Vec<(IpAddr, u8, AddressFlags)>> {
+        Ok(match family {
+            Family::V4 => self
+                .addresses_with_flags::<Ipv4Addr>(index)
+                .await?
+                .into_iter()
+                .map(|(a, p, f)| (a.into(), p, f))
+                .collect(),
+            Family::V6 => self
+                .addresses_with_flags::<std::net::Ipv6Addr>(index)
+                .await?
+                .into_iter()
+                .map(|(a, p, f)| (a.into(), p, f))
+                .collect(),
         })
     }
 }

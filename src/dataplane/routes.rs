@@ -7,7 +7,7 @@ use rtnetlink::RouteMessageBuilder;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::netlink::{errno, nl_err, EEXIST};
-use super::{link_is_up, link_mtu, link_name, spec, FamilyAddr, Netlink};
+use super::{link_is_up, link_mtu, link_name, spec, Family, FamilyAddr, Netlink};
 use crate::cni::error::{CniError, Result};
 
 impl Netlink {
@@ -221,4 +221,33 @@ pub fn route_table(r: &RouteMessage) -> u32 {
             _ => None,
         })
         .unwrap_or(u32::from(r.header.table))
+}
+
+impl Netlink {
+    /// Routes of the main table in `family`, with addresses of either family.
+    pub async fn main_routes_in(&self, family: Family) -> Result<Vec<RouteInfo<IpAddr>>> {
+        fn widen<A: Into<IpAddr>>(r: RouteInfo<A>) -> RouteInfo<IpAddr> {
+            RouteInfo {
+                dst: r.dst.into(),
+                prefix: r.prefix,
+                gateway: r.gateway.map(Into::into),
+                oif: r.oif,
+                scope: r.scope,
+            }
+        }
+        Ok(match family {
+            Family::V4 => self
+                .main_routes_of::<Ipv4Addr>()
+                .await?
+                .into_iter()
+                .map(widen)
+                .collect(),
+            Family::V6 => self
+                .main_routes_of::<Ipv6Addr>()
+                .await?
+                .into_iter()
+                .map(widen)
+                .collect(),
+        })
+    }
 }
