@@ -24,11 +24,6 @@ impl Netlink {
         }
     }
 
-    /// IPv4 addresses (with prefix length) on link `index`.
-    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
-        self.addresses_of::<Ipv4Addr>(index).await
-    }
-
     /// Addresses of family `A` (with prefix length) on link `index`.
     pub async fn addresses_of<A: FamilyAddr>(&self, index: u32) -> Result<Vec<(A, u8)>> {
         Ok(self

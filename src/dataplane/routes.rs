@@ -162,11 +162,6 @@ pub struct RouteInfo<A = Ipv4Addr> {
 }
 
 impl Netlink {
-    /// IPv4 routes of the main table.
-    pub async fn main_routes(&self) -> Result<Vec<RouteInfo>> {
-        self.main_routes_of::<Ipv4Addr>().await
-    }
-
     /// Routes of the main table in family `A`.
     pub async fn main_routes_of<A: FamilyAddr>(&self) -> Result<Vec<RouteInfo<A>>> {
         Ok(self
@@ -195,10 +190,6 @@ pub fn route_oif(r: &RouteMessage) -> Option<u32> {
         RouteAttribute::Oif(i) => Some(*i),
         _ => None,
     })
-}
-
-pub fn route_dst(r: &RouteMessage) -> Option<Ipv4Addr> {
-    route_dst_of::<Ipv4Addr>(r)
 }
 
 /// A route's destination in family `A` (the unspecified address for a default route).

@@ -233,16 +233,16 @@ impl Walk<'_> {
         exec_in(self.ns(), cmd)
     }
 
+    /// The node's host route to the pod, as ADD adds it (IPv4's says scope link).
     fn route_fix(&self) -> String {
-        if self.fam.is_v6() {
-            format!("ip -6 route replace {}/128 dev {}", self.t.ip, self.veth())
-        } else {
-            format!(
-                "ip route replace {}/32 dev {} scope link",
-                self.t.ip,
-                self.veth()
-            )
-        }
+        format!(
+            "ip {}route replace {}/{} dev {}{}",
+            self.fam.ip_option(),
+            self.t.ip,
+            self.fam.host_prefix(),
+            self.veth(),
+            if self.fam.is_v6() { "" } else { " scope link" }
+        )
     }
 
     fn default_route_fix(&self) -> String {
