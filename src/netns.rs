@@ -29,6 +29,32 @@ fn same_file(a: &File, b: &File) -> Result<bool> {
     Ok(sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino)
 }
 
+/// A command for the operator to paste that runs `cmd` in the namespace at `netns`: `ip netns
+/// exec <name>` for a named one, `nsenter` otherwise.
+pub fn exec_in(netns: &str, cmd: &str) -> String {
+    match netns_name(netns) {
+        Some(name) => format!("ip netns exec {name} {cmd}"),
+        None => format!("nsenter --net={netns} {cmd}"),
+    }
+}
+
+/// `ip <args>` in the namespace at `netns`, as the operator would type it: `ip -n <name>` for a
+/// named one.
+pub fn in_pod(netns: &str, args: &str) -> String {
+    match netns_name(netns) {
+        Some(name) => format!("ip -n {name} {args}"),
+        None => format!("nsenter --net={netns} ip {args}"),
+    }
+}
+
+/// The name `ip netns` knows a namespace by, when its path is under /run/netns.
+fn netns_name(netns: &str) -> Option<&str> {
+    netns
+        .strip_prefix("/run/netns/")
+        .or_else(|| netns.strip_prefix("/var/run/netns/"))
+        .filter(|name| !name.contains('/'))
+}
+
 /// The calling thread's own network namespace.
 pub fn current() -> Result<File> {
     File::open("/proc/thread-self/ns/net")

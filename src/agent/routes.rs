@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
 use super::kube::NodeInfo;
+use crate::dataplane::{errno, error_text, route_table};
 
 /// rtm_protocol of every route the agent makes (`ip route show proto 77`). Not in iproute2's
 /// rt_protos nor the kernel's RTPROT_* list (0-18, 42, 99, 186-192), and not one the
@@ -129,20 +130,6 @@ pub struct SyncReport {
     pub failures: Vec<String>,
 }
 
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
-        _ => None,
-    }
-}
-
-fn describe(e: &rtnetlink::Error) -> String {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
-        other => other.to_string(),
-    }
-}
-
 fn route_message(dst: IpNetwork, via: IpAddr) -> RouteMessage {
     let proto = RouteProtocol::from(ROUTE_PROTOCOL);
     match (dst, via) {
@@ -159,16 +146,6 @@ fn route_message(dst: IpNetwork, via: IpAddr) -> RouteMessage {
         // plan() never pairs families; a mixed pair here is a bug, not an input problem.
         _ => unreachable!("route {dst} via {via}: address families differ"),
     }
-}
-
-fn route_table(r: &RouteMessage) -> u32 {
-    r.attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(r.header.table))
 }
 
 fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
@@ -213,7 +190,7 @@ impl RouteSync {
             while let Some(r) = routes
                 .try_next()
                 .await
-                .map_err(|e| RouteError::List(describe(&e)))?
+                .map_err(|e| RouteError::List(error_text(&e)))?
             {
                 if u8::from(r.header.protocol) == ROUTE_PROTOCOL && route_table(&r) == MAIN_TABLE {
                     out.extend(installed(r));
@@ -252,7 +229,7 @@ impl RouteSync {
                     Err(e) => {
                         let msg = format!(
                             "remove route {dst} via {via} (node {node}): {}",
-                            describe(&e)
+                            error_text(&e)
                         );
                         crate::error!("{msg}");
                         report.failures.push(msg);
@@ -305,7 +282,7 @@ impl RouteSync {
                         ),
                         _ => String::new(),
                     };
-                    let msg = format!("add route {what}: {}{hint}", describe(&e));
+                    let msg = format!("add route {what}: {}{hint}", error_text(&e));
                     crate::error!("{msg}");
                     report.failures.push(msg);
                 }

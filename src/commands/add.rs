@@ -10,7 +10,8 @@ use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{CniError, Code, Result};
 use crate::cni::types::{AddResult, Interface, IpConfig, Route};
 use crate::config::{Ipam, NetConf, PoolConfig};
-use crate::dataplane::{self, sysctl, Netlink, DEFAULT_MTU, GATEWAY, GATEWAY6, HOST_MAC};
+use crate::dataplane::spec::{Place, PodSpec};
+use crate::dataplane::{self, sysctl, Netlink, DEFAULT_MTU, HOST_MAC};
 use crate::ipam::inflight::{self, AddInFlight};
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, PoolLock, Record, Store};
@@ -238,10 +239,13 @@ async fn wire(
     host_veth: &str,
     ips: &[IpAddr],
 ) -> Result<Wired> {
+    let spec = PodSpec {
+        host_veth,
+        ifname: &att.ifname,
+        ips,
+    };
     let host = Netlink::connect()?;
     let pod = Netlink::connect_in(netns)?;
-    let has_v4 = ips.iter().any(IpAddr::is_ipv4);
-    let has_v6 = ips.iter().any(IpAddr::is_ipv6);
     let mtu = match conf.mtu {
         Some(m) => m,
         None => host.default_route_mtu().await?.unwrap_or(DEFAULT_MTU),
@@ -261,20 +265,11 @@ async fn wire(
     host.create_veth(host_veth, &att.ifname, netns, mtu).await?;
     crate::crashpoint::here("add:veth-created");
 
-    if has_v4 {
-        // Host end: answer ARP for the gateway at once, and forward the pod's packets.
-        // proxy_delay=0: the kernel otherwise delays proxy ARP replies by up to 0.8 s.
-        sysctl::ensure(&format!("net/ipv4/conf/{host_veth}/proxy_arp"), "1")?;
-        sysctl::ensure(&format!("net/ipv4/neigh/{host_veth}/proxy_delay"), "0")?;
-        sysctl::ensure(&format!("net/ipv4/conf/{host_veth}/forwarding"), "1")?;
-        sysctl::ensure("net/ipv4/ip_forward", "1")?;
-    }
-    if has_v6 {
-        // Before the pod end comes up (and with it the carrier): no DAD, so the gateway
-        // address is usable the moment the pod is; proxy_ndp as calico sets it (the gateway
-        // is the veth's own address, so the host answers for it without proxy entries).
-        for (key, value) in host_ipv6_sysctls(host_veth) {
-            sysctl::ensure(&key, value)?;
+    // The node's sysctls before the pod end comes up (and with it the carrier), so the gateway
+    // answers, and its IPv6 address is usable, the moment the pod is.
+    for place in [Place::HostVeth, Place::Node] {
+        for (s, key) in spec.sysctls(place) {
+            sysctl::ensure(&key, s.value)?;
         }
     }
     let host_link = host.link_by_name(host_veth).await?.ok_or_else(|| {
@@ -283,9 +278,8 @@ async fn wire(
         ))
     })?;
     let host_index = host_link.header.index;
-    if has_v6 {
-        host.add_address(host_index, IpAddr::V6(GATEWAY6), 64)
-            .await?;
+    for a in spec.host_addresses() {
+        host.add_address(host_index, a.ip, a.prefix).await?;
     }
 
     let pod_link = pod.link_by_name(&att.ifname).await?.ok_or_else(|| {
@@ -295,30 +289,28 @@ async fn wire(
         ))
     })?;
     let pod_index = pod_link.header.index;
-    if has_v6 {
+    let pod_sysctls = spec.sysctls(Place::Pod);
+    if !pod_sysctls.is_empty() {
         // /proc/sys/net belongs to the namespace of the thread that opens it.
         let _in_pod = netns.enter()?;
-        sysctl::ensure(&format!("net/ipv6/conf/{}/disable_ipv6", att.ifname), "0")?;
-        sysctl::ensure(&format!("net/ipv6/conf/{}/accept_dad", att.ifname), "0")?;
+        for (s, key) in pod_sysctls {
+            sysctl::ensure(&key, s.value)?;
+        }
     }
-    for &ip in ips {
-        pod.add_address(pod_index, ip, dataplane::host_prefix(ip))
-            .await?;
+    for a in spec.pod_addresses() {
+        pod.add_address(pod_index, a.ip, a.prefix).await?;
     }
     pod.set_up(pod_index, &att.ifname).await?;
-    if has_v4 {
-        pod.add_link_route(GATEWAY, 32, pod_index).await?;
+    for r in spec.pod_routes() {
+        pod.add_spec_route(&r, pod_index).await?;
     }
-    for &ip in ips {
-        let gw = dataplane::gateway_for(ip);
-        pod.add_default_route(gw, pod_index).await?;
-        pod.add_permanent_neighbour(pod_index, gw, &HOST_MAC)
-            .await?;
+    for n in spec.pod_neighbours() {
+        pod.add_permanent_neighbour(pod_index, n.ip, &n.mac).await?;
     }
     crate::crashpoint::here("add:pod-configured");
 
-    for &ip in ips {
-        host.add_host_route(ip, host_index, &conf.host_veth_prefix)
+    for r in spec.host_routes() {
+        host.add_host_route(r.dst, host_index, &conf.host_veth_prefix)
             .await?;
     }
     Ok(Wired {
@@ -329,23 +321,6 @@ async fn wire(
         mtu,
     })
 }
-
-/// The node's IPv6 settings for a pod's host veth, as ADD sets them. The first two are what
-/// IPv6 traffic needs once the pod is up, and all CHECK holds a pod to: `accept_dad` matters
-/// only while the addresses are added, `proxy_ndp` and the veth's own `forwarding` not at all
-/// (the gateway is the veth's own address; `all.forwarding` decides forwarding).
-pub fn host_ipv6_sysctls(host_veth: &str) -> Vec<(String, &'static str)> {
-    vec![
-        (format!("net/ipv6/conf/{host_veth}/disable_ipv6"), "0"),
-        ("net/ipv6/conf/all/forwarding".to_string(), "1"),
-        (format!("net/ipv6/conf/{host_veth}/accept_dad"), "0"),
-        (format!("net/ipv6/conf/{host_veth}/proxy_ndp"), "1"),
-        (format!("net/ipv6/conf/{host_veth}/forwarding"), "1"),
-    ]
-}
-
-/// How many of `host_ipv6_sysctls` CHECK requires.
-pub const HOST_IPV6_SYSCTLS_REQUIRED: usize = 2;
 
 /// The masquerade rules for a pool; `nonMasqueradeCIDRs` defaults to the pool itself.
 pub fn pool_nat(conf: &NetConf, subnet: IpNetwork) -> PoolNat {

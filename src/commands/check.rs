@@ -5,19 +5,20 @@ use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::RouteScope;
 use serde_json::Value;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 
-use super::add::{host_ipv6_sysctls, pool_nat, HOST_IPV6_SYSCTLS_REQUIRED};
+use super::add::pool_nat;
 use super::runtime;
 use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{CniError, Result};
 use crate::config::family_name;
 use crate::config::{Ipam, NetConf};
-use crate::dataplane::{self, sysctl, Netlink, GATEWAY, GATEWAY6, HOST_MAC};
+use crate::dataplane::spec::{Need, Place, PodSpec, Sysctl};
+use crate::dataplane::{self, sysctl, Family, Netlink, HOST_MAC};
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, Store};
 use crate::nat::PoolNat;
-use crate::netns::Netns;
+use crate::netns::{in_pod, Netns};
 
 /// What ADD reported for this attachment.
 struct Expected {
@@ -78,17 +79,6 @@ fn from_prev_result(prev: &Value, att: &Attachment) -> Result<Expected> {
             .map(str::to_ascii_lowercase),
         mtu: pod.get("mtu").and_then(Value::as_u64).map(|m| m as u32),
     })
-}
-
-/// A command the operator can paste to look at the pod's side.
-pub fn in_pod(netns: &str, args: &str) -> String {
-    match netns
-        .strip_prefix("/run/netns/")
-        .or_else(|| netns.strip_prefix("/var/run/netns/"))
-    {
-        Some(name) if !name.contains('/') => format!("ip -n {name} {args}"),
-        _ => format!("nsenter --net={netns} ip {args}"),
-    }
 }
 
 fn missing(what: String) -> CniError {
@@ -240,65 +230,59 @@ async fn check_data_path(
             )));
         }
     }
-    for &ip in &want.ips {
-        let plen = dataplane::host_prefix(ip);
-        if !pod.has_address(pod_index, ip, plen).await? {
+    let spec = PodSpec {
+        host_veth,
+        ifname,
+        ips: &want.ips,
+    };
+    for a in spec.pod_addresses() {
+        if !pod.has_address(pod_index, a.ip, a.prefix).await? {
             return Err(missing(format!(
-                "address {ip}/{plen} is missing on {ifname} (see `{}`)",
+                "address {}/{} is missing on {ifname} (see `{}`)",
+                a.ip,
+                a.prefix,
                 in_pod(ns, &format!("addr show {ifname}"))
             )));
         }
     }
-    let has_v4 = want.ips.iter().any(IpAddr::is_ipv4);
-    let has_v6 = want.ips.iter().any(IpAddr::is_ipv6);
-    if has_v4 {
-        let routes = pod.main_routes().await?;
-        if !routes.iter().any(|r| {
-            r.dst == GATEWAY
-                && r.prefix == 32
-                && r.oif == Some(pod_index)
-                && r.scope == RouteScope::Link
-        }) {
-            return Err(missing(format!(
-                "the pod has no route `{GATEWAY} dev {ifname} scope link` (see `{}`)",
-                in_pod(ns, "route")
-            )));
+    for r in spec.pod_routes() {
+        let family = Family::of(r.dst);
+        let found = pod.main_routes_in(family).await?.iter().any(|have| {
+            have.dst == r.dst
+                && have.prefix == r.prefix
+                && (r.gateway.is_none() || have.gateway == r.gateway)
+                && have.oif == Some(pod_index)
+                && (!r.scope_link || have.scope == RouteScope::Link)
+        });
+        if found {
+            continue;
         }
-        if !routes
-            .iter()
-            .any(|r| r.prefix == 0 && r.gateway == Some(GATEWAY) && r.oif == Some(pod_index))
-        {
-            return Err(missing(format!(
-                "the pod has no default route via {GATEWAY} dev {ifname} (see `{}`)",
-                in_pod(ns, "route")
-            )));
-        }
+        let see = in_pod(ns, &format!("{}route", family.ip_option()));
+        return Err(missing(match r.gateway {
+            // IPv4 kept its wording from before dual-stack; IPv6 says so.
+            Some(gw) => format!(
+                "the pod has no {}default route via {gw} dev {ifname} (see `{see}`)",
+                if family.is_v6() { "IPv6 " } else { "" }
+            ),
+            None => format!(
+                "the pod has no route `{} dev {ifname} scope link` (see `{see}`)",
+                r.dst
+            ),
+        }));
     }
-    if has_v6
-        && !pod
-            .main_routes_of::<Ipv6Addr>()
-            .await?
-            .iter()
-            .any(|r| r.prefix == 0 && r.gateway == Some(GATEWAY6) && r.oif == Some(pod_index))
-    {
-        return Err(missing(format!(
-            "the pod has no IPv6 default route via {GATEWAY6} dev {ifname} (see `{}`)",
-            in_pod(ns, "-6 route")
-        )));
-    }
-    for &ip in &want.ips {
-        let gw = dataplane::gateway_for(ip);
-        match pod.neighbour(pod_index, gw).await? {
-            Some((m, state)) if m == HOST_MAC && state == NeighbourState::Permanent => {}
+    for n in spec.pod_neighbours() {
+        match pod.neighbour(pod_index, n.ip).await? {
+            Some((m, state)) if m == n.mac && state == NeighbourState::Permanent => {}
             other => {
                 return Err(missing(format!(
-                    "the pod's neighbour entry {gw} -> {} is {} (see `{}`)",
-                    dataplane::format_mac(&HOST_MAC),
+                    "the pod's neighbour entry {} -> {} is {} (see `{}`)",
+                    n.ip,
+                    dataplane::format_mac(&n.mac),
                     match other {
                         Some((m, s)) => format!("{} ({s:?})", dataplane::format_mac(&m)),
                         None => "missing".into(),
                     },
-                    in_pod(ns, if ip.is_ipv4() { "neigh" } else { "-6 neigh" })
+                    in_pod(ns, &format!("{}neigh", Family::of(n.ip).ip_option()))
                 )))
             }
         }
@@ -325,42 +309,49 @@ async fn check_data_path(
             dataplane::format_mac(&HOST_MAC)
         )));
     }
-    let mut sysctls = Vec::new();
-    if has_v4 {
-        sysctls.extend([
-            (format!("net/ipv4/conf/{host_veth}/proxy_arp"), "1"),
-            (format!("net/ipv4/neigh/{host_veth}/proxy_delay"), "0"),
-            (format!("net/ipv4/conf/{host_veth}/forwarding"), "1"),
-            ("net/ipv4/ip_forward".to_string(), "1"),
-        ]);
-    }
-    if has_v6 {
-        sysctls.extend(
-            host_ipv6_sysctls(host_veth)
-                .into_iter()
-                .take(HOST_IPV6_SYSCTLS_REQUIRED),
-        );
-        if !host
-            .has_address(host_index, IpAddr::V6(GATEWAY6), 64)
-            .await?
-        {
+    for a in spec.host_addresses() {
+        if !host.has_address(host_index, a.ip, a.prefix).await? {
             return Err(missing(format!(
-                "host veth {host_veth} lacks the IPv6 gateway address {GATEWAY6}/64 (fix: `ip addr add {GATEWAY6}/64 dev {host_veth} nodad`)"
+                "host veth {host_veth} lacks the IPv6 gateway address {ip}/{p} (fix: `ip addr add {ip}/{p} dev {host_veth} nodad`)",
+                ip = a.ip,
+                p = a.prefix
             )));
         }
     }
-    for (key, value) in sysctls {
-        let got = sysctl::read(&key);
-        if got.as_deref() != Some(value) {
-            let name = key.replace('/', ".");
-            return Err(missing(format!(
-                "sysctl {name} is {}, expected {value} (fix: `sysctl -w {name}={value}`)",
-                got.unwrap_or_else(|| "missing".into())
-            )));
+    // Only what the pod's traffic needs once ADD is done: an IPv6 pod is not held to
+    // proxy_ndp or its veth's own forwarding (see the spec's Need).
+    let required = |(s, _): &(&Sysctl, String)| s.need == Need::Required;
+    let mut sysctls: Vec<_> = spec.sysctls(Place::HostVeth);
+    sysctls.extend(spec.sysctls(Place::Node));
+    sysctls.retain(required);
+    let mut pod_sysctls = spec.sysctls(Place::Pod);
+    pod_sysctls.retain(required);
+    let in_ns = |s: &Sysctl, key: &str, got: Option<String>| {
+        let name = key.replace('/', ".");
+        let value = s.value;
+        missing(format!(
+            "sysctl {name} is {}, expected {value} (fix: `sysctl -w {name}={value}`)",
+            got.unwrap_or_else(|| "missing".into())
+        ))
+    };
+    for (s, key) in &sysctls {
+        let got = sysctl::read(key);
+        if got.as_deref() != Some(s.value) {
+            return Err(in_ns(s, key, got));
         }
     }
-    for &ip in &want.ips {
-        let plen = dataplane::host_prefix(ip);
+    if !pod_sysctls.is_empty() {
+        // /proc/sys/net belongs to the namespace of the thread that opens it.
+        let _in_pod = netns.enter()?;
+        for (s, key) in &pod_sysctls {
+            let got = sysctl::read(key);
+            if got.as_deref() != Some(s.value) {
+                return Err(in_ns(s, key, got));
+            }
+        }
+    }
+    for r in spec.host_routes() {
+        let (ip, plen) = (r.dst, r.prefix);
         let host_routes = host.routes_to_ip(ip, plen).await?;
         if !host_routes
             .iter()

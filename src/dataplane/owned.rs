@@ -7,7 +7,8 @@
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::LinkMessage;
 
-use super::{link_is_veth, link_name, nl_err, Netlink};
+use super::netlink::nl_err;
+use super::{link_is_veth, link_name, Netlink};
 use crate::cni::error::Result;
 
 /// How many hash characters follow the prefix in a host veth's name.
