@@ -17,7 +17,7 @@ pub mod config;
 pub mod crashpoint;
 pub mod dataplane;
 pub mod doctor;
+pub mod firewall;
 pub mod install;
 pub mod ipam;
-pub mod nat;
 pub mod netns;

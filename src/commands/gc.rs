@@ -5,12 +5,12 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::add::{drop_nat_if_empty, pool_nat};
 use super::runtime;
 use crate::cni::env::Command;
 use crate::cni::error::{self, CniError, Result};
 use crate::config::{Ipam, NetConf, PoolConfig};
 use crate::dataplane::{self, Netlink};
+use crate::firewall::Masquerade;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, Store};
 
@@ -154,7 +154,7 @@ fn gc_pool(
             Err(e) => errors.push(e),
         }
     }
-    if let Err(e) = drop_nat_if_empty(&lock, &pool_nat(conf, pool.subnet)) {
+    if let Err(e) = Masquerade::for_pool(conf, pool.subnet).remove_if_pool_empty(&lock) {
         errors.push(e);
     }
     error::join(errors)
