@@ -36,7 +36,8 @@ const SHIMMED: [&str; 4] = [
 fn shim_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("rcni-fw-shims-{}", std::process::id()));
+        // Under target/tmp, rewritten each run: nothing is left in the system's temp dir.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("firewall-shims");
         fs::create_dir_all(&dir).unwrap();
         for prog in SHIMMED {
             let real = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
