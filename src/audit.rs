@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{DEFAULT_DATA_DIR, DEFAULT_HOST_VETH_PREFIX};
 use crate::dataplane::Netlink;
+use crate::firewall::{Family, Installed};
 use crate::ipam::{Record, Unreadable};
 use crate::leaks::{self, NodeState};
 
@@ -34,43 +35,32 @@ pub fn all_records(data_dir: &Path) -> Result<(PoolRecords, Vec<Unreadable>), St
 }
 
 /// Finds what leaked: what `leaks::find` reports on the node, then NAT leftovers.
-/// `nat_tables` pairs a command (`iptables`, `ip6tables`) with its `-t nat -S` output.
+/// `nat_tables` holds our masquerade as each family's nat table has it.
 pub fn findings(
     records: &[(String, Record)],
     node: &NodeState,
-    nat_tables: &[(&str, String)],
+    nat_tables: &[Installed],
 ) -> Vec<String> {
     let mut out: Vec<String> = leaks::find(node, records)
         .iter()
         .map(ToString::to_string)
         .collect();
     let live_pools = leaks::live_pools(records);
-    for (cmd, nat_rules) in nat_tables {
-        nat_findings(cmd, nat_rules, &live_pools, &mut out);
+    for nat in nat_tables {
+        nat_findings(nat, &live_pools, &mut out);
     }
     out
 }
 
-fn nat_findings(cmd: &str, nat_rules: &str, live_pools: &HashSet<&str>, out: &mut Vec<String>) {
-    let mut jumped = HashSet::new();
-    for line in nat_rules
-        .lines()
-        .filter(|l| l.starts_with("-A POSTROUTING") && l.contains("routed-cni pool "))
-    {
-        let pool = line
-            .split("routed-cni pool ")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .unwrap_or("");
-        let chain = line.rsplit_once("-j ").map(|(_, c)| c.trim()).unwrap_or("");
-        jumped.insert(chain.to_string());
-        if !live_pools.contains(pool) {
-            out.push(format!("NAT jump to {chain} for pool {pool}: the pool has no allocation (remove: {cmd} -t nat -D {})", &line[3..]));
+fn nat_findings(nat: &Installed, live_pools: &HashSet<&str>, out: &mut Vec<String>) {
+    let cmd = nat.program;
+    for j in &nat.jumps {
+        if !live_pools.contains(j.pool.as_str()) {
+            out.push(format!("NAT jump to {} for pool {}: the pool has no allocation (remove: {cmd} -t nat -D POSTROUTING {})", j.chain, j.pool, j.rule.spec));
         }
     }
-    for line in nat_rules.lines().filter(|l| l.starts_with("-N RCNI-")) {
-        let chain = &line[3..];
-        if !jumped.contains(chain) {
+    for chain in &nat.chains {
+        if !nat.jumps.iter().any(|j| j.chain == *chain) {
             out.push(format!("NAT chain {chain}: nothing jumps to it (remove: {cmd} -t nat -F {chain}; {cmd} -t nat -X {chain})"));
         }
     }
@@ -116,23 +106,11 @@ pub fn run(args: &[String]) -> i32 {
         }
     };
     let mut nat = Vec::new();
-    for cmd in ["iptables", "ip6tables"] {
-        match std::process::Command::new(cmd)
-            .args(["-t", "nat", "-S", "--wait"])
-            .output()
-        {
-            Ok(o) if o.status.success() => {
-                nat.push((cmd, String::from_utf8_lossy(&o.stdout).into_owned()))
-            }
-            Ok(o) => {
-                eprintln!(
-                    "routed-cni audit: {cmd} -t nat -S: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                return 2;
-            }
+    for family in Family::ALL {
+        match Installed::read(family) {
+            Ok(n) => nat.push(n),
             Err(e) => {
-                eprintln!("routed-cni audit: run {cmd}: {e}");
+                eprintln!("routed-cni audit: {}", e.msg);
                 return 2;
             }
         }
@@ -207,7 +185,7 @@ mod tests {
         let links = [(1, "lo"), (7, "rcniaaaaaaaaaaa")];
         let routes = vec![("10.244.1.2".parse().unwrap(), 7)];
         let nat = "-P POSTROUTING ACCEPT\n-N RCNI-AB\n-A POSTROUTING -s 10.244.1.0/24 -m comment --comment \"routed-cni pool 10.244.1.0/24\" -j RCNI-AB\n";
-        let t = |rules: &str| vec![("iptables", rules.to_string())];
+        let t = |rules: &str| vec![Installed::parse(Family::V4, rules)];
         assert!(findings(&records, &node(&links, &routes), &t(nat)).is_empty());
 
         let links2 = [(7, "rcniaaaaaaaaaaa"), (8, "rcnibbbbbbbbbbb")];
@@ -241,8 +219,8 @@ mod tests {
             ("fd00:10:244:1::9".parse().unwrap(), 7),
         ];
         let tables = vec![
-            ("iptables", nat.to_string()),
-            ("ip6tables", "-N RCNI-V6\n".to_string()),
+            Installed::parse(Family::V4, nat),
+            Installed::parse(Family::V6, "-N RCNI-V6\n"),
         ];
         let f = findings(&v6, &node(&links, &routes6), &tables);
         assert_eq!(f.len(), 2, "{f:?}");

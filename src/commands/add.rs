@@ -12,10 +12,10 @@ use crate::cni::types::{AddResult, Interface, IpConfig, Route};
 use crate::config::{Ipam, NetConf, PoolConfig};
 use crate::dataplane::spec::{Place, PodSpec};
 use crate::dataplane::{self, sysctl, Netlink, DEFAULT_MTU, HOST_MAC};
+use crate::firewall::{masquerade, Masquerade, Probe};
 use crate::ipam::inflight::{self, AddInFlight};
 use crate::ipam::store::LOCK_TIMEOUT;
-use crate::ipam::{attachment_hash, delegate, PoolLock, Record, Store};
-use crate::nat::{InstalledProbe, PoolNat};
+use crate::ipam::{attachment_hash, delegate, Record, Store};
 use crate::netns::Netns;
 
 /// What the data path looks like once wired.
@@ -160,13 +160,13 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
         Ipam::Delegated { plugin } => allocate_delegated(conf, plugin)?,
     };
     crate::crashpoint::here("add:allocated");
-    let nats: Vec<PoolNat> = lease
+    let nats: Vec<Masquerade> = lease
         .addrs
         .iter()
-        .map(|a| pool_nat(conf, a.subnet))
+        .map(|a| Masquerade::for_pool(conf, a.subnet))
         .collect();
     // Every `iptables -C` runs while the netlink work does.
-    let probes: Vec<Option<Result<InstalledProbe>>> = nats
+    let probes: Vec<Option<Result<Probe>>> = nats
         .iter()
         .map(|nat| conf.masquerade.then(|| nat.probe()))
         .collect();
@@ -322,34 +322,8 @@ async fn wire(
     })
 }
 
-/// The masquerade rules for a pool; `nonMasqueradeCIDRs` defaults to the pool itself.
-pub fn pool_nat(conf: &NetConf, subnet: IpNetwork) -> PoolNat {
-    let same_family = conf
-        .non_masquerade_cidrs
-        .iter()
-        .any(|c| c.is_ipv6() == subnet.is_ipv6());
-    let non_masquerade = if !same_family {
-        vec![subnet]
-    } else {
-        conf.non_masquerade_cidrs.clone()
-    };
-    PoolNat {
-        subnet,
-        non_masquerade,
-    }
-}
-
 /// `probe` is the `iptables -C` started before the netlink work (`None`: no masquerade).
-/// Removes the pool's NAT rules once its last address is gone. Call with the pool lock held,
-/// so no ADD can allocate in between.
-pub fn drop_nat_if_empty(lock: &PoolLock, nat: &PoolNat) -> Result<()> {
-    if lock.is_empty()? {
-        nat.uninstall()?;
-    }
-    Ok(())
-}
-
-fn ensure_nat(nat: &PoolNat, probe: Option<Result<InstalledProbe>>, leased: &Leased) -> Result<()> {
+fn ensure_nat(nat: &Masquerade, probe: Option<Result<Probe>>, leased: &Leased) -> Result<()> {
     crate::crashpoint::here("add:before-nat");
     let Some(probe) = probe else {
         return Ok(());
@@ -365,7 +339,7 @@ fn ensure_nat(nat: &PoolNat, probe: Option<Result<InstalledProbe>>, leased: &Lea
             nat.install()
         }
         None => {
-            let _lock = crate::nat::lock()?;
+            let _lock = masquerade::lock()?;
             nat.install()
         }
     }
@@ -376,11 +350,11 @@ fn ensure_nat(nat: &PoolNat, probe: Option<Result<InstalledProbe>>, leased: &Lea
 fn release(conf: &NetConf, lease: &Lease, att: &Attachment) {
     for leased in &lease.addrs {
         let Some(store) = &leased.store else { continue };
-        let nat = pool_nat(conf, leased.subnet);
+        let nat = Masquerade::for_pool(conf, leased.subnet);
         let undo_ip = store.lock(LOCK_TIMEOUT).and_then(|lock| {
             inflight::forget(store, &att.container_id, &att.ifname);
             lock.release(&att.container_id, &att.ifname)?;
-            drop_nat_if_empty(&lock, &nat)
+            nat.remove_if_pool_empty(&lock)
         });
         if let Err(e) = undo_ip {
             crate::error!("rollback: {e}");

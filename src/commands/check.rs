@@ -7,7 +7,6 @@ use rtnetlink::packet_route::route::RouteScope;
 use serde_json::Value;
 use std::net::IpAddr;
 
-use super::add::pool_nat;
 use super::runtime;
 use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{CniError, Result};
@@ -15,9 +14,9 @@ use crate::config::family_name;
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::spec::{Need, Place, PodSpec, Sysctl};
 use crate::dataplane::{self, sysctl, Family, Netlink, HOST_MAC};
+use crate::firewall::Masquerade;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, Store};
-use crate::nat::PoolNat;
 use crate::netns::{in_pod, Netns};
 
 /// What ADD reported for this attachment.
@@ -123,21 +122,13 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
     if conf.masquerade {
         if !want.subnets.is_empty() {
             for subnet in &want.subnets {
-                pool_nat(conf, *subnet).check()?;
+                Masquerade::for_pool(conf, *subnet).check()?;
             }
         } else {
             // Delegated IPAM: ADD installed the rules for the network the IPAM plugin
             // returned; CHECK has only the pod's address, so it finds that pool by its jump.
             for ip in &want.ips {
-                match PoolNat::installed_pool_for(*ip)? {
-                    Some(subnet) => pool_nat(conf, subnet).check()?,
-                    None => {
-                        return Err(CniError::nat(format!(
-                            "no masquerade jump covers {ip}: `{} -t nat -S POSTROUTING` shows no \"routed-cni pool\" rule for its network",
-                            if ip.is_ipv6() { "ip6tables" } else { "iptables" }
-                        )))
-                    }
-                }
+                Masquerade::installed_for(conf, *ip)?.check()?;
             }
         }
     }

@@ -6,10 +6,10 @@ use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{self, Result};
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::{self, Netlink};
+use crate::firewall::Masquerade;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, inflight, Store};
 
-use super::add::{drop_nat_if_empty, pool_nat};
 use super::runtime;
 
 pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
@@ -35,7 +35,8 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
                     Ok(None) => {}
                     Err(e) => errors.push(e),
                 }
-                if let Err(e) = drop_nat_if_empty(&lock, &pool_nat(conf, pool.subnet)) {
+                if let Err(e) = Masquerade::for_pool(conf, pool.subnet).remove_if_pool_empty(&lock)
+                {
                     errors.push(e);
                 }
             }

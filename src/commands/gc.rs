@@ -5,12 +5,12 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-use super::add::{drop_nat_if_empty, pool_nat};
 use super::runtime;
 use crate::cni::env::Command;
 use crate::cni::error::{self, CniError, Result};
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::{self, Netlink};
+use crate::firewall::Masquerade;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, inflight, PoolLock, Store};
 use crate::leaks::{self, Leak, NodeState};
@@ -173,7 +173,7 @@ fn gc_pool(
             Err(e) => errors.push(e),
         }
     }
-    if let Err(e) = drop_nat_if_empty(lock, &pool_nat(conf, store.pool().subnet)) {
+    if let Err(e) = Masquerade::for_pool(conf, store.pool().subnet).remove_if_pool_empty(lock) {
         errors.push(e);
     }
     error::join(errors)

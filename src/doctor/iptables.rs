@@ -4,115 +4,12 @@
 //! chain still holds what ADD put in it. IPv6 pools are read the same way from `ip6tables`.
 
 use ipnetwork::IpNetwork;
-use serde::Serialize;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
-use crate::nat::PoolNat;
+use crate::firewall::masquerade::PoolListing;
+use crate::firewall::{self, Family, Masquerade};
 
-/// One `-A` line of `iptables -v -S`, its counters taken out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Rule {
-    /// The rule without `-A <chain>` and without `-c <pkts> <bytes>`: what `-A`/`-D` take.
-    pub spec: String,
-    pub target: Option<String>,
-    pub pkts: u64,
-    pub bytes: u64,
-}
-
-/// `iptables` or `ip6tables`, for an address of that family.
-pub fn command_for(ip: IpAddr) -> &'static str {
-    if ip.is_ipv6() {
-        "ip6tables"
-    } else {
-        "iptables"
-    }
-}
-
-/// `<cmd> -t nat -v -S [chain]`: the lines, or `None` when the chain does not exist.
-fn list(cmd_name: &str, chain: Option<&str>) -> Result<Option<Vec<String>>, String> {
-    let mut cmd = Command::new(cmd_name);
-    cmd.args(["-w", "-t", "nat", "-v", "-S"]);
-    if let Some(c) = chain {
-        cmd.arg(c);
-    }
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {cmd_name}: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("No chain") || err.contains("does not exist") {
-            return Ok(None);
-        }
-        return Err(format!(
-            "`{cmd_name} -t nat -v -S {}` failed: {}",
-            chain.unwrap_or(""),
-            err.trim()
-        ));
-    }
-    Ok(Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect(),
-    ))
-}
-
-/// Parses `-A <chain> <spec with -c P B>`; `None` for other lines and other chains.
-pub fn parse_rule(line: &str, chain: &str) -> Option<Rule> {
-    let rest = line.strip_prefix(&format!("-A {chain} "))?;
-    let tokens: Vec<&str> = rest.split(' ').collect();
-    let mut kept = Vec::with_capacity(tokens.len());
-    let (mut pkts, mut bytes) = (0, 0);
-    let mut i = 0;
-    while i < tokens.len() {
-        if tokens[i] == "-c" && i + 2 < tokens.len() {
-            if let (Ok(p), Ok(b)) = (tokens[i + 1].parse(), tokens[i + 2].parse()) {
-                (pkts, bytes) = (p, b);
-                i += 3;
-                continue;
-            }
-        }
-        kept.push(tokens[i]);
-        i += 1;
-    }
-    let spec = kept.join(" ");
-    let target = spec
-        .rsplit_once("-j ")
-        .and_then(|(_, t)| t.split_whitespace().next())
-        .map(str::to_string);
-    Some(Rule {
-        spec,
-        target,
-        pkts,
-        bytes,
-    })
-}
-
-fn rules_of(lines: &[String], chain: &str) -> Vec<Rule> {
-    lines.iter().filter_map(|l| parse_rule(l, chain)).collect()
-}
-
-/// The destination of `-d <cidr>` (not `! -d`) in a rule.
-fn dest_of(spec: &str) -> Option<IpNetwork> {
-    let mut it = spec.split_whitespace().peekable();
-    let mut negated = false;
-    while let Some(t) = it.next() {
-        match t {
-            "!" => negated = true,
-            "-d" => {
-                let v = it.next()?;
-                if !negated {
-                    return v.parse().ok();
-                }
-                negated = false;
-            }
-            _ => negated = false,
-        }
-    }
-    None
-}
+pub use crate::firewall::Rule;
 
 /// What the node has for one pool.
 #[derive(Debug, Clone)]
@@ -130,53 +27,33 @@ pub struct PoolRules {
 }
 
 impl PoolRules {
-    /// Reads POSTROUTING and the pool's chain (two or three runs of `iptables`, or of
-    /// `ip6tables` for an IPv6 pool).
+    /// Reads POSTROUTING and the pool's chain, with counters.
     pub fn read(subnet: IpNetwork) -> Result<PoolRules, String> {
-        let cmd = command_for(subnet.ip());
-        let post = list(cmd, Some("POSTROUTING"))?.unwrap_or_default();
-        let all_post = rules_of(&post, "POSTROUTING");
-        let marker = format!("\"routed-cni pool {subnet}\"");
-        let jumps: Vec<Rule> = all_post
-            .iter()
-            .filter(|r| r.spec.contains(&marker))
-            .cloned()
-            .collect();
-        let jump_position = all_post
-            .iter()
-            .position(|r| r.spec.contains(&marker))
-            .map(|i| (i + 1, all_post.len()));
-        let mut chain = jumps.iter().find_map(|j| j.target.clone());
-        if chain.is_none() {
-            // The jump is gone; its chain may still be there.
-            let masq = format!("\"routed-cni masquerade {subnet}\"");
-            chain = list(cmd, None)?.unwrap_or_default().iter().find_map(|l| {
-                let name = l.strip_prefix("-A ")?.split(' ').next()?;
-                (name.starts_with("RCNI-") && l.contains(&masq)).then(|| name.to_string())
-            });
-        }
-        let chain_rules = match &chain {
-            Some(c) => rules_of(&list(cmd, Some(c))?.unwrap_or_default(), c),
-            None => Vec::new(),
-        };
-        let non_masquerade = chain_rules
+        Masquerade::list(subnet)
+            .map(|listed| PoolRules::from_listing(subnet, listed))
+            .map_err(|e| e.msg)
+    }
+
+    fn from_listing(subnet: IpNetwork, listed: PoolListing) -> PoolRules {
+        let non_masquerade = listed
+            .chain_rules
             .iter()
             .filter(|r| r.target.as_deref() == Some("RETURN"))
-            .filter_map(|r| dest_of(&r.spec))
+            .filter_map(|r| r.arg("-d")?.parse().ok())
             .collect();
-        Ok(PoolRules {
+        PoolRules {
             subnet,
-            jumps,
-            jump_position,
-            chain,
-            chain_rules,
+            jumps: listed.jumps,
+            jump_position: listed.jump_position,
+            chain: listed.chain,
+            chain_rules: listed.chain_rules,
             non_masquerade,
-        })
+        }
     }
 
     /// `iptables` or `ip6tables`: what lists and repairs this pool's rules.
     pub fn command(&self) -> &'static str {
-        command_for(self.subnet.ip())
+        self.expected().program()
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -191,8 +68,8 @@ impl PoolRules {
     }
 
     /// The rules as ADD would have written them for the exceptions found.
-    pub fn expected(&self) -> PoolNat {
-        PoolNat {
+    pub fn expected(&self) -> Masquerade {
+        Masquerade {
             subnet: self.subnet,
             non_masquerade: self.non_masquerade.clone(),
         }
@@ -250,73 +127,51 @@ pub enum Verdict {
 /// The Service kube-proxy (iptables mode) has for `dst` (and the port, when given): the
 /// rule's comment, or `None` when kube-proxy's chain is absent or has no such Service IP.
 pub fn kube_service(dst: IpAddr, port: Option<u16>) -> Option<String> {
-    let lines = list(command_for(dst), Some("KUBE-SERVICES")).ok()??;
-    let want = format!("-d {dst}/{} ", crate::dataplane::host_prefix(dst));
-    rules_of(&lines, "KUBE-SERVICES")
+    let rules = firewall::nat_chain(Family::of(dst), "KUBE-SERVICES").ok()??;
+    let want = format!("{dst}/{}", crate::dataplane::host_prefix(dst));
+    let port = port.map(|p| p.to_string());
+    rules
         .into_iter()
-        .filter(|r| r.spec.contains(&want))
-        .find(|r| port.is_none_or(|p| r.spec.contains(&format!("--dport {p} "))))
-        .map(|r| {
-            r.spec
-                .split_once("--comment ")
-                .map(|(_, c)| {
-                    c.trim_start_matches('"')
-                        .split('"')
-                        .next()
-                        .unwrap_or_default()
-                        .to_string()
-                })
-                .unwrap_or_else(|| r.spec.clone())
-        })
+        .filter(|r| r.arg("-d") == Some(want.as_str()))
+        .find(|r| port.is_none() || r.arg("--dport") == port.as_deref())
+        .map(|r| r.arg("--comment").map(str::to_string).unwrap_or(r.spec))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::iptables::Listing;
 
-    #[test]
-    fn rules_parse_with_counters() {
-        let l = "-A POSTROUTING -s 10.244.1.0/24 -m comment --comment \"routed-cni pool 10.244.1.0/24\" -c 12 840 -j RCNI-14F68DE1BD076ADC";
-        let r = parse_rule(l, "POSTROUTING").unwrap();
-        assert_eq!((r.pkts, r.bytes), (12, 840));
-        assert_eq!(r.target.as_deref(), Some("RCNI-14F68DE1BD076ADC"));
-        assert_eq!(
-            r.spec,
-            "-s 10.244.1.0/24 -m comment --comment \"routed-cni pool 10.244.1.0/24\" -j RCNI-14F68DE1BD076ADC"
+    /// The rules ADD writes for `nat`, as `-v -S` lists them, read back.
+    fn read_back(nat: &Masquerade) -> PoolRules {
+        let chain = nat.chain();
+        let mut text = format!(
+            "-A POSTROUTING {}\n",
+            nat.jump_rule().replace(" -j ", " -c 4 416 -j ")
         );
-        assert!(parse_rule(l, "OUTPUT").is_none());
-        assert!(parse_rule("-P POSTROUTING ACCEPT -c 0 0", "POSTROUTING").is_none());
-    }
-
-    /// The rules ADD writes for `nat`, as `-v -S` would list them, read back.
-    fn read_back(nat: &PoolNat) -> PoolRules {
-        let chain_rules: Vec<Rule> = nat
-            .chain_rules()
-            .iter()
-            .map(|r| parse_rule(&format!("-A {} {r} -c 3 180", nat.chain()), &nat.chain()).unwrap())
-            .collect();
-        let non_masquerade: Vec<_> = chain_rules
-            .iter()
-            .filter(|r| r.target.as_deref() == Some("RETURN"))
-            .filter_map(|r| dest_of(&r.spec))
-            .collect();
-        PoolRules {
-            subnet: nat.subnet,
-            jumps: vec![parse_rule(
-                &format!("-A POSTROUTING {}", nat.jump_rule()),
-                "POSTROUTING",
-            )
-            .unwrap()],
-            jump_position: Some((1, 1)),
-            chain: Some(nat.chain()),
-            chain_rules,
-            non_masquerade,
+        for r in nat.chain_rules() {
+            text.push_str(&format!(
+                "-A {chain} {}\n",
+                r.replace(" -j ", " -c 3 180 -j ")
+            ));
         }
+        let listed = Listing::parse(&text);
+        let jumps: Vec<Rule> = listed.rules_of("POSTROUTING").cloned().collect();
+        assert_eq!((jumps[0].pkts, jumps[0].bytes), (4, 416));
+        PoolRules::from_listing(
+            nat.subnet,
+            PoolListing {
+                jumps,
+                jump_position: Some((1, 1)),
+                chain: Some(chain.clone()),
+                chain_rules: listed.rules_of(&chain).cloned().collect(),
+            },
+        )
     }
 
     #[test]
     fn exceptions_come_from_return_rules() {
-        let nat = PoolNat {
+        let nat = Masquerade {
             subnet: "10.244.1.0/24".parse().unwrap(),
             non_masquerade: vec![
                 "10.244.0.0/16".parse().unwrap(),
@@ -339,13 +194,17 @@ mod tests {
             rules.verdict("8.8.8.8".parse().unwrap()),
             Verdict::Masquerade
         );
-        assert_eq!(dest_of("! -d 224.0.0.0/4 -j MASQUERADE"), None);
+        // A chain whose RETURN rules were edited no longer matches its name.
+        let mut edited = rules.clone();
+        edited.chain_rules.remove(0);
+        edited.non_masquerade.remove(0);
+        assert!(!edited.chain_ok());
     }
 
     #[test]
     fn ipv6_pools_read_the_same_way_from_ip6tables() {
         // A dual-stack config's exceptions: only the pool's own family is in its chain.
-        let nat = PoolNat {
+        let nat = Masquerade {
             subnet: "fd00:10:244:1::/64".parse().unwrap(),
             non_masquerade: vec![
                 "10.244.0.0/16".parse().unwrap(),
@@ -371,11 +230,8 @@ mod tests {
             rules.verdict("2001:db8::1".parse().unwrap()),
             Verdict::Masquerade
         );
-        // ip6tables prints the jump exactly as PoolNat spells it.
+        // ip6tables prints the jump exactly as Masquerade spells it.
         let listed = "-A POSTROUTING -s fd00:10:244:1::/64 -m comment --comment \"routed-cni pool fd00:10:244:1::/64\" -c 4 416 -j RCNI-3DE3CD72EDA0AA52";
-        let r = parse_rule(listed, "POSTROUTING").unwrap();
-        assert_eq!((r.pkts, r.bytes), (4, 416));
-        assert_eq!(r.spec, nat.jump_rule());
-        assert_eq!(dest_of("! -d ff00::/8 -j MASQUERADE"), None);
+        assert_eq!(Listing::parse(listed).rules[0].spec, nat.jump_rule());
     }
 }

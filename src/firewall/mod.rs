@@ -1,0 +1,46 @@
+//! Every firewall interaction of routed-cni. Callers say what they want — masquerade for a
+//! pool installed, checked, removed or listed — and never build rule text or pick a program.
+//!
+//! - `iptables`: the iptables programs of one family, listing with `-S` and parsing into
+//!   `Rule`s (the one parser), and every change as one `iptables-restore --noflush -w`
+//!   transaction. Which program runs (`iptables` or `ip6tables`, and later `iptables-legacy`
+//!   or `iptables-nft`) is decided there and nowhere else.
+//! - `masquerade`: what a pool's NAT looks like (chain, rules, jump) and its install, check,
+//!   removal and listing.
+//!
+//! A backend that is not iptables (nftables for NetworkPolicy) is a sibling of `iptables.rs`
+//! with its own description files; the masquerade callers do not change.
+
+pub mod iptables;
+pub mod masquerade;
+
+pub use iptables::Rule;
+pub use masquerade::{Installed, Masquerade, Probe};
+
+use std::net::IpAddr;
+
+/// The address family a rule set is for: IPv4 and IPv6 have separate tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv6() {
+            Family::V6
+        } else {
+            Family::V4
+        }
+    }
+}
+
+/// The rules of one chain of the nat table, with counters; `None` when the chain does not
+/// exist. For chains others own (kube-proxy's), which doctor reads to explain a path.
+pub fn nat_chain(family: Family, chain: &str) -> crate::cni::error::Result<Option<Vec<Rule>>> {
+    let listing = iptables::Iptables::new(family).list_counted("nat", Some(chain))?;
+    Ok(listing.map(|l| l.rules_of(chain).cloned().collect()))
+}
