@@ -19,5 +19,6 @@ pub mod dataplane;
 pub mod doctor;
 pub mod install;
 pub mod ipam;
+pub mod list;
 pub mod nat;
 pub mod netns;
