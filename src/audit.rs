@@ -7,7 +7,6 @@ use serde_json::json;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::config::{DEFAULT_DATA_DIR, DEFAULT_HOST_VETH_PREFIX};
 use crate::dataplane::Netlink;
 use crate::firewall::{Family, Installed};
 use crate::ipam::{Record, Unreadable};
@@ -66,28 +65,22 @@ fn nat_findings(nat: &Installed, live_pools: &HashSet<&str>, out: &mut Vec<Strin
     }
 }
 
-pub fn run(args: &[String]) -> i32 {
-    let mut data_dir = PathBuf::from(DEFAULT_DATA_DIR);
-    let mut prefix = DEFAULT_HOST_VETH_PREFIX.to_string();
-    let mut as_json = false;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match (a.as_str(), it.clone().next()) {
-            ("--json", _) => as_json = true,
-            ("--data-dir", Some(d)) => {
-                data_dir = PathBuf::from(d);
-                it.next();
-            }
-            ("--host-veth-prefix", Some(p)) => {
-                prefix = p.clone();
-                it.next();
-            }
-            (other, _) => {
-                eprintln!("routed-cni audit: unknown or incomplete argument {other:?}");
-                return 2;
-            }
-        }
-    }
+/// What `routed-cni audit` was asked (the cli layer builds it from flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub data_dir: PathBuf,
+    /// Host veths are named this plus a hash of the container ID.
+    pub host_veth_prefix: String,
+    pub json: bool,
+}
+
+/// Runs `routed-cni audit`: exit 0 clean, 1 leaks found, 2 could not look.
+pub fn run(o: Options) -> i32 {
+    let Options {
+        data_dir,
+        host_veth_prefix: prefix,
+        json: as_json,
+    } = o;
     let (records, unreadable) = match all_records(&data_dir) {
         Ok(r) => r,
         Err(e) => {

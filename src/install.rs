@@ -188,92 +188,25 @@ impl InstallSettings {
     }
 }
 
-/// The flags of `InstallSettings`; every one takes a value.
-pub const SETTINGS_FLAGS: [&str; 7] = [
-    "--bin-dir",
-    "--conf-dir",
-    "--conf-name",
-    "--network-name",
-    "--cluster-cidr",
-    "--mtu",
-    "--log-file",
-];
-
-struct Flags(std::collections::HashMap<String, String>);
-
-impl Flags {
-    fn parse(args: &[String], known: &[&str]) -> Result<Flags, String> {
-        let mut flags = std::collections::HashMap::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            if !known.contains(&a.as_str()) {
-                return Err(format!("unknown argument {a:?}"));
-            }
-            let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
-            flags.insert(a.trim_start_matches("--").to_string(), v.clone());
+/// Runs `routed-cni install` and returns the exit code: 0 installed (or already so), 1 failed.
+pub fn run(o: &InstallOptions) -> i32 {
+    match install(o) {
+        Ok(done) => {
+            let say = |changed: bool| if changed { "installed" } else { "unchanged" };
+            println!(
+                "{} {}\n{} {}",
+                o.bin_dir.join("routed-cni").display(),
+                say(done.binary_changed),
+                o.conf_dir.join(&o.conf_name).display(),
+                say(done.config_changed)
+            );
+            0
         }
-        Ok(Flags(flags))
+        Err(e) => {
+            eprintln!("routed-cni install: {e}");
+            1
+        }
     }
-
-    /// The flag's value, else the environment variable's (for a DaemonSet: `ROUTED_CNI_*`).
-    fn get(&self, flag: &str, var: &str) -> Option<String> {
-        self.0
-            .get(flag)
-            .cloned()
-            .or_else(|| std::env::var(var).ok().filter(|v| !v.is_empty()))
-    }
-
-    fn settings(&self) -> Result<InstallSettings, String> {
-        let cluster_cidrs = self
-            .get("cluster-cidr", "ROUTED_CNI_CLUSTER_CIDR")
-            .map(|s| parse_cidrs("cluster-cidr", &s))
-            .transpose()?
-            .unwrap_or_default();
-        let mtu = self
-            .get("mtu", "ROUTED_CNI_MTU")
-            .map(|m| {
-                m.parse::<u32>()
-                    .map_err(|_| format!("--mtu {m:?} is not a number"))
-            })
-            .transpose()?;
-        Ok(InstallSettings {
-            bin_dir: self
-                .get("bin-dir", "ROUTED_CNI_BIN_DIR")
-                .unwrap_or_else(|| DEFAULT_BIN_DIR.into())
-                .into(),
-            conf_dir: self
-                .get("conf-dir", "ROUTED_CNI_CONF_DIR")
-                .unwrap_or_else(|| DEFAULT_CONF_DIR.into())
-                .into(),
-            conf_name: self
-                .get("conf-name", "ROUTED_CNI_CONF_NAME")
-                .unwrap_or_else(|| DEFAULT_CONF_NAME.into()),
-            network_name: self
-                .get("network-name", "ROUTED_CNI_NETWORK_NAME")
-                .unwrap_or_else(|| "k8s-pod-network".into()),
-            cluster_cidrs,
-            mtu,
-            log_file: self.get("log-file", "ROUTED_CNI_LOG_FILE"),
-        })
-    }
-}
-
-/// Parses `install` flags, with environment fallbacks for a DaemonSet (`ROUTED_CNI_*`).
-pub fn parse_args(args: &[String]) -> Result<InstallOptions, String> {
-    let mut known = SETTINGS_FLAGS.to_vec();
-    known.push("--pod-subnet");
-    let flags = Flags::parse(args, &known)?;
-    let pod_subnets = flags
-        .get("pod-subnet", "ROUTED_CNI_POD_SUBNET")
-        .map(|s| parse_cidrs("pod-subnet", &s))
-        .transpose()?
-        .ok_or("--pod-subnet (or ROUTED_CNI_POD_SUBNET) is required: this node's pod CIDR (two, comma-separated, for dual-stack)")?;
-    Ok(flags.settings()?.for_subnets(pod_subnets))
-}
-
-/// Parses the `InstallSettings` flags (`SETTINGS_FLAGS`) with the same environment fallbacks.
-pub fn parse_settings(args: &[String]) -> Result<InstallSettings, String> {
-    Flags::parse(args, &SETTINGS_FLAGS)?.settings()
 }
 
 #[cfg(test)]
@@ -335,62 +268,6 @@ mod tests {
             }
         );
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn args_and_env() {
-        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let o = parse_args(&a(&[
-            "--pod-subnet",
-            "10.1.2.0/24",
-            "--bin-dir",
-            "/x/bin",
-            "--mtu",
-            "1400",
-        ]))
-        .unwrap();
-        assert_eq!(o.bin_dir, PathBuf::from("/x/bin"));
-        assert_eq!(o.conf_dir, PathBuf::from(DEFAULT_CONF_DIR));
-        assert_eq!(o.mtu, Some(1400));
-        assert!(parse_args(&a(&["--pod-subnet", "10.1.2.3/24"]))
-            .unwrap_err()
-            .contains("host bits"));
-        assert!(parse_args(&a(&["--bogus", "1"]))
-            .unwrap_err()
-            .contains("--bogus"));
-        assert!(parse_args(&a(&["--mtu"])).is_err());
-        let d = parse_args(&a(&[
-            "--pod-subnet",
-            "fd00:10:244:1::/64, 10.244.1.0/24",
-            "--cluster-cidr",
-            "10.244.0.0/16,fd00:10:244::/48",
-        ]))
-        .unwrap();
-        assert_eq!(d.pod_subnets[0].to_string(), "10.244.1.0/24");
-        assert_eq!(d.pod_subnets[1].to_string(), "fd00:10:244:1::/64");
-        assert!(parse_args(&a(&["--pod-subnet", "10.1.0.0/24,10.2.0.0/24"]))
-            .unwrap_err()
-            .contains("two CIDRs of one family"));
-        // The agent's view: the same settings, and the subnets are not among them.
-        let s = parse_settings(&a(&[
-            "--conf-dir",
-            "/x/net.d",
-            "--mtu",
-            "1400",
-            "--cluster-cidr",
-            "10.244.0.0/16,fd00:10:244::/48",
-        ]))
-        .unwrap();
-        assert_eq!(s.conf_dir, PathBuf::from("/x/net.d"));
-        assert_eq!(s.cluster_cidrs.len(), 2);
-        let o = s.for_subnets(vec!["10.1.2.0/24".parse().unwrap()]);
-        assert_eq!(
-            (o.mtu, o.pod_subnets[0].to_string()),
-            (Some(1400), "10.1.2.0/24".into())
-        );
-        assert!(parse_settings(&a(&["--pod-subnet", "10.1.2.0/24"]))
-            .unwrap_err()
-            .contains("--pod-subnet"));
     }
 
     #[test]

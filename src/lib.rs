@@ -21,4 +21,5 @@ pub mod firewall;
 pub mod install;
 pub mod ipam;
 pub mod leaks;
+pub mod list;
 pub mod netns;

@@ -12,6 +12,5 @@ fn main() {
         }
         std::process::exit(outcome.exit_code);
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    std::process::exit(routed_cni::cli::run(&args));
+    std::process::exit(routed_cni::cli::run(std::env::args_os()));
 }

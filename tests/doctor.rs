@@ -12,23 +12,18 @@
 //! node IPv6 default route, and an IPv6 pool beside the IPv4 one; the outside has no route
 //! back to the IPv6 pod subnet either.
 //! all removed when the `World` guard drops, also on panic. The host's own namespace is never
-//! touched. Without root each test prints "skipped: needs root".
+//! touched. The tests need root: a plain `cargo test` reports them as ignored.
 
-use std::fs;
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_routed-cni");
-const NODE_IP: &str = "198.51.100.1";
-const OUTSIDE_IP: &str = "198.51.100.2";
+mod common;
+
+use common::{ip, run, BIN, NODE_IP, NODE_IP6, OUTSIDE_IP, OUTSIDE_IP6};
+
 const SUBNET: &str = "10.244.1.0/24";
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
-const NODE_IP6: &str = "2001:db8:100::1";
-const OUTSIDE_IP6: &str = "2001:db8:100::2";
 const SUBNET6: &str = "fd00:10:244:1::/64";
 const CLUSTER_CIDR6: &str = "fd00:10:244::/48";
 /// The pod's IPv6 gateway: the host veth's link-local address.
@@ -37,35 +32,6 @@ const GATEWAY6: &str = "fe80::ecee:eeff:feee:eeee";
 const HEALTHY: i32 = 0;
 const BROKEN: i32 = 1;
 const NOT_FOUND: i32 = 3;
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-macro_rules! require_root {
-    () => {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
-
-fn run(prog: &str, args: &[&str]) -> Output {
-    Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
-}
-
-fn ip(args: &[&str]) -> String {
-    let out = run("ip", args);
-    assert!(
-        out.status.success(),
-        "ip {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// One doctor run.
 struct Doctor {
@@ -186,105 +152,45 @@ impl Pod {
     }
 }
 
-/// A node, an outside network and pods, all in namespaces owned by this guard.
+/// A node, an outside network and pods (`common::World`), and which pools the config has.
 struct World {
-    prefix: String,
-    node: String,
-    namespaces: Vec<String>,
-    dir: PathBuf,
+    base: common::World,
     /// Pods get an IPv6 address too.
     dual: bool,
     /// Pods get only an IPv6 address (a single IPv6 `ipam.subnet`).
     ipv6_only: bool,
 }
 
+impl std::ops::Deref for World {
+    type Target = common::World;
+    fn deref(&self) -> &common::World {
+        &self.base
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut common::World {
+        &mut self.base
+    }
+}
+
 impl World {
     fn new(test: &str) -> World {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("rcnid-{}-{n}-{test}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let mut w = World {
-            node: format!("{prefix}-node"),
-            prefix,
-            namespaces: Vec::new(),
-            dir,
+        World {
+            base: common::World::new("rcnid", test),
             dual: false,
             ipv6_only: false,
-        };
-        let node = w.node.clone();
-        let outside = format!("{}-out", w.prefix);
-        w.netns_add(&node);
-        w.netns_add(&outside);
-        ip(&[
-            "-n", &node, "link", "add", "uplink", "type", "veth", "peer", "name", "wan", "netns",
-            &outside,
-        ]);
-        ip(&[
-            "-n",
-            &node,
-            "addr",
-            "add",
-            &format!("{NODE_IP}/24"),
-            "dev",
-            "uplink",
-        ]);
-        ip(&["-n", &node, "link", "set", "uplink", "up"]);
-        ip(&["-n", &node, "route", "add", "default", "via", OUTSIDE_IP]);
-        ip(&[
-            "-n",
-            &outside,
-            "addr",
-            "add",
-            &format!("{OUTSIDE_IP}/24"),
-            "dev",
-            "wan",
-        ]);
-        ip(&["-n", &outside, "link", "set", "wan", "up"]);
-        w
-    }
-
-    /// A dual-stack world: the uplink gets IPv6 addresses (nodad: no DAD wait) and the node
-    /// an IPv6 default route; pods get one address of each family.
-    fn dual(test: &str) -> World {
-        let mut w = World::new(test);
-        w.dual = true;
-        let outside = format!("{}-out", w.prefix);
-        for (ns, dev, addr) in [
-            (&w.node, "uplink", NODE_IP6),
-            (&outside, "wan", OUTSIDE_IP6),
-        ] {
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{addr}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
         }
-        ip(&[
-            "-n",
-            &w.node,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            OUTSIDE_IP6,
-            "dev",
-            "uplink",
-        ]);
-        w
     }
 
-    fn netns_add(&mut self, name: &str) {
-        ip(&["netns", "add", name]);
-        self.namespaces.push(name.to_string());
-        ip(&["-n", name, "link", "set", "lo", "up"]);
+    /// A dual-stack world: the uplink gets IPv6 addresses and the node an IPv6 default route;
+    /// pods get one address of each family.
+    fn dual(test: &str) -> World {
+        World {
+            base: common::World::new("rcnid", test).with_ipv6(),
+            dual: true,
+            ipv6_only: false,
+        }
     }
 
     fn store(&self) -> PathBuf {
@@ -330,55 +236,30 @@ impl World {
 
     /// A pod namespace wired by a real ADD.
     fn pod(&mut self, name: &str) -> Pod {
-        let ns = format!("{}-{name}", self.prefix);
-        self.netns_add(&ns);
         let pod = Pod {
             name: name.to_string(),
             container_id: format!("{name}-{}", self.prefix),
-            ns,
+            ns: self.pod_ns(name),
         };
         let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
         let netns = pod.netns();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.node, BIN])
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .envs([
+        let out = self.exec_plugin(
+            &[
                 ("CNI_COMMAND", "ADD"),
                 ("CNI_CONTAINERID", pod.container_id.as_str()),
                 ("CNI_NETNS", netns.as_str()),
                 ("CNI_IFNAME", "eth0"),
                 ("CNI_PATH", "/usr/lib/cni"),
                 ("CNI_ARGS", args.as_str()),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plugin");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(self.config().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+            ],
+            self.config().as_bytes(),
+        );
         assert!(
             out.status.success(),
             "ADD {name} failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
         pod
-    }
-
-    /// Runs a shell command in the node's namespace, as an operator on the node would.
-    fn on_node(&self, cmd: &str) {
-        let out = run("ip", &["netns", "exec", &self.node, "sh", "-c", cmd]);
-        assert!(
-            out.status.success(),
-            "`{cmd}` failed on the node: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     fn doctor(&self, args: &[&str]) -> Doctor {
@@ -537,23 +418,14 @@ impl World {
     }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        for ns in self.namespaces.iter().rev() {
-            let _ = run("ip", &["netns", "del", ns]);
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn host_veth(w: &World, pod: &Pod) -> String {
     let d = w.doctor_pod(pod, &[]);
     d.pod()["hostVeth"].as_str().unwrap().to_string()
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn healthy_pod_passes_every_step_found_by_pod_container_or_netns() {
-    require_root!();
     let mut w = World::new("healthy");
     let pod = w.pod("web-1");
     let _other = w.pod("web-2");
@@ -661,8 +533,8 @@ fn healthy_pod_passes_every_step_found_by_pod_container_or_netns() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn unknown_pod_is_not_found() {
-    require_root!();
     let mut w = World::new("notfound");
     let _pod = w.pod("web-1");
     for args in [
@@ -683,8 +555,8 @@ fn unknown_pod_is_not_found() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn missing_pod_default_route() {
-    require_root!();
     let mut w = World::new("defroute");
     let pod = w.pod("web-1");
     let d = w.break_and_repair(
@@ -719,8 +591,8 @@ fn missing_pod_default_route() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn missing_pod_gateway_route() {
-    require_root!();
     let mut w = World::new("gwroute");
     let pod = w.pod("web-1");
     // Alone it breaks nothing yet: the kernel checked the gateway when the default route
@@ -741,8 +613,8 @@ fn missing_pod_gateway_route() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn missing_gateway_neighbour_and_proxy_arp() {
-    require_root!();
     let mut w = World::new("neigh");
     let pod = w.pod("web-1");
     let veth = host_veth(&w, &pod);
@@ -779,8 +651,8 @@ fn missing_gateway_neighbour_and_proxy_arp() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn missing_host_route_under_strict_rp_filter() {
-    require_root!();
     let mut w = World::new("hostroute");
     let pod = w.pod("web-1");
     let ip = w.doctor_pod(&pod, &[]).pod()["ip"]
@@ -804,8 +676,8 @@ fn missing_host_route_under_strict_rp_filter() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn host_route_shadowed_by_a_policy_rule() {
-    require_root!();
     let mut w = World::new("shadow");
     let pod = w.pod("web-1");
     let ip = w.doctor_pod(&pod, &[]).pod()["ip"]
@@ -828,8 +700,8 @@ fn host_route_shadowed_by_a_policy_rule() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn ip_forward_off() {
-    require_root!();
     let mut w = World::new("forward");
     let pod = w.pod("web-1");
     w.break_and_repair(
@@ -843,8 +715,8 @@ fn ip_forward_off() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn replies_not_forwarded_on_the_uplink() {
-    require_root!();
     let mut w = World::new("uplinkfwd");
     let pod = w.pod("web-1");
     // The request is forwarded (the veth forwards) and masqueraded; the answer arrives on the
@@ -863,8 +735,8 @@ fn replies_not_forwarded_on_the_uplink() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn missing_nat_jump() {
-    require_root!();
     let mut w = World::new("nat");
     let pod = w.pod("web-1");
     let d = w.doctor_pod(&pod, &[]);
@@ -890,8 +762,8 @@ fn missing_nat_jump() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn pod_whose_sandbox_is_gone() {
-    require_root!();
     let mut w = World::new("gone");
     let pod = w.pod("web-1");
     let veth = host_veth(&w, &pod);
@@ -931,8 +803,8 @@ fn ip6_of(w: &World, pod: &Pod) -> String {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn dual_stack_pod_gets_both_walks() {
-    require_root!();
     let mut w = World::dual("dual");
     let pod = w.pod("web-1");
     let _other = w.pod("web-2");
@@ -1055,8 +927,8 @@ fn dual_stack_pod_gets_both_walks() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn ipv6_missing_pod_default_route() {
-    require_root!();
     let mut w = World::dual("defroute6");
     let pod = w.pod("web-1");
     let to = format!("[{OUTSIDE_IP6}]:80");
@@ -1090,8 +962,8 @@ fn ipv6_missing_pod_default_route() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn ipv6_forwarding_off() {
-    require_root!();
     let mut w = World::dual("forward6");
     let pod = w.pod("web-1");
     let to = format!("[{OUTSIDE_IP6}]:80");
@@ -1111,8 +983,8 @@ fn ipv6_forwarding_off() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn ipv6_host_veth_sysctls() {
-    require_root!();
     let mut w = World::dual("sysctl6");
     let pod = w.pod("web-1");
     let veth = host_veth_dual(&w, &pod);
@@ -1158,8 +1030,8 @@ fn host_veth_dual(w: &World, pod: &Pod) -> String {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn ipv6_missing_host_veth_gateway_address() {
-    require_root!();
     let mut w = World::dual("gwaddr6");
     let pod = w.pod("web-1");
     let veth = host_veth_dual(&w, &pod);
@@ -1220,8 +1092,8 @@ fn ipv6_missing_host_veth_gateway_address() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn ipv6_missing_host_route() {
-    require_root!();
     let mut w = World::dual("hostroute6");
     let pod = w.pod("web-1");
     let ip6 = ip6_of(&w, &pod);
@@ -1250,8 +1122,8 @@ fn ipv6_missing_host_route() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn ipv6_missing_nat_jump() {
-    require_root!();
     let mut w = World::dual("nat6");
     let pod = w.pod("web-1");
     let d = w.doctor_pod(&pod, &[]);
@@ -1278,8 +1150,8 @@ fn ipv6_missing_nat_jump() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn ipv6_pod_address_missing_tentative_or_disabled() {
-    require_root!();
     let mut w = World::dual("podaddr6");
     let pod = w.pod("web-1");
     let ip6 = ip6_of(&w, &pod);
@@ -1336,8 +1208,8 @@ fn ipv6_pod_address_missing_tentative_or_disabled() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn ipv6_only_pool() {
-    require_root!();
     let mut w = World::dual("only6");
     w.ipv6_only = true;
     let pod = w.pod("web-1");

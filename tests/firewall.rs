@@ -3,7 +3,7 @@
 //! goes through a logging shim put first in PATH, so the tests can count the runs: installing
 //! or removing a pool's masquerade is one `iptables-restore`, whatever was there before.
 //!
-//! The tests need root; without it each one prints "skipped: needs root".
+//! The tests need root: without it `cargo test` reports them as ignored.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -15,15 +15,6 @@ use std::sync::OnceLock;
 use nix::sched::{setns, CloneFlags};
 use routed_cni::cni::error::Code;
 use routed_cni::firewall::Masquerade;
-
-macro_rules! require_root {
-    () => {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
 
 const SHIMMED: [&str; 4] = [
     "iptables",
@@ -161,8 +152,8 @@ fn restores(runs: &[String]) -> usize {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn install_is_one_restore_and_uninstall_leaves_nothing() {
-    require_root!();
     shim_dir();
     let ns = Ns::new();
     for (m, save) in [
@@ -204,8 +195,8 @@ fn install_is_one_restore_and_uninstall_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn install_replaces_an_older_config_of_the_pool() {
-    require_root!();
     shim_dir();
     let ns = Ns::new();
     let old = pool("10.244.1.0/24", &["10.244.0.0/16", "10.96.0.0/12"]);
@@ -239,8 +230,8 @@ fn install_replaces_an_older_config_of_the_pool() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn a_failing_change_changes_nothing() {
-    require_root!();
     shim_dir();
     let ns = Ns::new();
     let old = pool("10.244.1.0/24", &["10.96.0.0/12"]);

@@ -18,20 +18,15 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const CONF_NAME: &str = "10-routed-cni.conflist";
 const SUBNETS: [&str; 2] = ["10.244.1.0/24", "10.244.2.0/24"];
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
+mod common;
 
-fn bin() -> PathBuf {
-    std::env::var_os("ROUTED_CNI_BIN")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_routed-cni").into())
-}
+use common::bin;
 
 fn secs() -> u64 {
     std::env::var("ROUTED_CNI_ATOMIC_SECS")
@@ -44,6 +39,8 @@ fn secs() -> u64 {
 /// conflists `install` writes for the two subnets. Removed on drop.
 struct World {
     dir: PathBuf,
+    /// Owns `dir`: removes it on drop.
+    _tmp: common::TempDir,
     sources: [PathBuf; 2],
     bins: [Vec<u8>; 2],
     confs: [Vec<u8>; 2],
@@ -51,12 +48,8 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let dir = std::env::temp_dir().join(format!(
-            "rcni-install-atomic-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
+        let tmp = common::TempDir::new(&common::unique("rcni-install-atomic"));
+        let dir = tmp.path.clone();
         fs::create_dir_all(dir.join("src")).unwrap();
         let a = fs::read(bin()).unwrap();
         let mut b = a.clone();
@@ -69,6 +62,7 @@ impl World {
         }
         let mut w = World {
             dir,
+            _tmp: tmp,
             sources,
             bins: [a, b],
             confs: [Vec::new(), Vec::new()],
@@ -112,12 +106,6 @@ impl World {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 

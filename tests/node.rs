@@ -9,15 +9,15 @@
 //! and a `World` guard removes all of it (and its temp dir) on drop, also on
 //! panic. Nothing touches the host's own network namespace.
 //!
-//! The tests need root; without it each one prints "skipped: needs root".
+//! The tests need root: a plain `cargo test` reports them as ignored.
 
 use std::collections::HashSet;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,49 +27,13 @@ use nix::sched::{setns, CloneFlags};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-const BIN: &str = env!("CARGO_BIN_EXE_routed-cni");
-const NODE_IP: &str = "198.51.100.1";
-const OUTSIDE_IP: &str = "198.51.100.2";
+mod common;
+
+use common::{ip, run, run_ok, NODE_IP, OUTSIDE_IP};
+
 const GATEWAY: &str = "169.254.1.1";
 const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
 const CLUSTER_CIDR: &str = "10.244.0.0/16";
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-macro_rules! require_root {
-    () => {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
-
-// ------------------------------------------------------------------ helpers
-
-fn run(prog: &str, args: &[&str]) -> Output {
-    Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
-}
-
-/// Runs a command that must succeed and returns its stdout.
-fn run_ok(prog: &str, args: &[&str]) -> String {
-    let out = run(prog, args);
-    assert!(
-        out.status.success(),
-        "{prog} {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ip(args: &[&str]) -> String {
-    run_ok("ip", args)
-}
 
 /// Name of the host-side veth for a container: "rcni" + 11 hex of sha256("<id>/<ifname>").
 fn host_veth(container_id: &str, ifname: &str) -> String {
@@ -150,29 +114,31 @@ impl Pod {
     }
 }
 
-/// A node, an outside network and pods, all in namespaces owned by this guard.
+/// A node, an outside network and pods (`common::World`), with the network config of one pool.
 struct World {
-    prefix: String,
-    node: String,
-    outside: String,
-    namespaces: Vec<String>,
-    dir: PathBuf,
+    base: common::World,
     subnet: Ipv4Network,
     config: Value,
 }
 
+impl std::ops::Deref for World {
+    type Target = common::World;
+    fn deref(&self) -> &common::World {
+        &self.base
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut common::World {
+        &mut self.base
+    }
+}
+
 impl World {
     fn new(test: &str, subnet: &str) -> World {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("rcnit-{}-{n}-{test}", std::process::id());
-        let dir = std::env::temp_dir().join(&prefix);
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        let mut w = World {
-            node: format!("{prefix}-node"),
-            outside: format!("{prefix}-out"),
-            prefix,
-            namespaces: Vec::new(),
+        let base = common::World::new("rcnit", test);
+        let dir = &base.dir;
+        World {
             subnet: subnet.parse().unwrap(),
             config: json!({
                 "cniVersion": "1.0.0",
@@ -185,51 +151,14 @@ impl World {
                 "logLevel": "debug",
                 "logFile": dir.join("cni.log"),
             }),
-            dir,
-        };
-        let (node, outside) = (w.node.clone(), w.outside.clone());
-        w.netns_add(&node);
-        w.netns_add(&outside);
-        ip(&[
-            "-n", &node, "link", "add", "uplink", "type", "veth", "peer", "name", "wan", "netns",
-            &outside,
-        ]);
-        ip(&[
-            "-n",
-            &node,
-            "addr",
-            "add",
-            &format!("{NODE_IP}/24"),
-            "dev",
-            "uplink",
-        ]);
-        ip(&["-n", &node, "link", "set", "uplink", "up"]);
-        ip(&["-n", &node, "route", "add", "default", "via", OUTSIDE_IP]);
-        ip(&[
-            "-n",
-            &outside,
-            "addr",
-            "add",
-            &format!("{OUTSIDE_IP}/24"),
-            "dev",
-            "wan",
-        ]);
-        ip(&["-n", &outside, "link", "set", "wan", "up"]);
-        w
-    }
-
-    fn netns_add(&mut self, name: &str) {
-        ip(&["netns", "add", name]);
-        self.namespaces.push(name.to_string());
-        ip(&["-n", name, "link", "set", "lo", "up"]);
+            base,
+        }
     }
 
     fn pod(&mut self, name: &str) -> Pod {
-        let ns = format!("{}-{name}", self.prefix);
-        self.netns_add(&ns);
         Pod {
             container_id: format!("ctr-{}-{name}", self.prefix),
-            ns,
+            ns: self.pod_ns(name),
         }
     }
 
@@ -239,19 +168,7 @@ impl World {
 
     /// Runs the plugin inside the node namespace with exactly `env` (plus PATH) and `stdin`.
     fn exec(&self, env: &[(&str, &str)], stdin: &str) -> CniRun {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.node, BIN])
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn plugin");
-        // The plugin may fail before reading stdin; ignore a broken pipe.
-        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-        let out = child.wait_with_output().expect("wait for plugin");
+        let out = self.exec_plugin(env, stdin.as_bytes());
         CniRun {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -548,24 +465,6 @@ impl World {
     }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            if let Ok(log) = fs::read_to_string(self.dir.join("cni.log")) {
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("--- {} cni.log (last lines):", self.prefix);
-                for l in tail.iter().rev() {
-                    eprintln!("{l}");
-                }
-            }
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = run("ip", &["netns", "del", ns]);
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// The main routing table of a namespace, as `ip -j route` objects.
 fn routes_json(ns: &str) -> Vec<Value> {
     let out = ip(&["-n", ns, "-j", "route", "show"]);
@@ -641,8 +540,8 @@ fn tcp_source_seen(server_ns: &str, server_ip: Ipv4Addr, client_ns: &str) -> Ipv
 // -------------------------------------------------------------------- tests
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn two_pods_reach_each_other_node_and_outside() {
-    require_root!();
     let mut w = World::new("a", "10.244.1.0/24");
     let p1 = w.pod("p1");
     let p2 = w.pod("p2");
@@ -668,7 +567,11 @@ fn two_pods_reach_each_other_node_and_outside() {
     w.assert_ping(&p2, OUTSIDE_IP);
 
     // Leaving the cluster: masqueraded to the node's uplink address.
-    let seen = tcp_source_seen(&w.outside, OUTSIDE_IP.parse().unwrap(), &p1.ns);
+    let seen = tcp_source_seen(
+        w.outside.as_ref().unwrap(),
+        OUTSIDE_IP.parse().unwrap(),
+        &p1.ns,
+    );
     assert_eq!(
         seen,
         NODE_IP.parse::<Ipv4Addr>().unwrap(),
@@ -693,8 +596,8 @@ fn two_pods_reach_each_other_node_and_outside() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn thirty_parallel_adds_get_distinct_addresses() {
-    require_root!();
     const N: usize = 30;
     let mut w = World::new("b", "10.244.2.0/24");
     let pods: Vec<Pod> = (0..N).map(|i| w.pod(&format!("p{i}"))).collect();
@@ -746,8 +649,8 @@ fn thirty_parallel_adds_get_distinct_addresses() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn failed_add_leaves_nothing() {
-    require_root!();
     let subnet = "10.244.3.0/30"; // two usable addresses: .1 and .2
     let mut w = World::new("c", subnet);
     let p1 = w.pod("p1");
@@ -808,8 +711,8 @@ fn failed_add_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn del_without_netns_and_version() {
-    require_root!();
     let mut w = World::new("d", "10.244.4.0/24");
     let p1 = w.pod("p1");
 
@@ -896,8 +799,8 @@ fn gc(w: &World, valid: &[&Pod]) -> CniRun {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn gc_deletes_only_links_that_are_exactly_ours() {
-    require_root!();
     let mut w = World::new("own", "10.244.61.0/24");
     let keep = w.pod("keep");
     w.add_ok(&keep);
@@ -956,7 +859,7 @@ fn gc_deletes_only_links_that_are_exactly_ours() {
 /// it starts GC; what finishes in between is beyond any plugin's sight.)
 fn gc_racing(w: &World, live: &std::sync::Mutex<HashSet<String>>) -> CniRun {
     let mut child = Command::new("ip")
-        .args(["netns", "exec", &w.node, BIN])
+        .args(["netns", "exec", &w.node, common::BIN])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", "GC")
@@ -990,8 +893,8 @@ fn gc_racing(w: &World, live: &std::sync::Mutex<HashSet<String>>) -> CniRun {
 }
 
 #[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn gc_in_a_loop_never_unwires_a_pod_that_was_added_and_not_deleted() {
-    require_root!();
     const WORKERS: usize = 3;
     const PER_WORKER: usize = 8;
     let mut w = World::new("gcrace", "10.244.62.0/24");

@@ -26,9 +26,6 @@ use health::Health;
 use kube::{ApiClient, KubeError, NodeInfo, WatchEvent};
 use routes::{Plan, RouteSync};
 
-const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-pub const DEFAULT_HEALTH_ADDR: &str = "127.0.0.1:9465";
-const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
 /// The first retry after an API error; doubled up to the resync period.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// A watch that ends sooner than this without an error was refused in effect: back off before
@@ -51,112 +48,8 @@ pub struct AgentOptions {
     pub install: InstallSettings,
 }
 
-const AGENT_FLAGS: [&str; 7] = [
-    "--node-name",
-    "--api-server",
-    "--token-file",
-    "--ca-file",
-    "--resync-seconds",
-    "--stale-seconds",
-    "--health-addr",
-];
-
-/// `agent` flags, each with an environment fallback; the install flags go to install's parser.
-pub fn parse_args(args: &[String]) -> Result<AgentOptions, String> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let mut own = std::collections::HashMap::new();
-    let mut rest = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--pod-subnet" {
-            return Err("--pod-subnet is not an agent flag: the agent reads this node's podCIDR from its Node object".into());
-        }
-        let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
-        if AGENT_FLAGS.contains(&a.as_str()) {
-            own.insert(a.trim_start_matches("--").to_string(), v.clone());
-        } else {
-            rest.push(a.clone());
-            rest.push(v.clone());
-        }
-    }
-    let get = |flag: &str, var: &str| own.get(flag).cloned().or_else(|| env(var));
-    let node_name = get("node-name", "NODE_NAME").ok_or(
-        "--node-name (or NODE_NAME) is required: in a DaemonSet, set NODE_NAME from the downward API (fieldRef spec.nodeName)",
-    )?;
-    let api_server = match get("api-server", "ROUTED_CNI_API_SERVER") {
-        Some(url) => url,
-        None => {
-            let (host, port) = (
-                env("KUBERNETES_SERVICE_HOST"),
-                env("KUBERNETES_SERVICE_PORT").unwrap_or_else(|| "443".into()),
-            );
-            let host = host.ok_or(
-                "no API server: KUBERNETES_SERVICE_HOST is not set (not in a pod?); pass --api-server https://HOST:PORT",
-            )?;
-            // An IPv6 service address needs brackets in a URL.
-            if host.contains(':') {
-                format!("https://[{host}]:{port}")
-            } else {
-                format!("https://{host}:{port}")
-            }
-        }
-    };
-    if !api_server.starts_with("https://") {
-        return Err(format!(
-            "--api-server {api_server:?} must be an https:// URL: the token must not travel in clear"
-        ));
-    }
-    let seconds = |flag: &str, var: &str, default: Duration| -> Result<Duration, String> {
-        match get(flag, var) {
-            None => Ok(default),
-            Some(s) => match s.parse::<f64>() {
-                Ok(v) if v > 0.0 && v.is_finite() => Ok(Duration::from_secs_f64(v)),
-                _ => Err(format!(
-                    "--{flag} {s:?} is not a positive number of seconds"
-                )),
-            },
-        }
-    };
-    let resync = seconds(
-        "resync-seconds",
-        "ROUTED_CNI_RESYNC_SECONDS",
-        DEFAULT_RESYNC,
-    )?;
-    let stale_after = seconds("stale-seconds", "ROUTED_CNI_STALE_SECONDS", resync * 3)?;
-    let health_addr =
-        get("health-addr", "ROUTED_CNI_HEALTH_ADDR").unwrap_or_else(|| DEFAULT_HEALTH_ADDR.into());
-    let health_addr = health_addr
-        .parse()
-        .map_err(|_| format!("--health-addr {health_addr:?} is not ADDRESS:PORT"))?;
-    Ok(AgentOptions {
-        node_name,
-        api_server,
-        token_file: get("token-file", "ROUTED_CNI_TOKEN_FILE")
-            .unwrap_or_else(|| format!("{SA_DIR}/token"))
-            .into(),
-        ca_file: get("ca-file", "ROUTED_CNI_CA_FILE")
-            .unwrap_or_else(|| format!("{SA_DIR}/ca.crt"))
-            .into(),
-        resync,
-        stale_after,
-        health_addr,
-        install: install::parse_settings(&rest)?,
-    })
-}
-
 /// Runs the agent until SIGTERM/SIGINT. Returns the exit code for a start-up failure.
-pub fn run(args: &[String]) -> i32 {
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{}", crate::cli::USAGE);
-        return 0;
-    }
-    let opts = match parse_args(args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("routed-cni agent: {e}");
-            return 2;
-        }
-    };
+pub fn run(opts: AgentOptions) -> i32 {
     // Before any thread exists, so every thread inherits the mask and only the signal thread
     // ever sees these signals.
     let mut signals = SigSet::empty();
@@ -486,77 +379,4 @@ fn join<T: std::fmt::Display>(items: &[T]) -> String {
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn a(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn flags_and_defaults() {
-        let o = parse_args(&a(&[
-            "--node-name",
-            "n1",
-            "--api-server",
-            "https://100.64.0.254:6443",
-            "--resync-seconds",
-            "2",
-            "--bin-dir",
-            "/x/bin",
-            "--cluster-cidr",
-            "10.244.0.0/16",
-        ]))
-        .unwrap();
-        assert_eq!(o.node_name, "n1");
-        assert_eq!(o.resync, Duration::from_secs(2));
-        // Unhealthy after three missed resyncs unless told otherwise.
-        assert_eq!(o.stale_after, Duration::from_secs(6));
-        assert_eq!(o.health_addr, DEFAULT_HEALTH_ADDR.parse().unwrap());
-        assert_eq!(o.token_file, PathBuf::from(format!("{SA_DIR}/token")));
-        assert_eq!(o.install.bin_dir, PathBuf::from("/x/bin"));
-        assert_eq!(o.install.cluster_cidrs[0].to_string(), "10.244.0.0/16");
-        let err = |v: &[&str]| parse_args(&a(v)).unwrap_err();
-        assert!(err(&["--node-name", "n1", "--api-server", "http://x:80"]).contains("https"));
-        assert!(err(&[
-            "--node-name",
-            "n1",
-            "--api-server",
-            "https://x",
-            "--pod-subnet",
-            "10.0.0.0/24"
-        ])
-        .contains("podCIDR"));
-        assert!(err(&[
-            "--node-name",
-            "n1",
-            "--api-server",
-            "https://x",
-            "--resync-seconds",
-            "0"
-        ])
-        .contains("positive"));
-        assert!(err(&[
-            "--node-name",
-            "n1",
-            "--api-server",
-            "https://x",
-            "--bogus",
-            "1"
-        ])
-        .contains("--bogus"));
-        assert!(err(&[
-            "--node-name",
-            "n1",
-            "--api-server",
-            "https://x",
-            "--health-addr",
-            "9465"
-        ])
-        .contains("ADDRESS:PORT"));
-        assert!(err(&["--node-name"]).contains("needs a value"));
-    }
 }

@@ -9,16 +9,15 @@ pub mod iptables;
 pub mod report;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use self::checks::{Dest, Node, Target};
+pub use self::checks::Dest;
+use self::checks::{Node, Target};
 use self::iptables::PoolRules;
 use self::report::PodReport;
-use crate::config::DEFAULT_DATA_DIR;
 use crate::dataplane::Netlink;
 use crate::ipam::Unreadable;
 
@@ -31,8 +30,9 @@ pub const EXIT_USAGE: i32 = 2;
 /// No allocation matches the pod asked for.
 pub const EXIT_NOT_FOUND: i32 = 3;
 
+/// Which allocations to walk.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Select {
+pub enum Select {
     All,
     Pod {
         namespace: Option<String>,
@@ -43,87 +43,14 @@ enum Select {
     Netns(String),
 }
 
-#[derive(Debug)]
-struct Options {
-    select: Select,
-    to: Option<Dest>,
-    data_dir: PathBuf,
-    json: bool,
-}
-
-/// `IP`, `IPv4:PORT` or `[IPv6]:PORT`.
-fn parse_dest(s: &str) -> Option<Dest> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some(Dest { ip, port: None });
-    }
-    let sa = s.parse::<SocketAddr>().ok()?;
-    Some(Dest {
-        ip: sa.ip(),
-        port: Some(sa.port()).filter(|p| *p != 0),
-    })
-    .filter(|d| d.port.is_some())
-}
-
-fn parse_args(args: &[String]) -> Result<Options, String> {
-    let mut o = Options {
-        select: Select::All,
-        to: None,
-        data_dir: PathBuf::from(DEFAULT_DATA_DIR),
-        json: false,
-    };
-    let mut chosen = 0;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |what: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{a} needs {what}"))
-        };
-        match a.as_str() {
-            "--json" => o.json = true,
-            "--all" => chosen += 1,
-            "--data-dir" => o.data_dir = PathBuf::from(value("a directory")?),
-            "--to" => {
-                let v = value("IP[:PORT]")?;
-                o.to =
-                    Some(parse_dest(&v).ok_or_else(|| {
-                        format!("--to {v:?} is not IP, IPv4:PORT or [IPv6]:PORT")
-                    })?);
-            }
-            "--pod" => {
-                let v = value("NAMESPACE/NAME")?;
-                o.select = match v.split_once('/') {
-                    Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Select::Pod {
-                        namespace: Some(ns.to_string()),
-                        name: name.to_string(),
-                    },
-                    None if !v.is_empty() => Select::Pod {
-                        namespace: None,
-                        name: v,
-                    },
-                    _ => return Err(format!("--pod {v:?} is not NAMESPACE/NAME")),
-                };
-                chosen += 1;
-            }
-            "--container" => {
-                let v = value("a container ID")?;
-                if v.is_empty() {
-                    return Err("--container needs a container ID".into());
-                }
-                o.select = Select::Container(v);
-                chosen += 1;
-            }
-            "--netns" => {
-                o.select = Select::Netns(value("a path")?);
-                chosen += 1;
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    if chosen > 1 {
-        return Err("choose one of --pod, --container, --netns, --all".into());
-    }
-    Ok(o)
+/// What `routed-cni doctor` was asked (the cli layer builds it from flags).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub select: Select,
+    /// Also trace the route each side takes to this destination.
+    pub to: Option<Dest>,
+    pub data_dir: PathBuf,
+    pub json: bool,
 }
 
 /// (device, inode) of a namespace file, to match `--netns /proc/<pid>/ns/net` against the
@@ -235,19 +162,8 @@ fn describe(s: &Select) -> String {
     }
 }
 
-/// Runs `routed-cni doctor ARGS` and returns the exit code.
-pub fn run(args: &[String]) -> i32 {
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{}", crate::cli::USAGE);
-        return EXIT_HEALTHY;
-    }
-    let o = match parse_args(args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("routed-cni doctor: {e}\n\n{}", crate::cli::USAGE);
-            return EXIT_USAGE;
-        }
-    };
+/// Runs `routed-cni doctor` and returns the exit code (`EXIT_*`).
+pub fn run(o: Options) -> i32 {
     let fail = |msg: String| {
         if o.json {
             println!("{}", json!({"ok": false, "error": msg, "pods": []}));
@@ -366,45 +282,5 @@ pub fn run(args: &[String]) -> i32 {
         EXIT_HEALTHY
     } else {
         EXIT_BROKEN
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_string).collect()
-    }
-
-    #[test]
-    fn arguments() {
-        let o = parse_args(&args("--pod default/web-1 --to 10.96.0.10:53 --json")).unwrap();
-        assert_eq!(
-            o.select,
-            Select::Pod {
-                namespace: Some("default".into()),
-                name: "web-1".into()
-            }
-        );
-        let to = o.to.unwrap();
-        assert_eq!((to.ip, to.port), ("10.96.0.10".parse().unwrap(), Some(53)));
-        assert!(o.json);
-        assert_eq!(parse_args(&[]).unwrap().select, Select::All);
-        assert!(parse_args(&args("--pod a/b --all")).is_err());
-        assert!(parse_args(&args("--to 10.0.0.1:0")).is_err());
-        for (arg, ip, port) in [
-            ("fd00::2", "fd00::2", None),
-            ("[fd00::2]:80", "fd00::2", Some(80)),
-            ("10.0.0.1", "10.0.0.1", None),
-        ] {
-            let to = parse_dest(arg).unwrap_or_else(|| panic!("{arg}"));
-            assert_eq!((to.ip, to.port), (ip.parse().unwrap(), port), "{arg}");
-        }
-        assert!(parse_args(&args("--to [fd00::2]:0")).is_err());
-        assert!(parse_args(&args("--to fd00::2:80:")).is_err());
-        assert!(parse_args(&args("--to example.com")).is_err());
-        assert!(parse_args(&args("--container")).is_err());
-        assert!(parse_args(&args("--frobnicate")).is_err());
     }
 }

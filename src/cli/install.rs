@@ -1,0 +1,151 @@
+//! `install`'s flags, and the install settings `agent` shares with it. Every flag falls back to
+//! a `ROUTED_CNI_<FLAG>` variable, for a DaemonSet.
+
+use clap::Args;
+use ipnetwork::IpNetwork;
+use std::path::PathBuf;
+
+use crate::install::{
+    parse_cidrs, InstallOptions, InstallSettings, DEFAULT_BIN_DIR, DEFAULT_CONF_DIR,
+    DEFAULT_CONF_NAME,
+};
+
+/// At most one CIDR per family, IPv4 first (what `parse_cidrs` gives).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cidrs(pub Vec<IpNetwork>);
+
+fn pod_subnet(s: &str) -> Result<Cidrs, String> {
+    parse_cidrs("pod-subnet", s).map(Cidrs)
+}
+
+fn cluster_cidr(s: &str) -> Result<Cidrs, String> {
+    parse_cidrs("cluster-cidr", s).map(Cidrs)
+}
+
+/// Where the plugin goes and what its conflist says, except the pod subnets.
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// The CNI bin dir the binary is copied into
+    #[arg(long, value_name = "DIR", env = "ROUTED_CNI_BIN_DIR", default_value = DEFAULT_BIN_DIR)]
+    bin_dir: PathBuf,
+    /// The CNI config dir the conflist is written into
+    #[arg(long, value_name = "DIR", env = "ROUTED_CNI_CONF_DIR", default_value = DEFAULT_CONF_DIR)]
+    conf_dir: PathBuf,
+    /// The conflist's file name (runtimes use the first file of the dir)
+    #[arg(long, value_name = "NAME", env = "ROUTED_CNI_CONF_NAME", default_value = DEFAULT_CONF_NAME)]
+    conf_name: String,
+    /// The network's name in the conflist
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "ROUTED_CNI_NETWORK_NAME",
+        default_value = "k8s-pod-network"
+    )]
+    network_name: String,
+    /// The cluster's pod CIDRs (one per family), reached without masquerade
+    #[arg(long, value_name = "CIDR[,CIDR6]", env = "ROUTED_CNI_CLUSTER_CIDR", value_parser = cluster_cidr)]
+    cluster_cidr: Option<Cidrs>,
+    /// The pods' MTU [default: the MTU of the node's default-route interface]
+    #[arg(long, value_name = "N", env = "ROUTED_CNI_MTU")]
+    mtu: Option<u32>,
+    /// The plugin's log file, a path on the node [default: stderr only]
+    #[arg(long, value_name = "PATH", env = "ROUTED_CNI_LOG_FILE")]
+    log_file: Option<String>,
+}
+
+impl SettingsArgs {
+    pub fn into_settings(self) -> InstallSettings {
+        InstallSettings {
+            bin_dir: self.bin_dir,
+            conf_dir: self.conf_dir,
+            conf_name: self.conf_name,
+            network_name: self.network_name,
+            cluster_cidrs: self.cluster_cidr.map(|c| c.0).unwrap_or_default(),
+            mtu: self.mtu,
+            log_file: self.log_file,
+        }
+    }
+}
+
+/// Install the plugin: copy this binary into the CNI bin dir and write the conflist
+///
+/// Each file is written to a temp file, synced and renamed into place, so a runtime never
+/// reads a half-written config or execs a half-copied binary; re-running it is harmless.
+/// Every flag also reads ROUTED_CNI_<FLAG> (e.g. ROUTED_CNI_POD_SUBNET) from the environment.
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// This node's pod CIDR (two, comma-separated, for dual-stack) [required]
+    #[arg(long, value_name = "CIDR[,CIDR6]", env = "ROUTED_CNI_POD_SUBNET", value_parser = pod_subnet)]
+    pod_subnet: Option<Cidrs>,
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+impl InstallArgs {
+    /// The options, or why they are incomplete. (The subnet is checked here rather than by
+    /// clap's `required` so that the message can name the variable too.)
+    pub fn into_options(self) -> Result<InstallOptions, String> {
+        let pod_subnets = self.pod_subnet.ok_or(
+            "--pod-subnet (or ROUTED_CNI_POD_SUBNET) is required: this node's pod CIDR (two, comma-separated, for dual-stack)",
+        )?;
+        Ok(self.settings.into_settings().for_subnets(pod_subnets.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse, Command};
+    use super::*;
+
+    fn install(args: &[&str]) -> Result<InstallOptions, String> {
+        let argv: Vec<&str> = std::iter::once("install")
+            .chain(args.iter().copied())
+            .collect();
+        match parse(&argv).map_err(|e| e.to_string())?.command {
+            Some(Command::Install(a)) => a.into_options(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_defaults_and_bad_values() {
+        let o = install(&[
+            "--pod-subnet",
+            "10.1.2.0/24",
+            "--bin-dir",
+            "/x/bin",
+            "--mtu",
+            "1400",
+        ])
+        .unwrap();
+        assert_eq!(o.bin_dir, PathBuf::from("/x/bin"));
+        assert_eq!(o.conf_dir, PathBuf::from(DEFAULT_CONF_DIR));
+        assert_eq!(o.conf_name, DEFAULT_CONF_NAME);
+        assert_eq!(o.network_name, "k8s-pod-network");
+        assert_eq!((o.mtu, o.log_file), (Some(1400), None));
+        assert!(o.cluster_cidrs.is_empty());
+        assert!(install(&["--pod-subnet", "10.1.2.3/24"])
+            .unwrap_err()
+            .contains("host bits"));
+        assert!(install(&["--pod-subnet", "10.1.2.0/24", "--bogus", "1"])
+            .unwrap_err()
+            .contains("--bogus"));
+        assert!(install(&["--pod-subnet", "10.1.2.0/24", "--mtu", "x"])
+            .unwrap_err()
+            .contains("--mtu"));
+        assert!(install(&["--pod-subnet", "10.1.2.0/24", "--mtu"]).is_err());
+        let d = install(&[
+            "--pod-subnet",
+            "fd00:10:244:1::/64, 10.244.1.0/24",
+            "--cluster-cidr",
+            "10.244.0.0/16,fd00:10:244::/48",
+        ])
+        .unwrap();
+        assert_eq!(d.pod_subnets[0].to_string(), "10.244.1.0/24");
+        assert_eq!(d.pod_subnets[1].to_string(), "fd00:10:244:1::/64");
+        assert_eq!(d.cluster_cidrs.len(), 2);
+        assert!(install(&["--pod-subnet", "10.1.0.0/24,10.2.0.0/24"])
+            .unwrap_err()
+            .contains("two CIDRs of one family"));
+    }
+}

@@ -1,0 +1,233 @@
+//! The commands for people as a person meets them: the real binary with real argv and
+//! environment. Every subcommand answers --help (exit 0, usage on stdout); an unknown flag is
+//! named and exits 2; the ROUTED_CNI_* / NODE_NAME fallbacks reach the command, an empty one
+//! counts as unset, and a flag beats its variable; CNI mode never parses argv. No root needed.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+mod common;
+
+use common::{bin, unique, TempDir};
+
+/// Every variable the cli layer reads, so the caller's environment cannot leak into a test.
+const OURS: [&str; 18] = [
+    "CNI_COMMAND",
+    "NODE_NAME",
+    "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT",
+    "ROUTED_CNI_POD_SUBNET",
+    "ROUTED_CNI_BIN_DIR",
+    "ROUTED_CNI_CONF_DIR",
+    "ROUTED_CNI_CONF_NAME",
+    "ROUTED_CNI_NETWORK_NAME",
+    "ROUTED_CNI_CLUSTER_CIDR",
+    "ROUTED_CNI_MTU",
+    "ROUTED_CNI_LOG_FILE",
+    "ROUTED_CNI_API_SERVER",
+    "ROUTED_CNI_TOKEN_FILE",
+    "ROUTED_CNI_CA_FILE",
+    "ROUTED_CNI_RESYNC_SECONDS",
+    "ROUTED_CNI_STALE_SECONDS",
+    "ROUTED_CNI_HEALTH_ADDR",
+];
+
+fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin());
+    for k in OURS {
+        cmd.env_remove(k);
+    }
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run routed-cni")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn every_command_answers_help() {
+    for sub in ["list", "doctor", "install", "audit", "agent", "version"] {
+        for flag in ["--help", "-h"] {
+            let out = cli(&[sub, flag], &[]);
+            let stdout = text(&out.stdout);
+            assert_eq!(out.status.code(), Some(0), "{sub} {flag}: {out:?}");
+            assert!(
+                stdout.contains(&format!("Usage: routed-cni {sub}")),
+                "{sub} {flag}: {stdout}"
+            );
+            assert!(out.stderr.is_empty(), "{sub} {flag}: {out:?}");
+        }
+    }
+    // The top level, and `help COMMAND`, too.
+    for args in [&["--help"][..], &[], &["help", "doctor"]] {
+        let out = cli(args, &[]);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        assert!(text(&out.stdout).contains("Usage: routed-cni"), "{out:?}");
+    }
+    let help = text(&cli(&["--help"], &[]).stdout);
+    for sub in ["list", "doctor", "install", "audit", "agent", "version"] {
+        assert!(help.contains(sub), "top-level help lacks {sub}: {help}");
+    }
+    // The environment fallbacks are in the help, generated from the declarations.
+    let help = text(&cli(&["install", "--help"], &[]).stdout);
+    assert!(help.contains("ROUTED_CNI_POD_SUBNET"), "{help}");
+    let help = text(&cli(&["agent", "--help"], &[]).stdout);
+    assert!(
+        help.contains("NODE_NAME") && help.contains("ROUTED_CNI_BIN_DIR"),
+        "{help}"
+    );
+}
+
+#[test]
+fn unknown_flags_and_commands_exit_2_naming_them() {
+    for sub in ["list", "doctor", "install", "audit", "agent", "version"] {
+        let out = cli(&[sub, "--frobnicate"], &[]);
+        assert_eq!(out.status.code(), Some(2), "{sub}: {out:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains("--frobnicate"), "{sub}: {err}");
+        assert!(
+            err.contains(&format!("Usage: routed-cni {sub}")),
+            "{sub}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{sub}: {out:?}");
+    }
+    let out = cli(&["frobnicate"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("frobnicate"), "{out:?}");
+    // A near miss gets a suggestion.
+    let out = cli(&["list", "--jsn"], &[]);
+    assert!(text(&out.stderr).contains("--json"), "{out:?}");
+    // Two selectors: a usage error too, with doctor's documented code for it.
+    let out = cli(&["doctor", "--pod", "a/b", "--all"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn version_both_ways() {
+    for args in [&["version"][..], &["--version"]] {
+        let out = cli(args, &[]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let v = text(&out.stdout);
+        assert!(
+            v.starts_with("routed-cni ") && v.contains("(CNI ") && v.contains("1.1.0"),
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn cni_mode_never_parses_argv() {
+    // A runtime sets CNI_COMMAND; whatever argv holds, the plugin speaks CNI.
+    let out = cli(&["--frobnicate", "doctor"], &[("CNI_COMMAND", "VERSION")]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("CNI JSON");
+    assert!(doc["supportedVersions"].is_array(), "{doc}");
+}
+
+fn conflist(dir: &Path) -> serde_json::Value {
+    let path = dir.join("net.d/10-routed-cni.conflist");
+    serde_json::from_slice(&fs::read(&path).unwrap()).unwrap()
+}
+
+#[test]
+fn install_reads_its_environment() {
+    let tmp = TempDir::new(&unique("rcni-cli-env"));
+    let (bin_dir, conf_dir) = (tmp.path.join("bin"), tmp.path.join("net.d"));
+    let (bin_dir, conf_dir) = (bin_dir.to_str().unwrap(), conf_dir.to_str().unwrap());
+    // Everything from the environment, as the DaemonSet passes it; MTU set but empty means
+    // "the default", as it did before the cli layer.
+    let env = [
+        ("ROUTED_CNI_POD_SUBNET", "10.250.1.0/24"),
+        ("ROUTED_CNI_CLUSTER_CIDR", "10.250.0.0/16"),
+        ("ROUTED_CNI_BIN_DIR", bin_dir),
+        ("ROUTED_CNI_CONF_DIR", conf_dir),
+        ("ROUTED_CNI_NETWORK_NAME", "from-env"),
+        ("ROUTED_CNI_MTU", ""),
+    ];
+    let out = cli(&["install"], &env);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(Path::new(bin_dir).join("routed-cni").exists());
+    let c = conflist(&tmp.path);
+    assert_eq!(c["name"], "from-env");
+    assert_eq!(c["plugins"][0]["ipam"]["subnet"], "10.250.1.0/24");
+    assert_eq!(
+        c["plugins"][0]["nonMasqueradeCIDRs"],
+        serde_json::json!(["10.250.0.0/16"])
+    );
+    assert!(c["plugins"][0].get("mtu").is_none(), "{c}");
+    // A flag beats its variable.
+    let out = cli(
+        &["install", "--pod-subnet", "10.250.2.0/24", "--mtu", "1400"],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let c = conflist(&tmp.path);
+    assert_eq!(c["plugins"][0]["ipam"]["subnet"], "10.250.2.0/24");
+    assert_eq!(c["plugins"][0]["mtu"], 1400);
+    // A bad value from the environment is a usage error naming the flag.
+    let mut bad = env;
+    bad[5] = ("ROUTED_CNI_MTU", "lots");
+    let out = cli(&["install"], &bad);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("--mtu"), "{out:?}");
+    // No subnet at all: the message names the flag and the variable.
+    let out = cli(
+        &["install", "--bin-dir", bin_dir, "--conf-dir", conf_dir],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("ROUTED_CNI_POD_SUBNET"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn agent_asks_for_node_name_and_reads_it_from_the_environment() {
+    let out = cli(&["agent"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("NODE_NAME"), "{out:?}");
+    // With NODE_NAME it gets past that, to the API server it cannot find outside a pod.
+    let out = cli(&["agent"], &[("NODE_NAME", "n1")]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        !err.contains("NODE_NAME") && err.contains("KUBERNETES_SERVICE_HOST"),
+        "{err}"
+    );
+    let out = cli(
+        &["agent"],
+        &[("NODE_NAME", "n1"), ("ROUTED_CNI_API_SERVER", "http://x")],
+    );
+    assert!(text(&out.stderr).contains("https"), "{out:?}");
+}
+
+#[test]
+fn doctor_keeps_its_exit_codes() {
+    let tmp = TempDir::new(&unique("rcni-cli-doctor"));
+    let store = tmp.path.to_str().unwrap();
+    // No such pod: 3, before it needs root or netlink.
+    let out = cli(
+        &["doctor", "--data-dir", store, "--pod", "default/nope"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let out = cli(&["doctor", "--data-dir", store, "--to", "example.com"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("example.com"), "{out:?}");
+}
+
+#[test]
+fn list_reads_the_store_it_is_given() {
+    let tmp = TempDir::new(&unique("rcni-cli-list"));
+    let store = tmp.path.to_str().unwrap();
+    let out = cli(&["list", "--data-dir", store, "--json"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(text(&out.stdout).trim(), "[]");
+    assert!(!text(&out.stderr).contains("error"), "{out:?}");
+}
