@@ -2,17 +2,23 @@
 # Delegated IPAM: `ipam.type: host-local` runs Debian's host-local from CNI_PATH for ADD, CHECK
 # and DEL, dual-stack. Its addresses land on eth0 as a /32 and a /128 behind the same routed data
 # path, CHECK finds the masquerade rules of the networks host-local returned, and an ADD that
-# fails after host-local allocated calls host-local's DEL, so no address leaks.
+# fails after host-local allocated calls host-local's DEL, so no address leaks. Our own record of
+# each delegated attachment (under the top-level dataDir) lets `audit` tell live pods from leaks,
+# GC release attachments the runtime no longer knows, and the last DEL of a network's subnet
+# remove its masquerade.
 set -euo pipefail
 . "$(dirname "$0")/lib/world.sh"
 
 HL=$WORK/host-local
+RCNI=$WORK/routed-cni
 CONF=$WORK/delegated.json
 cat >"$CONF" <<JSON
-{"cniVersion":"1.0.0","name":"e2e-deleg-$RUN_ID","type":"routed-cni",
+{"cniVersion":"1.0.0","name":"e2e-deleg-$RUN_ID","type":"routed-cni","dataDir":"$RCNI",
  "ipam":{"type":"host-local","ranges":[[{"subnet":"10.203.0.0/24"}],[{"subnet":"fd00:10:203::/64"}]],"dataDir":"$HL"},
  "nonMasqueradeCIDRs":["10.203.0.0/16","fd00:10:203::/48"]}
 JSON
+# audit in the node: prints its output, returns its exit code.
+audit() { on_node "$BIN" audit --data-dir "$RCNI" 2>&1; }
 allocated() { find "$HL" -regextype posix-extended -regex '.*/([0-9]+(\.[0-9]+){3}|[0-9a-f:]*:[0-9a-f:]*)$' 2>/dev/null | wc -l; }
 
 make_node
@@ -42,6 +48,24 @@ else
 fi
 eval "on_node ip6tables -t nat -A $jump"
 cni CHECK dg1 rcn-dg1-$RUN_ID "$WORK/check.json" && ok "CHECK after the repair" || fail "CHECK after the repair"
+veth1=$(jq -r '.interfaces[0].name' <<<"$result")
+
+# audit knows the delegated pod: its veth, routes and NAT jumps are explained.
+out=$(audit) && ok "audit passes with a delegated pod" || fail "audit with a delegated pod: $out"
+grep -q '^LEAK' <<<"$out" && fail "audit reports leaks on a healthy node: $out"
+listed=$(on_node "$BIN" list --data-dir "$RCNI" 2>&1)
+grep "${addr%/*}" <<<"$listed" | grep -q delegated && ok "list shows the delegated pod" ||
+    fail "list does not show ${addr%/*} as delegated: $listed"
+# A real leak next to it is still one: a veth of ours that no attachment names.
+on_node ip link add rcni0123456789a type veth peer name rcnxpeer
+if out=$(audit); then
+    fail "audit missed a leaked veth next to a delegated pod: $out"
+else
+    grep -q '^LEAK host veth rcni0123456789a' <<<"$out" && ok "audit reports the leaked veth" ||
+        fail "audit said: $out"
+    grep "^LEAK" <<<"$out" | grep -q "$veth1" && fail "audit calls the delegated pod's veth a leak: $out"
+fi
+on_node ip link del rcni0123456789a
 
 # A pod that already has a foreign eth0: ADD must fail after host-local allocated, and give the
 # address back.
@@ -53,10 +77,33 @@ else
     expect_eq "failed ADD error code" "$(jq -r .code <<<"$out")" "101"
 fi
 expect_eq "host-local allocations after the failed ADD (pod dg1's two)" "$(allocated)" "2"
+out=$(audit) && ok "audit is clean after the rolled-back ADD" || fail "audit after the rolled-back ADD: $out"
+
+# GC: an attachment the runtime no longer lists loses its veth and our record; dg1 keeps both.
+# host-local's addresses are host-local's GC's business: Debian's host-local (CNI 1.0) has none,
+# so GC reports its failure after doing our part, and DEL gives dg3's addresses back below.
+make_pod rcn-dg3-$RUN_ID
+cni ADD dg3 rcn-dg3-$RUN_ID "$CONF" >/dev/null && ok "ADD dg3" || fail "ADD dg3"
+expect_eq "host-local allocations with dg3" "$(allocated)" "4"
+jq '. + {cniVersion: "1.1.0", "cni.dev/valid-attachments":[{"containerID":"dg1","ifname":"eth0"}]}' "$CONF" >"$WORK/gc.json"
+if out=$(cni GC "" "" "$WORK/gc.json"); then
+    ok "GC"
+else
+    [[ $(jq -r .msg <<<"$out") == *"IPAM plugin host-local GC failed"* ]] && ok "GC reports host-local's missing GC" ||
+        fail "GC: $out"
+fi
+expect_eq "dg3's pod interface is gone" "$(ip -n rcn-dg3-$RUN_ID -o link show eth0 2>/dev/null | wc -l)" "0"
+expect_eq "dg1's pod interface stays" "$(ip -n rcn-dg1-$RUN_ID -o link show eth0 | wc -l)" "1"
+expect_eq "outside still sees dg1 masqueraded" "$(seen_by rcn-dg1-$RUN_ID $OUTSIDE_ADDR 8080)" "$NODE_UPLINK"
+out=$(audit) && ok "audit is clean after GC" || fail "audit after GC: $out"
+cni DEL dg3 rcn-dg3-$RUN_ID "$CONF" >/dev/null && ok "DEL dg3 after GC" || fail "DEL dg3 after GC"
+expect_eq "host-local allocations after DEL dg3 (dg1's two)" "$(allocated)" "2"
 
 cni DEL dg1 rcn-dg1-$RUN_ID "$CONF" >/dev/null && ok "DEL" || fail "DEL"
 cni DEL dg1 rcn-dg1-$RUN_ID "$CONF" >/dev/null && ok "second DEL" || fail "second DEL"
 expect_eq "host-local allocations after DEL" "$(allocated)" "0"
-left=$(ip -n "$NODE" -o link show | grep -o 'rcni[0-9a-f]*' || true)
-[ -z "$left" ] && ok "no host veth left" || fail "host veths left: $left"
+# The last pod of the subnets is gone: so are their masquerade rules, and every record.
+expect_clean_node "$RCNI"
+left=$(find "$RCNI" -type f ! -name lock 2>/dev/null || true)
+[ -z "$left" ] && ok "no delegated record left" || fail "files left in $RCNI: $left"
 finish

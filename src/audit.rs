@@ -1,7 +1,9 @@
 //! `routed-cni audit`: everything of ours on this node that no live allocation explains — host
 //! veths, /32 and /128 routes into them, NAT jumps and chains (iptables and ip6tables) — and
-//! allocations whose host veth is gone.
-//! Exit 0 when the node is clean, 1 when something leaked.
+//! allocations whose host veth is gone. Allocations are the built-in store's pools and our
+//! records of delegated attachments (`<dataDir>/delegated`). What only an unreadable record may
+//! explain is reported as such, with no command to delete it.
+//! Exit 0 when the node is clean, 1 when something leaked or cannot be vouched for.
 
 use serde_json::json;
 use std::collections::HashSet;
@@ -9,15 +11,18 @@ use std::path::{Path, PathBuf};
 
 use crate::dataplane::Netlink;
 use crate::firewall::{Family, Installed};
-use crate::ipam::{Record, Unreadable};
-use crate::leaks::{self, NodeState};
+use crate::ipam::{attachments, Record};
+use crate::leaks::{self, Doubt, NodeState};
 
 /// Each pool's readable records, with the pool's name.
 pub type PoolRecords = Vec<(String, Record)>;
 
-/// Every record of every pool, read under each pool's lock, and the records that exist but
-/// cannot be read.
-pub fn all_records(data_dir: &Path) -> Result<(PoolRecords, Vec<Unreadable>), String> {
+/// A record that exists but cannot be read: a line for people, and what it may explain.
+pub type Unreadables = Vec<(String, Doubt)>;
+
+/// Every record of every pool, read under each pool's lock, and every delegated attachment's
+/// (one per address, its subnet as pool); and the records that exist but cannot be read.
+pub fn all_records(data_dir: &Path) -> Result<(PoolRecords, Unreadables), String> {
     let (mut out, mut unreadable) = (Vec::new(), Vec::new());
     for pool in crate::ipam::scan(data_dir).map_err(|e| e.msg)? {
         if let Some(e) = pool.error {
@@ -28,27 +33,50 @@ pub fn all_records(data_dir: &Path) -> Result<(PoolRecords, Vec<Unreadable>), St
                 .into_iter()
                 .map(|f| (pool.name.clone(), f.record)),
         );
-        unreadable.extend(pool.unreadable);
+        unreadable.extend(pool.unreadable.into_iter().map(|u| {
+            let doubt = Doubt {
+                record: u.path.clone(),
+                ip: Some(u.ip),
+                attachment: u.attachment.clone(),
+            };
+            (u.describe(), doubt)
+        }));
     }
+    let (delegated, bad) = attachments::scan(data_dir).map_err(|e| e.msg)?;
+    out.extend(
+        delegated
+            .iter()
+            .flat_map(attachments::Attachment::allocations),
+    );
+    unreadable.extend(bad.into_iter().map(|u| {
+        let doubt = Doubt {
+            record: u.path.clone(),
+            ip: None,
+            attachment: Some(u.hash.clone()),
+        };
+        (u.describe(), doubt)
+    }));
     Ok((out, unreadable))
 }
 
-/// Finds what leaked: what `leaks::find` reports on the node, then NAT leftovers.
-/// `nat_tables` holds our masquerade as each family's nat table has it.
+/// Finds what leaked: what `leaks::find` reports on the node, then NAT leftovers; and apart,
+/// what only a record in `doubts` may explain. `nat_tables` holds our masquerade as each
+/// family's nat table has it.
 pub fn findings(
     records: &[(String, Record)],
+    doubts: &[Doubt],
     node: &NodeState,
     nat_tables: &[Installed],
-) -> Vec<String> {
-    let mut out: Vec<String> = leaks::find(node, records)
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+) -> (Vec<String>, Vec<String>) {
+    let (leaked, doubted): (Vec<_>, Vec<_>) = leaks::find(node, records, doubts)
+        .into_iter()
+        .partition(leaks::Leak::is_leak);
+    let mut out: Vec<String> = leaked.iter().map(ToString::to_string).collect();
     let live_pools = leaks::live_pools(records);
     for nat in nat_tables {
         nat_findings(nat, &live_pools, &mut out);
     }
-    out
+    (out, doubted.iter().map(ToString::to_string).collect())
 }
 
 fn nat_findings(nat: &Installed, live_pools: &HashSet<&str>, out: &mut Vec<String>) {
@@ -108,25 +136,29 @@ pub fn run(o: Options) -> i32 {
             }
         }
     }
-    let found = findings(&records, &node, &nat);
+    let (lines, doubts): (Vec<String>, Vec<Doubt>) = unreadable.into_iter().unzip();
+    let (found, unexplained) = findings(&records, &doubts, &node, &nat);
     // Unreadable records are not leaks, but nobody can vouch for them either: say so, and
     // do not call the node clean.
-    let unreadable: Vec<String> = unreadable.iter().map(Unreadable::describe).collect();
     if as_json {
         println!(
             "{}",
-            json!({"allocations": records.len(), "leaks": found, "unreadable": unreadable})
+            json!({"allocations": records.len(), "leaks": found, "unexplained": unexplained,
+                   "unreadable": lines})
         );
     } else {
         for f in &found {
             println!("LEAK {f}");
         }
-        for u in &unreadable {
+        for u in &unexplained {
+            println!("UNEXPLAINED {u}");
+        }
+        for u in &lines {
             println!("UNREADABLE {u}");
         }
         println!("{} allocation(s), {} leak(s)", records.len(), found.len());
     }
-    i32::from(!found.is_empty() || !unreadable.is_empty())
+    i32::from(!found.is_empty() || !lines.is_empty())
 }
 
 #[cfg(test)]
@@ -179,7 +211,9 @@ mod tests {
         let routes = vec![("10.244.1.2".parse().unwrap(), 7)];
         let nat = "-P POSTROUTING ACCEPT\n-N RCNI-AB\n-A POSTROUTING -s 10.244.1.0/24 -m comment --comment \"routed-cni pool 10.244.1.0/24\" -j RCNI-AB\n";
         let t = |rules: &str| vec![Installed::parse(Family::V4, rules)];
-        assert!(findings(&records, &node(&links, &routes), &t(nat)).is_empty());
+        assert!(findings(&records, &[], &node(&links, &routes), &t(nat))
+            .0
+            .is_empty());
 
         let links2 = [(7, "rcniaaaaaaaaaaa"), (8, "rcnibbbbbbbbbbb")];
         let routes2 = vec![
@@ -187,18 +221,18 @@ mod tests {
             ("10.244.1.9".parse().unwrap(), 8),
         ];
         let nat2 = format!("{nat}-N RCNI-OLD\n");
-        let f = findings(&records, &node(&links2, &routes2), &t(&nat2));
+        let f = findings(&records, &[], &node(&links2, &routes2), &t(&nat2)).0;
         assert_eq!(f.len(), 3, "{f:?}");
         assert!(f[0].contains("rcnibbbbbbbbbbb"));
         assert!(f[1].contains("10.244.1.9/32"));
         assert!(f[2].contains("RCNI-OLD"));
-        let f = findings(&records, &node(&[], &[]), &t(nat));
+        let f = findings(&records, &[], &node(&[], &[]), &t(nat)).0;
         assert!(
             f.iter()
                 .any(|l| l.contains("host veth rcniaaaaaaaaaaa is gone")),
             "{f:?}"
         );
-        let f = findings(&[], &node(&[], &[]), &t(nat));
+        let f = findings(&[], &[], &node(&[], &[]), &t(nat)).0;
         assert!(f.iter().any(|l| l.contains("NAT jump to RCNI-AB")), "{f:?}");
 
         // IPv6: a /128 into one of our veths without an allocation, an ip6tables chain alone.
@@ -215,7 +249,7 @@ mod tests {
             Installed::parse(Family::V4, nat),
             Installed::parse(Family::V6, "-N RCNI-V6\n"),
         ];
-        let f = findings(&v6, &node(&links, &routes6), &tables);
+        let f = findings(&v6, &[], &node(&links, &routes6), &tables).0;
         assert_eq!(f.len(), 2, "{f:?}");
         assert!(f[0].contains("fd00:10:244:1::9/128") && f[0].contains("no allocation"));
         assert!(f[1].contains("ip6tables -t nat -X RCNI-V6"));

@@ -2,10 +2,14 @@
 //! ownership predicate, `dataplane::owned`), /32 and /128 routes into them, and allocations
 //! whose host veth is gone. `routed-cni audit` reports all of it; GC deletes the veths among it
 //! that route an address of its own pools. NAT leftovers are the firewall's to list; audit adds
-//! them using `live_pools`.
+//! them using `live_pools`. Delegated attachments come in as records of the same shape (one
+//! per address, the subnet as pool). A record that exists but cannot be read may explain a
+//! veth (named by its attachment) or a route (by its address): those are reported as
+//! unexplained, never as leaks with a command that would delete a live pod's interface.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
 
 use crate::cni::error::Result;
 use crate::dataplane::{self, owned, Netlink};
@@ -61,6 +65,26 @@ impl NodeState {
     }
 }
 
+/// A record that exists but cannot be read, and what it may explain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Doubt {
+    pub record: PathBuf,
+    /// Its address, when its file name says it (built-in store).
+    pub ip: Option<IpAddr>,
+    /// Its attachment hash, when a key file or its own name says it: the host veth's name
+    /// ends with the first 11 characters.
+    pub attachment: Option<String>,
+}
+
+impl Doubt {
+    fn may_explain_veth(&self, name: &str) -> bool {
+        self.attachment
+            .as_deref()
+            .and_then(|h| h.get(..11))
+            .is_some_and(|h| name.ends_with(h))
+    }
+}
+
 /// One thing that no allocation explains.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Leak {
@@ -75,6 +99,20 @@ pub enum Leak {
     },
     /// An allocation whose host veth is gone: the pod is dead.
     Allocation { pool: String, record: Record },
+    /// A veth of ours (`route` None) or a route into one that no readable record explains but
+    /// an unreadable one may: not a leak until a person has looked at the record.
+    Unexplained {
+        dev: String,
+        route: Option<IpAddr>,
+        record: PathBuf,
+    },
+}
+
+impl Leak {
+    /// True for what is certainly a leak; false for what an unreadable record may explain.
+    pub fn is_leak(&self) -> bool {
+        !matches!(self, Leak::Unexplained { .. })
+    }
 }
 
 impl std::fmt::Display for Leak {
@@ -91,6 +129,18 @@ impl std::fmt::Display for Leak {
                     None => write!(f, "route {ip}/{plen} dev {dev}: no allocation for {ip} (remove: ip route del {ip}/{plen} dev {dev})"),
                 }
             }
+            Leak::Unexplained { dev, route, record } => {
+                let what = match route {
+                    Some(ip) => format!("route {ip}/{} dev {dev}", dataplane::host_prefix(*ip)),
+                    None => format!("host veth {dev}"),
+                };
+                write!(
+                    f,
+                    "{what}: unexplained because record {} is unreadable; it may belong to a live pod: \
+                     fix or remove that record before removing anything",
+                    record.display()
+                )
+            }
             Leak::Allocation { pool, record: r } => write!(
                 f,
                 "allocation {} in pool {pool} ({}/{}): its host veth {} is gone, the pod is dead (release: routed-cni GC or DEL)",
@@ -101,8 +151,9 @@ impl std::fmt::Display for Leak {
 }
 
 /// Everything in `node` that `records` (pool name, record) do not explain: veths first (by
-/// name), then routes, then dead allocations.
-pub fn find(node: &NodeState, records: &[(String, Record)]) -> Vec<Leak> {
+/// name), then routes, then dead allocations. What only a record in `doubts` may explain is
+/// `Leak::Unexplained`.
+pub fn find(node: &NodeState, records: &[(String, Record)], doubts: &[Doubt]) -> Vec<Leak> {
     let explained: HashSet<&str> = records.iter().map(|(_, r)| r.host_veth.as_str()).collect();
     let by_ip: HashMap<IpAddr, &Record> = records.iter().map(|(_, r)| (r.ip, r)).collect();
     let present: HashSet<&str> = node.links.values().map(|l| l.name.as_str()).collect();
@@ -118,17 +169,39 @@ pub fn find(node: &NodeState, records: &[(String, Record)]) -> Vec<Leak> {
             routes.push(*ip);
         }
     }
-    out.extend(veths.into_iter().map(|(name, routes)| Leak::Veth {
-        name: name.to_string(),
-        routes,
+    let doubt_of = |dev: &str, ip: Option<IpAddr>| {
+        doubts
+            .iter()
+            .find(|d| d.may_explain_veth(dev) || (ip.is_some() && d.ip == ip))
+    };
+    out.extend(veths.into_iter().map(|(name, routes)| {
+        // A veth whose routes lead to an unreadable record's address is in doubt too.
+        let doubt =
+            doubt_of(name, None).or_else(|| routes.iter().find_map(|ip| doubt_of(name, Some(*ip))));
+        match doubt {
+            Some(d) => Leak::Unexplained {
+                dev: name.to_string(),
+                route: None,
+                record: d.record.clone(),
+            },
+            None => Leak::Veth {
+                name: name.to_string(),
+                routes,
+            },
+        }
     }));
     for (ip, oif) in &node.routes {
         let Some(dev) = node.our_link(*oif) else {
             continue;
         };
-        match by_ip.get(ip) {
-            Some(r) if r.host_veth == dev => {}
-            owner => out.push(Leak::Route {
+        match (by_ip.get(ip), doubt_of(dev, Some(*ip))) {
+            (Some(r), _) if r.host_veth == dev => {}
+            (None, Some(d)) => out.push(Leak::Unexplained {
+                dev: dev.to_string(),
+                route: Some(*ip),
+                record: d.record.clone(),
+            }),
+            (owner, _) => out.push(Leak::Route {
                 ip: *ip,
                 dev: dev.to_string(),
                 owner: owner.map(|r| r.host_veth.clone()),
@@ -206,7 +279,7 @@ mod tests {
             ],
             &[("10.244.1.2", 7), ("10.244.1.8", 8), ("10.244.1.9", 9)],
         );
-        let leaks = find(&n, &records);
+        let leaks = find(&n, &records, &[]);
         assert_eq!(
             leaks,
             vec![
@@ -222,10 +295,52 @@ mod tests {
             ]
         );
         assert!(leaks[1].to_string().contains("10.244.1.9/32"));
-        let gone = find(&node(&[], &[]), &records);
+        let gone = find(&node(&[], &[]), &records, &[]);
         assert!(matches!(&gone[..], [Leak::Allocation { .. }]), "{gone:?}");
         assert!(gone[0]
             .to_string()
             .contains("host veth rcniaaaaaaaaaaa is gone"));
+    }
+
+    #[test]
+    fn what_an_unreadable_record_may_explain_is_not_a_leak() {
+        let hash = crate::ipam::attachment_hash("c", "eth0");
+        let veth = format!("rcni{}", &hash[..11]);
+        let n = node(
+            &[(7, &veth, true), (9, "rcnibbbbbbbbbbb", true)],
+            &[("10.244.1.2", 7), ("10.244.1.9", 9)],
+        );
+        // By the key's attachment: the veth and its route.
+        let by_key = Doubt {
+            record: "/s/10.244.1.2".into(),
+            ip: None,
+            attachment: Some(hash.clone()),
+        };
+        let leaks = find(&n, &[], &[by_key]);
+        assert_eq!(leaks.len(), 4, "{leaks:?}");
+        assert!(!leaks[0].is_leak() && leaks[0].to_string().contains(&veth));
+        assert!(leaks[0]
+            .to_string()
+            .contains("record /s/10.244.1.2 is unreadable"));
+        assert!(
+            !leaks[0].to_string().contains("ip link del"),
+            "{}",
+            leaks[0]
+        );
+        // The unrelated veth is still a leak, with its remedy.
+        assert!(leaks[1].is_leak() && leaks[1].to_string().contains("ip link del rcnibbbbbbbbbbb"));
+        assert!(!leaks[2].is_leak() && !leaks[2].to_string().contains("ip route del"));
+        assert!(leaks[3].is_leak());
+        // By the record's address alone (no key leads to it): the route, and the veth it goes into.
+        let by_ip = Doubt {
+            record: "/s/10.244.1.2".into(),
+            ip: Some("10.244.1.2".parse().unwrap()),
+            attachment: None,
+        };
+        let leaks = find(&n, &[], &[by_ip]);
+        assert_eq!(leaks.iter().filter(|l| l.is_leak()).count(), 2, "{leaks:?}");
+        assert!(leaks
+            .iter()
+            .all(|l| l.is_leak() || l.to_string().contains(&veth)));
     }
 }

@@ -1,10 +1,14 @@
-//! `routed-cni list`: the allocations of every pool in the store, with pod, container, host
+//! `routed-cni list`: the allocations of every pool in the store, and the attachments a
+//! delegated IPAM plugin gave addresses to (marked "delegated"), with pod, container, host
 //! veth and whether the host veth exists on this node.
 
 use serde_json::json;
 use std::path::PathBuf;
 
 use crate::dataplane::Netlink;
+
+/// Follows the pool of a delegated attachment's row: the IPAM plugin, not our store, holds it.
+const DELEGATED: &str = "(delegated)";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -59,10 +63,35 @@ pub fn run(o: &Options) -> i32 {
             rows.push((pool.name.clone(), r, alive));
         }
     }
+    // Delegated attachments: one row per address, the network it came in as the pool.
+    match crate::ipam::attachments::scan(data_dir) {
+        Ok((found, bad)) => {
+            for a in &found {
+                let alive = host
+                    .as_ref()
+                    .and_then(|h| rt.block_on(h.link_by_name(&a.host_veth)).ok().flatten())
+                    .is_some();
+                for (pool, r) in a.allocations() {
+                    rows.push((format!("{pool} {DELEGATED}"), r, alive));
+                }
+            }
+            for u in bad {
+                eprintln!("routed-cni list: {}", u.describe());
+                status = 1;
+            }
+        }
+        Err(e) => {
+            eprintln!("routed-cni list: delegated attachments: {e}");
+            status = 1;
+        }
+    }
     if as_json {
         let doc: Vec<_> = rows
             .iter()
-            .map(|(pool, r, alive)| json!({"pool": pool, "record": r, "hostVethPresent": alive}))
+            .map(|(pool, r, alive)| match pool.strip_suffix(DELEGATED) {
+                Some(p) => json!({"pool": p.trim_end(), "delegated": true, "record": r, "hostVethPresent": alive}),
+                None => json!({"pool": pool, "record": r, "hostVethPresent": alive}),
+            })
             .chain(unreadable.iter().map(|(pool, u)| {
                 json!({"pool": pool, "ip": u.ip, "unreadable": u.reason, "path": u.path})
             }))

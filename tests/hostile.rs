@@ -549,6 +549,47 @@ fn unreadable_records_are_shown_not_skipped() {
     assert_eq!(rc, 0);
 }
 
+/// A live pod whose record turned unreadable: audit says its veth and route are unexplained
+/// because of that record, and gives no command that would delete them; GC leaves them alone.
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn unreadable_record_of_a_live_pod_is_not_called_a_leak() {
+    let s = Scratch::new();
+    let bytes = serde_json::to_vec(&s.config()).unwrap();
+    let (rc, doc) = s.run(&[], &bytes);
+    assert_eq!(rc, 0, "{doc}");
+    let veth = doc["interfaces"][0]["name"].as_str().unwrap().to_string();
+    let record = s.dir.join("store/10.210.0.0-24/10.210.0.1");
+    std::fs::write(&record, b"{\"ip\": \"10.210.0").unwrap();
+    let data_dir = s.dir.join("store").display().to_string();
+    let (rc, out) = s.cli(&["audit", "--data-dir", &data_dir]);
+    assert_ne!(rc, 0, "audit vouches for an unreadable record: {out}");
+    for l in out.lines().filter(|l| l.contains(&veth)) {
+        assert!(
+            !l.contains("ip link del") && !l.contains("ip route del"),
+            "audit advises deleting a live pod's interface: {l}"
+        );
+    }
+    let record_s = record.display().to_string();
+    assert!(
+        out.lines().any(|l| l.starts_with("UNEXPLAINED host veth")
+            && l.contains(&veth)
+            && l.contains(&record_s)),
+        "audit does not tie the veth to the unreadable record:\n{out}"
+    );
+    // GC with no attachment listed must not take the veth an unreadable record may explain.
+    let mut gc = s.config();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let (rc, doc) = s.run(&[("CNI_COMMAND", "GC")], &serde_json::to_vec(&gc).unwrap());
+    assert_eq!(rc, 0, "{doc}");
+    let links = common::run_ok("ip", &["-n", &s.node, "-o", "link", "show"]);
+    assert!(links.contains(&veth), "GC deleted {veth}: {links}");
+    std::fs::remove_file(&record).unwrap();
+    let (rc, _) = s.run(&[("CNI_COMMAND", "DEL")], &bytes);
+    assert_eq!(rc, 0);
+}
+
 /// The log file is not opened through a symlink, and the ADD still succeeds.
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it"]

@@ -12,7 +12,8 @@ use crate::cni::types::{AddResult, Interface, IpConfig, Route};
 use crate::config::{Ipam, NetConf, PoolConfig};
 use crate::dataplane::spec::{Place, PodSpec};
 use crate::dataplane::{self, sysctl, Netlink, DEFAULT_MTU, HOST_MAC};
-use crate::firewall::{masquerade, Masquerade, Probe};
+use crate::firewall::{Masquerade, Probe};
+use crate::ipam::attachments::{self, Attachments};
 use crate::ipam::inflight::{self, AddInFlight};
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, Record, Store};
@@ -39,7 +40,16 @@ struct Leased {
 struct Lease {
     addrs: Vec<Leased>,
     /// The delegated IPAM plugin, if one handed them out.
-    delegated: Option<String>,
+    delegated: Option<Delegated>,
+}
+
+/// Addresses from a delegated IPAM plugin, and our record of the attachment.
+struct Delegated {
+    plugin: String,
+    records: Attachments,
+    /// Held until the ADD returns, so a GC with an older list of attachments leaves the
+    /// record alone.
+    in_flight: AddInFlight,
 }
 
 fn allocation_template(conf: &NetConf, att: &Attachment, host_veth: &str) -> Record {
@@ -111,12 +121,25 @@ fn allocate_builtin(
     Ok(lease)
 }
 
-fn allocate_delegated(conf: &NetConf, plugin: &str) -> Result<Lease> {
-    let result = delegate::exec(plugin, Command::Add, &conf.raw)?;
+/// Runs the IPAM plugin's ADD, then records the attachment (addresses with their networks,
+/// host veth) under the plugin's own `dataDir`, so audit, GC, list and DEL know it. The record
+/// is written under the records' lock before any NAT is probed: a DEL that empties a subnet
+/// decides under that lock, and so sees this pod.
+fn allocate_delegated(
+    conf: &NetConf,
+    plugin: &str,
+    att: &Attachment,
+    template: &Record,
+) -> Result<Lease> {
+    let records = Attachments::open(&conf.data_dir)?;
+    let in_flight = inflight::begin_add_in(&records.adding_dir(), &att.container_id, &att.ifname)?;
+    let forget = || inflight::forget_in(&records.adding_dir(), &att.container_id, &att.ifname);
+    let result = delegate::exec(plugin, Command::Add, &conf.raw).inspect_err(|_| forget())?;
     let nets = match result.as_ref().map(delegate::pod_addresses) {
         Some(Ok(nets)) => nets,
         failed => {
             release_delegated(conf, plugin);
+            forget();
             return Err(failed.and_then(|r| r.err()).unwrap_or_else(|| {
                 CniError::new(
                     Code::DelegatedIpam,
@@ -125,18 +148,37 @@ fn allocate_delegated(conf: &NetConf, plugin: &str) -> Result<Lease> {
             }));
         }
     };
+    let record = attachments::Attachment {
+        container_id: template.container_id.clone(),
+        ifname: template.ifname.clone(),
+        host_veth: template.host_veth.clone(),
+        network: template.network.clone(),
+        netns: template.netns.clone(),
+        pod_namespace: template.pod_namespace.clone(),
+        pod_name: template.pod_name.clone(),
+        created: template.created,
+        ips: nets.clone(),
+    };
+    if let Err(e) = records.lock().and_then(|l| l.write(&record)) {
+        release_delegated(conf, plugin);
+        forget();
+        return Err(e);
+    }
     Ok(Lease {
         addrs: nets
             .into_iter()
             .map(|net| Leased {
                 ip: net.ip(),
-                subnet: IpNetwork::new(net.network(), net.prefix())
-                    .expect("prefix came from a network"),
+                subnet: attachments::subnet_of(net),
                 store: None,
                 in_flight: None,
             })
             .collect(),
-        delegated: Some(plugin.to_string()),
+        delegated: Some(Delegated {
+            plugin: plugin.to_string(),
+            records,
+            in_flight,
+        }),
     })
 }
 
@@ -150,14 +192,10 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
     // Started before any address is taken: nothing that can fail may sit between allocation
     // and the rollback below (a runtime that cannot start used to leak the address).
     let rt = runtime()?;
+    let template = allocation_template(conf, att, &host_veth);
     let lease = match &conf.ipam {
-        Ipam::Builtin(pools) => allocate_builtin(
-            conf,
-            pools,
-            att,
-            &allocation_template(conf, att, &host_veth),
-        )?,
-        Ipam::Delegated { plugin } => allocate_delegated(conf, plugin)?,
+        Ipam::Builtin(pools) => allocate_builtin(conf, pools, att, &template)?,
+        Ipam::Delegated { plugin } => allocate_delegated(conf, plugin, att, &template)?,
     };
     crate::crashpoint::here("add:allocated");
     let nats: Vec<Masquerade> = lease
@@ -175,7 +213,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
         .block_on(wire(conf, att, &netns, &host_veth, &ips))
         .and_then(|w| {
             for ((nat, probe), leased) in nats.iter().zip(probes).zip(&lease.addrs) {
-                ensure_nat(nat, probe, leased)?;
+                ensure_nat(nat, probe, leased, lease.delegated.as_ref())?;
             }
             Ok(w)
         });
@@ -188,6 +226,9 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
     };
     for mark in lease.addrs.iter().filter_map(|a| a.in_flight.as_ref()) {
         mark.finished();
+    }
+    if let Some(d) = &lease.delegated {
+        d.in_flight.finished();
     }
     let result = AddResult {
         interfaces: vec![
@@ -323,7 +364,12 @@ async fn wire(
 }
 
 /// `probe` is the `iptables -C` started before the netlink work (`None`: no masquerade).
-fn ensure_nat(nat: &Masquerade, probe: Option<Result<Probe>>, leased: &Leased) -> Result<()> {
+fn ensure_nat(
+    nat: &Masquerade,
+    probe: Option<Result<Probe>>,
+    leased: &Leased,
+    delegated: Option<&Delegated>,
+) -> Result<()> {
     crate::crashpoint::here("add:before-nat");
     let Some(probe) = probe else {
         return Ok(());
@@ -332,16 +378,17 @@ fn ensure_nat(nat: &Masquerade, probe: Option<Result<Probe>>, leased: &Leased) -
         return Ok(());
     }
     // First pod of the pool (or rules were lost): install under a lock, so a parallel ADD does
-    // not race us and (built-in store) a DEL emptying the pool does not remove them under us.
-    match &leased.store {
-        Some(store) => {
+    // not race us and a DEL emptying the pool does not remove them under us.
+    match (&leased.store, delegated) {
+        (Some(store), _) => {
             let _lock = store.lock(LOCK_TIMEOUT)?;
             nat.install()
         }
-        None => {
-            let _lock = masquerade::lock()?;
+        (None, Some(d)) => {
+            let _lock = d.records.lock()?;
             nat.install()
         }
+        (None, None) => unreachable!("an address comes from the store or a delegated plugin"),
     }
 }
 
@@ -366,7 +413,9 @@ fn release(conf: &NetConf, lease: &Lease, att: &Attachment) {
 /// host veth (which takes the pod end and the host routes with it). Addresses first, as DEL
 /// does, and after `rt` is gone: the failed steps' netlink sockets live on in its tasks, and
 /// giving the addresses back must not lack a descriptor for them (an address lost is what no
-/// later DEL finds). Problems are logged: the runtime gets the error that made the ADD fail.
+/// later DEL finds). A delegated attachment's record goes last, after its veth, as in DEL: it
+/// is what finds a leftover. Problems are logged: the runtime gets the error that made the ADD
+/// fail.
 fn rollback(
     rt: tokio::runtime::Runtime,
     conf: &NetConf,
@@ -376,12 +425,25 @@ fn rollback(
 ) {
     drop(rt);
     match &lease.delegated {
-        Some(plugin) => release_delegated(conf, plugin),
+        Some(d) => release_delegated(conf, &d.plugin),
         None => release(conf, lease, att),
     }
     let undo_link = runtime()
         .and_then(|rt| rt.block_on(async { Netlink::connect()?.delete_link(host_veth).await }));
     if let Err(e) = undo_link {
         crate::error!("rollback: {e}");
+        return;
+    }
+    if let Some(d) = &lease.delegated {
+        let forgotten = d.records.lock().and_then(|lock| {
+            let (_, freed) = lock.release(&att.container_id, &att.ifname)?;
+            inflight::forget_in(&d.records.adding_dir(), &att.container_id, &att.ifname);
+            freed
+                .into_iter()
+                .try_for_each(|subnet| Masquerade::for_pool(conf, subnet).uninstall())
+        });
+        if let Err(e) = forgotten {
+            crate::error!("rollback: {e}");
+        }
     }
 }

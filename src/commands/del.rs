@@ -1,12 +1,15 @@
 //! DEL: release the address first (so nothing can leak it), then remove the host veth by its
-//! deterministic name. Everything already gone counts as done; other problems are collected
-//! and reported together after every step has been tried.
+//! deterministic name. With delegated IPAM our record of the attachment goes last, after the
+//! veth (a DEL killed before it leaves a record that audit and GC find), and with it the
+//! masquerade of any subnet no other record uses. Everything already gone counts as done;
+//! other problems are collected and reported together after every step has been tried.
 
 use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{self, Result};
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::{self, Netlink};
 use crate::firewall::Masquerade;
+use crate::ipam::attachments::Attachments;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, inflight, Store};
 
@@ -55,5 +58,35 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
         Ok(false) => {}
         Err(e) => errors.push(e),
     }
+    // Only once the plugin gave the addresses back and the veth is gone: until then the record
+    // is what explains them, and a retried DEL or GC still finds it.
+    if matches!(conf.ipam, Ipam::Delegated { .. }) && errors.is_empty() {
+        if let Err(e) = forget_delegated(conf, att) {
+            errors.push(e);
+        }
+    }
     error::join(errors)
+}
+
+/// Removes our record of a delegated attachment, and the masquerade of each subnet no other
+/// record names, under the records' lock (which ADD holds while it installs them).
+fn forget_delegated(conf: &NetConf, att: &Attachment) -> Result<()> {
+    let Some(records) = Attachments::open_existing(&conf.data_dir)? else {
+        return Ok(());
+    };
+    let lock = records.lock()?;
+    inflight::forget_in(&records.adding_dir(), &att.container_id, &att.ifname);
+    let (released, freed) = lock.release(&att.container_id, &att.ifname)?;
+    if let Some(r) = released {
+        crate::debug!(
+            "forgot delegated attachment {}/{}",
+            r.container_id,
+            r.ifname
+        );
+    }
+    for subnet in freed {
+        crate::debug!("{subnet} has no delegated pod left: removing its masquerade");
+        Masquerade::for_pool(conf, subnet).uninstall()?;
+    }
+    Ok(())
 }

@@ -1,5 +1,7 @@
 //! GC: release every allocation of this network whose attachment the runtime no longer knows
-//! (`cni.dev/valid-attachments`), with its host veth. Keeps going on errors and reports all.
+//! (`cni.dev/valid-attachments`), with its host veth. With delegated IPAM: our records of such
+//! attachments, their veths and the masquerade of subnets left empty, then the IPAM plugin's
+//! own GC for its addresses. Keeps going on errors and reports all.
 
 use serde_json::Value;
 use std::collections::HashSet;
@@ -11,9 +13,10 @@ use crate::cni::error::{self, CniError, Result};
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::{self, Netlink};
 use crate::firewall::Masquerade;
+use crate::ipam::attachments::Attachments;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, inflight, PoolLock, Store};
-use crate::leaks::{self, Leak, NodeState};
+use crate::leaks::{self, Doubt, Leak, NodeState};
 
 /// The attachments the runtime still uses, or `None` when it did not say (then GC does nothing).
 /// libcni sends the list under both names; the spec text of 1.1.0 used the older one.
@@ -51,9 +54,7 @@ pub fn valid_attachments(raw: &Value) -> Result<Option<HashSet<(String, String)>
 pub fn run(conf: &NetConf, started: SystemTime) -> Result<()> {
     let pools = match &conf.ipam {
         Ipam::Builtin(pools) => pools,
-        Ipam::Delegated { plugin } => {
-            return delegate::exec(plugin, Command::Gc, &conf.raw).map(|_| ())
-        }
+        Ipam::Delegated { plugin } => return gc_delegated(conf, plugin, started),
     };
     let Some(valid) = valid_attachments(&conf.raw)? else {
         crate::info!("GC: no cni.dev/valid-attachments in the config; nothing to do");
@@ -81,10 +82,18 @@ pub fn run(conf: &NetConf, started: SystemTime) -> Result<()> {
         }
     }
     // What the pools hold now, every network's: a veth any of it names is not a leak.
-    let mut records = Vec::new();
+    let (mut records, mut doubts) = (Vec::new(), Vec::new());
     for (store, lock) in stores.iter().zip(&locks) {
-        match lock.records() {
-            Ok(rs) => records.extend(rs.into_iter().map(|r| (store.pool().subnet.to_string(), r))),
+        match lock.entries() {
+            Ok((rs, bad)) => {
+                records.extend(rs.into_iter().map(|r| (store.pool().subnet.to_string(), r)));
+                // An unreadable record may be a live pod's: its veth is not GC's to delete.
+                doubts.extend(bad.into_iter().map(|u| Doubt {
+                    attachment: lock.key_leading_to(u.ip).ok().flatten(),
+                    ip: Some(u.ip),
+                    record: u.path,
+                }));
+            }
             // Without every record GC cannot tell a live veth from a leak: delete none.
             Err(e) => {
                 errors.push(e);
@@ -101,7 +110,7 @@ pub fn run(conf: &NetConf, started: SystemTime) -> Result<()> {
         let host = Netlink::connect()?;
         let node = NodeState::observe(&host, &conf.host_veth_prefix).await?;
         let mut failed = Vec::new();
-        for leak in leaks::find(&node, &records) {
+        for leak in leaks::find(&node, &records, &doubts) {
             let Leak::Veth { name, routes } = leak else {
                 continue;
             };
@@ -126,6 +135,105 @@ pub fn run(conf: &NetConf, started: SystemTime) -> Result<()> {
         errors.push(e);
     }
     error::join(errors)
+}
+
+/// Our records first, then the plugin's GC (its store is its own): a plugin without GC (older
+/// than CNI 1.1) fails its part, not ours.
+fn gc_delegated(conf: &NetConf, plugin: &str, started: SystemTime) -> Result<()> {
+    let mut errors = Vec::new();
+    match valid_attachments(&conf.raw)? {
+        Some(valid) => {
+            if let Err(e) = gc_attachments(conf, &valid, started) {
+                errors.push(e);
+            }
+        }
+        None => {
+            crate::info!("GC: no cni.dev/valid-attachments in the config; keeping every record")
+        }
+    }
+    if let Err(e) = delegate::exec(plugin, Command::Gc, &conf.raw) {
+        errors.push(e);
+    }
+    error::join(errors)
+}
+
+/// Removes the veth, then the record, of each delegated attachment of this network the runtime
+/// no longer lists, and the masquerade of subnets no record names any more. The records' lock
+/// is held throughout, as the pool locks are for the built-in store: no ADD records an
+/// attachment between what GC reads and what it deletes, and one that recorded earlier and is
+/// still running (or finished after GC started) is spared by its in-flight mark.
+fn gc_attachments(
+    conf: &NetConf,
+    valid: &HashSet<(String, String)>,
+    started: SystemTime,
+) -> Result<()> {
+    let Some(records) = Attachments::open_existing(&conf.data_dir)? else {
+        return Ok(());
+    };
+    let lock = records.lock()?;
+    let adding = records.adding_dir();
+    let stale: Vec<_> = lock
+        .entries()?
+        .0
+        .into_iter()
+        .filter(|a| {
+            a.network == conf.name && !valid.contains(&(a.container_id.clone(), a.ifname.clone()))
+        })
+        .filter(|a| {
+            let running = inflight::add_since_in(&adding, &a.container_id, &a.ifname, started);
+            if running {
+                crate::info!(
+                    "GC: keeping {}/{}: its ADD ran while this GC did",
+                    a.container_id,
+                    a.ifname
+                );
+            }
+            !running
+        })
+        .collect();
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        let host = Netlink::connect()?;
+        let node = NodeState::observe(&host, &conf.host_veth_prefix).await?;
+        let mut errors = Vec::new();
+        for a in stale {
+            // Only a veth of ours by the one ownership rule, whatever the record says.
+            if node.links.values().any(|l| l.ours && l.name == a.host_veth) {
+                crate::info!(
+                    "GC: deleting host veth {} of {}/{}",
+                    a.host_veth,
+                    a.container_id,
+                    a.ifname
+                );
+                if let Err(e) = host.delete_link(&a.host_veth).await {
+                    errors.push(e);
+                    continue;
+                }
+            }
+            match lock.release(&a.container_id, &a.ifname) {
+                Ok((_, freed)) => {
+                    inflight::forget_in(&adding, &a.container_id, &a.ifname);
+                    crate::info!(
+                        "GC released delegated attachment {}/{} (pod {}/{})",
+                        a.container_id,
+                        a.ifname,
+                        a.pod_namespace.as_deref().unwrap_or("-"),
+                        a.pod_name.as_deref().unwrap_or("-")
+                    );
+                    for subnet in freed {
+                        if let Err(e) = Masquerade::for_pool(conf, subnet).uninstall() {
+                            errors.push(e);
+                        }
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        error::join(errors)
+    })
 }
 
 /// Releases the stale allocations of one pool (its lock held by the caller) and notes their

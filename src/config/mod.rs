@@ -56,6 +56,9 @@ pub struct NetConf {
     pub non_masquerade_cidrs: Vec<IpNetwork>,
     pub mtu: Option<u32>,
     pub host_veth_prefix: String,
+    /// The plugin's own state outside any IPAM store: the records of delegated attachments
+    /// and their lock (`ipam.dataDir` belongs to the IPAM plugin when one is delegated to).
+    pub data_dir: PathBuf,
     pub log_file: Option<PathBuf>,
     pub log_level: Level,
     pub dns: Dns,
@@ -293,6 +296,16 @@ pub fn parse(v: Value) -> Result<NetConf> {
         ));
     }
     check_prefix_collision(&host_veth_prefix)?;
+    let data_dir = match str_field(o, "dataDir", "dataDir")? {
+        None | Some("") => PathBuf::from(DEFAULT_DATA_DIR),
+        Some(d) if d.starts_with('/') => PathBuf::from(d),
+        Some(d) => {
+            return Err(CniError::invalid_config(
+                "dataDir",
+                format!("{d:?} must be an absolute path"),
+            ))
+        }
+    };
     let log_file = match str_field(o, "logFile", "logFile")? {
         None | Some("") => None,
         Some(p) if p.starts_with('/') => Some(PathBuf::from(p)),
@@ -326,6 +339,7 @@ pub fn parse(v: Value) -> Result<NetConf> {
         non_masquerade_cidrs,
         mtu,
         host_veth_prefix,
+        data_dir,
         log_file,
         log_level,
         dns,
@@ -369,8 +383,17 @@ mod tests {
             vec!["10.244.1.0/24".parse::<IpNetwork>().unwrap()]
         );
         assert_eq!(c.host_veth_prefix, "rcni");
+        assert_eq!(c.data_dir, PathBuf::from("/run/routed-cni"));
         assert_eq!(c.mtu, None);
         assert_eq!(c.log_level, Level::Info);
+        let mut v = base();
+        v["dataDir"] = json!("/var/lib/rcni");
+        assert_eq!(
+            conf(v.clone()).unwrap().data_dir,
+            PathBuf::from("/var/lib/rcni")
+        );
+        v["dataDir"] = json!("rel");
+        assert!(err_with(v).msg.contains("dataDir"));
     }
 
     #[test]

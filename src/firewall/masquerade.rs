@@ -81,25 +81,6 @@ impl Probe {
     }
 }
 
-/// Serializes NAT installs when there is no pool lock to hold (delegated IPAM).
-pub fn lock() -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = std::path::Path::new(crate::config::DEFAULT_DATA_DIR);
-    std::fs::create_dir_all(dir)
-        .map_err(|e| CniError::nat(format!("create {}: {e}", dir.display())))?;
-    let path = dir.join("nat.lock");
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| CniError::nat(format!("open {}: {e}", path.display())))?;
-    file.lock()
-        .map_err(|e| CniError::nat(format!("lock {}: {e}", path.display())))?;
-    Ok(file)
-}
-
 /// The jumps in `listing` that carry a pool's comment and go to one of our chains.
 fn pool_jumps(listing: &Listing) -> Vec<PoolJump> {
     listing

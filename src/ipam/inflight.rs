@@ -5,11 +5,12 @@
 //! running then; GC asks here, under the pool lock, and leaves alone an attachment whose ADD is
 //! running or finished after GC started. The kernel drops the flock when an ADD is killed, and
 //! a killed ADD never stamps, so its leftovers are not protected. DEL and GC remove the mark
-//! with the allocation.
+//! with the allocation. Delegated attachments keep their marks the same way, under
+//! `<dataDir>/delegated/adding/` (the `*_in` functions take that directory).
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::record::attachment_hash;
@@ -30,21 +31,22 @@ impl AddInFlight {
     }
 }
 
-fn path(store: &Store, container_id: &str, ifname: &str) -> PathBuf {
-    store
-        .dir()
-        .join(DIR)
-        .join(attachment_hash(container_id, ifname))
+fn path(dir: &Path, container_id: &str, ifname: &str) -> PathBuf {
+    dir.join(attachment_hash(container_id, ifname))
 }
 
 /// Marks an ADD of (container, ifname) as running in `store`'s pool. Call before allocating.
 pub fn begin_add(store: &Store, container_id: &str, ifname: &str) -> Result<AddInFlight> {
-    let path = path(store, container_id, ifname);
-    let dir = store.dir().join(DIR);
+    begin_add_in(&store.dir().join(DIR), container_id, ifname)
+}
+
+/// `begin_add` with the marks in `dir`.
+pub fn begin_add_in(dir: &Path, container_id: &str, ifname: &str) -> Result<AddInFlight> {
+    let path = path(dir, container_id, ifname);
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&dir)
+        .create(dir)
         .map_err(|e| CniError::store(format!("create {}: {e}", dir.display())))?;
     let file = OpenOptions::new()
         .write(true)
@@ -63,7 +65,12 @@ pub fn begin_add(store: &Store, container_id: &str, ifname: &str) -> Result<AddI
 /// True when an ADD of (container, ifname) in `store`'s pool is running, or finished at or
 /// after `since`.
 pub fn add_since(store: &Store, container_id: &str, ifname: &str, since: SystemTime) -> bool {
-    let Ok(file) = File::open(path(store, container_id, ifname)) else {
+    add_since_in(&store.dir().join(DIR), container_id, ifname, since)
+}
+
+/// `add_since` with the marks in `dir`.
+pub fn add_since_in(dir: &Path, container_id: &str, ifname: &str, since: SystemTime) -> bool {
+    let Ok(file) = File::open(path(dir, container_id, ifname)) else {
         return false;
     };
     match file.try_lock() {
@@ -79,5 +86,10 @@ pub fn add_since(store: &Store, container_id: &str, ifname: &str, since: SystemT
 
 /// Removes the mark of (container, ifname): its allocation is being released.
 pub fn forget(store: &Store, container_id: &str, ifname: &str) {
-    let _ = fs::remove_file(path(store, container_id, ifname));
+    forget_in(&store.dir().join(DIR), container_id, ifname);
+}
+
+/// `forget` with the marks in `dir`.
+pub fn forget_in(dir: &Path, container_id: &str, ifname: &str) {
+    let _ = fs::remove_file(path(dir, container_id, ifname));
 }

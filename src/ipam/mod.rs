@@ -5,8 +5,10 @@
 //! - `lock`: the bounded pool lock;
 //! - `store`: allocate, find and release under the lock;
 //! - `scan`: the whole store read for people (`list`, `audit`, `doctor`);
-//! - `delegate`: running another IPAM plugin.
+//! - `delegate`: running another IPAM plugin;
+//! - `attachments`: our record of each attachment a delegated plugin gave addresses to.
 
+pub mod attachments;
 pub mod delegate;
 mod fs;
 pub mod inflight;

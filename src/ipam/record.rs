@@ -48,6 +48,9 @@ pub struct Unreadable {
     pub ip: IpAddr,
     pub path: PathBuf,
     pub reason: String,
+    /// The attachment hash of the key file that leads to `ip`, if one does (filled in by a
+    /// scan): it names the host veth the record may explain.
+    pub attachment: Option<String>,
 }
 
 impl Unreadable {

@@ -91,7 +91,11 @@ fn read_pool(
     }
     let store = Store::found(dir, subnet)?;
     let lock = store.lock(LOCK_TIMEOUT)?;
-    let (records, unreadable) = lock.entries()?;
+    let (records, mut unreadable) = lock.entries()?;
+    // Whose each unreadable record is, when a key file still says: the veth it may explain.
+    for u in &mut unreadable {
+        u.attachment = lock.key_leading_to(u.ip).ok().flatten();
+    }
     let found = records
         .into_iter()
         .map(|record| Found {
@@ -143,6 +147,8 @@ mod tests {
             .allocate(&template)
             .unwrap();
         std::fs::write(store.dir().join("10.0.7.5"), b"{\"ip\":").unwrap();
+        let key = crate::ipam::attachment_hash("d", "eth0");
+        std::fs::write(store.dir().join("keys").join(&key), b"10.0.7.5").unwrap();
         std::fs::write(base.join("10.9.9.0-24"), b"a file, not a pool").unwrap();
         std::fs::write(base.join("notes"), b"ignored").unwrap();
         let pools = scan(&base).unwrap();
@@ -154,6 +160,7 @@ mod tests {
         assert_eq!(p.unreadable.len(), 1);
         assert_eq!(p.unreadable[0].ip.to_string(), "10.0.7.5");
         assert!(p.unreadable[0].describe().contains("unreadable"));
+        assert_eq!(p.unreadable[0].attachment.as_deref(), Some(key.as_str()));
         // A pool that cannot be trusted is reported, not skipped; the rest still scan.
         use std::os::unix::fs::PermissionsExt;
         let other = base.join("10.0.8.0-24");

@@ -124,6 +124,7 @@ impl PoolLock<'_> {
             ip,
             path: self.record_path(ip),
             reason,
+            attachment: None,
         };
         match self.store.dir.read(&ip.to_string()) {
             Ok(None) => Ok(None),
@@ -141,6 +142,21 @@ impl PoolLock<'_> {
             .keys
             .read(&key)?
             .and_then(|s| s.trim().parse().ok()))
+    }
+
+    /// The attachment hash of a key file that leads to `ip`, if any: who an unreadable record
+    /// belongs to. Reads every key; for people, not for the CNI verbs.
+    pub fn key_leading_to(&self, ip: IpAddr) -> Result<Option<String>> {
+        for name in self.store.keys.names()? {
+            if name.starts_with(TMP_PREFIX) {
+                continue;
+            }
+            let target = self.store.keys.read(&name)?;
+            if target.and_then(|s| s.trim().parse::<IpAddr>().ok()) == Some(ip) {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
     }
 
     /// The allocation of (container, ifname), if any.
