@@ -5,13 +5,12 @@ use serde_json::Value;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::runtime;
 use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{CniError, Code, Result};
 use crate::cni::types::{AddResult, Interface, IpConfig, Route};
 use crate::config::{Ipam, NetConf, PoolConfig};
 use crate::dataplane::spec::{Place, PodSpec};
-use crate::dataplane::{self, sysctl, Netlink, DEFAULT_MTU, HOST_MAC};
+use crate::dataplane::{self, runtime, sysctl, Netlink, DEFAULT_MTU, HOST_MAC};
 use crate::firewall::{masquerade, Masquerade, Probe};
 use crate::ipam::inflight::{self, AddInFlight};
 use crate::ipam::store::LOCK_TIMEOUT;

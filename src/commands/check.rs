@@ -7,13 +7,12 @@ use rtnetlink::packet_route::route::RouteScope;
 use serde_json::Value;
 use std::net::IpAddr;
 
-use super::runtime;
 use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{CniError, Result};
 use crate::config::family_name;
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::spec::{Need, Place, PodSpec, Sysctl};
-use crate::dataplane::{self, sysctl, Family, Netlink, HOST_MAC};
+use crate::dataplane::{self, runtime, sysctl, Family, Netlink, HOST_MAC};
 use crate::firewall::Masquerade;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, Store};

@@ -5,11 +5,10 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-use super::runtime;
 use crate::cni::env::Command;
 use crate::cni::error::{self, CniError, Result};
 use crate::config::{Ipam, NetConf};
-use crate::dataplane::{self, Netlink};
+use crate::dataplane::{self, runtime, Netlink};
 use crate::firewall::Masquerade;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, inflight, PoolLock, Store};

@@ -4,7 +4,7 @@
 //! `routes` (the pod's routes, the node's /32 host route to each pod), `neighbours` (the pod's
 //! permanent gateway entry), `sysctl` (reading and setting /proc/sys), `lookup` (the kernel's
 //! route lookup, for doctor), `family` (what differs between IPv4 and IPv6), and `netlink` (the
-//! connection and its errors).
+//! current-thread runtime, the connection and its errors).
 
 mod addresses;
 mod family;
@@ -20,7 +20,7 @@ pub mod sysctl;
 pub use family::*;
 pub use links::*;
 pub use lookup::{RouteLookup, RouteQuery};
-pub use netlink::{errno, error_text, Netlink};
+pub use netlink::{errno, error_text, runtime, Netlink};
 pub use routes::*;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
