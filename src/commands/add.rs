@@ -10,7 +10,7 @@ use crate::cni::error::{CniError, Code, Result};
 use crate::cni::types::{AddResult, Interface, IpConfig, Route};
 use crate::config::{Ipam, NetConf, PoolConfig};
 use crate::dataplane::spec::{Place, PodSpec};
-use crate::dataplane::{self, runtime, sysctl, Netlink, DEFAULT_MTU, HOST_MAC};
+use crate::dataplane::{self, runtime, sysctl, Family, Netlink, DEFAULT_MTU, HOST_MAC};
 use crate::firewall::{masquerade, Masquerade, Probe};
 use crate::ipam::inflight::{self, AddInFlight};
 use crate::ipam::store::LOCK_TIMEOUT;
@@ -245,9 +245,30 @@ async fn wire(
     };
     let host = Netlink::connect()?;
     let pod = Netlink::connect_in(netns)?;
-    let mtu = match conf.mtu {
-        Some(m) => m,
-        None => host.default_route_mtu().await?.unwrap_or(DEFAULT_MTU),
+    // What the pod's traffic needs of the node's uplinks, asked before anything is written.
+    // ADD fails naming the fix rather than changing an uplink itself: those flags are the
+    // node's network configuration, cleared on purpose or owned by NetworkManager/networkd,
+    // and a change made here would silently undo theirs (or be undone by them at the next
+    // reconnect). For IPv4 a pod whose answers are dropped on the uplink is broken, and the
+    // runtime retries a failed ADD until the node is fixed. For IPv6 this is also what keeps
+    // ADD from cutting the node off: switching all.forwarding on where the uplink learns its
+    // default route from router advertisements at accept_ra=1 removes that route at once.
+    let mut v4_uplinks = None;
+    for f in spec.families() {
+        let uplinks = host.uplinks(f).await?;
+        let faults = f.uplink_faults(&uplinks, sysctl::read);
+        if !faults.is_empty() {
+            let said: Vec<String> = faults.iter().map(ToString::to_string).collect();
+            return Err(CniError::dataplane(said.join("; ")));
+        }
+        if f == Family::V4 {
+            v4_uplinks = Some(uplinks);
+        }
+    }
+    let mtu = match (conf.mtu, v4_uplinks) {
+        (Some(m), _) => m,
+        (None, Some(uplinks)) => uplinks.first().and_then(|u| u.mtu).unwrap_or(DEFAULT_MTU),
+        (None, None) => host.default_route_mtu().await?.unwrap_or(DEFAULT_MTU),
     };
     // A host veth of our name is a leftover of a crashed or retried ADD of this very
     // attachment: remove it (and with it its pod end) and start clean.

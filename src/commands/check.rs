@@ -340,6 +340,14 @@ async fn check_data_path(
             }
         }
     }
+    // What the pod's traffic needs of the node's uplinks (the spec's Place::Uplink): the same
+    // condition on which ADD refuses.
+    for f in spec.families() {
+        let uplinks = host.uplinks(f).await?;
+        if let Some(fault) = f.uplink_faults(&uplinks, sysctl::read).first() {
+            return Err(missing(fault.to_string()));
+        }
+    }
     for r in spec.host_routes() {
         let (ip, plen) = (r.dst, r.prefix);
         let host_routes = host.routes_to_ip(ip, plen).await?;

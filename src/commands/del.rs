@@ -10,7 +10,6 @@ use crate::firewall::Masquerade;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, inflight, Store};
 
-
 pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
     let host_veth = dataplane::host_veth_name(
         &conf.host_veth_prefix,
