@@ -138,11 +138,6 @@ impl Netlink {
             .map_err(|e| nl_err(format_args!("replace host route {ip}/{plen}"), e))
     }
 
-    /// The MTU of the interface that holds the IPv4 default route, if there is one.
-    pub async fn default_route_mtu(&self) -> Result<Option<u32>> {
-        Ok(self.uplinks(Family::V4).await?.first().and_then(|u| u.mtu))
-    }
-
     /// The node's uplinks for `family`: the links its default routes in the main table leave
     /// by (each next hop of a multipath one), each once, in the table's order.
     pub async fn uplinks(&self, family: Family) -> Result<Vec<spec::Uplink>> {

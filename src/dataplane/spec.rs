@@ -9,7 +9,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use super::{Family, HOST_MAC};
+use super::{Family, DEFAULT_MTU, HOST_MAC};
 
 /// Where a sysctl lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,6 +377,26 @@ impl Family {
     }
 }
 
+/// One end of the veth pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link<'a> {
+    pub name: &'a str,
+    /// The MAC it must carry, when the spec fixes one.
+    pub mac: Option<[u8; 6]>,
+    /// Up once ADD is done.
+    pub up: bool,
+    pub why: &'static str,
+}
+
+/// The MTU of both ends of every veth pair: the network config's, else that of the link the
+/// node's IPv4 default route leaves by (`v4_uplinks`, the first), else 1500; so a pod's packets
+/// fit the node's way out.
+pub fn mtu(configured: Option<u32>, v4_uplinks: &[Uplink]) -> u32 {
+    configured
+        .or_else(|| v4_uplinks.first().and_then(|u| u.mtu))
+        .unwrap_or(DEFAULT_MTU)
+}
+
 /// An address on one side of the veth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address {
@@ -436,6 +456,31 @@ impl PodSpec<'_> {
             .flat_map(|f| f.sysctls_at(place))
             .map(|s| (s, s.key(ifname)))
             .collect()
+    }
+
+    /// The node's end of the veth pair: named `<prefix>` + 11 hex characters of the attachment's
+    /// hash (`host_veth_name`), up, with HOST_MAC.
+    pub fn host_link(&self) -> Link<'_> {
+        Link {
+            name: self.host_veth,
+            mac: Some(HOST_MAC),
+            up: true,
+            why: "every host veth has the same MAC, so the pod's permanent neighbour entry for \
+                  its gateway never changes; named after the attachment, so DEL and a retried \
+                  ADD find it without any state",
+        }
+    }
+
+    /// The pod's end: CNI_IFNAME in the pod's namespace, up; its MAC is the kernel's choice,
+    /// which ADD's result reports.
+    pub fn pod_link(&self) -> Link<'_> {
+        Link {
+            name: self.ifname,
+            mac: None,
+            up: true,
+            why: "the interface the runtime asked for, born in the pod's namespace, never \
+                  visible on the node",
+        }
     }
 
     /// The host veth's own addresses.
@@ -691,6 +736,26 @@ mod tests {
             s.fix("eth0.100"),
             "sysctl -w net.ipv4.conf.eth0/100.forwarding=1"
         );
+    }
+
+    #[test]
+    fn the_veth_pair_is_up_the_node_end_with_the_fixed_mac_and_mtu_follows_the_uplink() {
+        let spec = PodSpec {
+            host_veth: "rcniabc",
+            ifname: "eth0",
+            ips: &[],
+        };
+        let (host, pod) = (spec.host_link(), spec.pod_link());
+        assert_eq!(
+            (host.name, host.mac, host.up),
+            ("rcniabc", Some(HOST_MAC), true)
+        );
+        assert_eq!((pod.name, pod.mac, pod.up), ("eth0", None, true));
+        let mut up = uplink("eth0", false);
+        up.mtu = Some(9000);
+        assert_eq!(mtu(Some(1400), std::slice::from_ref(&up)), 1400);
+        assert_eq!(mtu(None, &[up]), 9000);
+        assert_eq!(mtu(None, &[]), DEFAULT_MTU);
     }
 
     #[test]
