@@ -1,13 +1,13 @@
 //! Routes: the pod's gateway and default routes, the node's /32 (/128) host route to each pod
-//! (with the takeover of a stale one), reading the main table back, and the node's uplinks.
+//! (with the takeover of a stale one), and reading the main table back.
 
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol, RouteScope};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::RouteMessageBuilder;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::netlink::{errno, nl_err, EEXIST};
-use super::{link_is_up, link_mtu, link_name, spec, Family, FamilyAddr, Netlink};
+use super::{link_is_up, link_name, spec, Family, FamilyAddr, Netlink};
 use crate::cni::error::{CniError, Result};
 
 impl Netlink {
@@ -136,39 +136,6 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| nl_err(format_args!("replace host route {ip}/{plen}"), e))
-    }
-
-    /// The node's uplinks for `family`: the links its default routes in the main table leave
-    /// by (each next hop of a multipath one), each once, in the table's order.
-    pub async fn uplinks(&self, family: Family) -> Result<Vec<spec::Uplink>> {
-        let routes = match family {
-            Family::V4 => self.routes_to(Ipv4Addr::UNSPECIFIED, 0).await?,
-            Family::V6 => self.routes_to(Ipv6Addr::UNSPECIFIED, 0).await?,
-        };
-        let mut out: Vec<spec::Uplink> = Vec::new();
-        for r in &routes {
-            let ra = r.header.protocol == RouteProtocol::Ra;
-            let hops = r.attributes.iter().flat_map(|a| match a {
-                RouteAttribute::MultiPath(hops) => hops.iter().map(|h| h.interface_index).collect(),
-                _ => Vec::new(),
-            });
-            for index in route_oif(r).into_iter().chain(hops) {
-                if let Some(u) = out.iter_mut().find(|u| u.index == index) {
-                    u.ra_default |= ra;
-                    continue;
-                }
-                let Some(link) = self.link_by_index(index).await? else {
-                    continue;
-                };
-                out.push(spec::Uplink {
-                    name: link_name(&link).unwrap_or_else(|| format!("#{index}")),
-                    index,
-                    mtu: link_mtu(&link),
-                    ra_default: ra,
-                });
-            }
-        }
-        Ok(out)
     }
 }
 
