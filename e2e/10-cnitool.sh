@@ -144,6 +144,10 @@ check_catches "the host /32 route" "$ip/32" \
     "ip -n $NODE route del $ip/32" "ip -n $NODE route add $ip/32 dev $veth scope link"
 check_catches "proxy_arp" "proxy_arp" \
     "on_node sysctl -qw net.ipv4.conf.$veth.proxy_arp=0" "on_node sysctl -qw net.ipv4.conf.$veth.proxy_arp=1"
+check_catches "the host veth's MTU" "host veth $veth has MTU 1400, expected 1500" \
+    "ip -n $NODE link set $veth mtu 1400" "ip -n $NODE link set $veth mtu 1500"
+check_catches "the uplink's forwarding flag" "sysctl -w net.ipv4.conf.uplink.forwarding=1" \
+    "on_node sysctl -qw net.ipv4.conf.uplink.forwarding=0" "on_node sysctl -qw net.ipv4.conf.uplink.forwarding=1"
 check_catches "the NAT jump" "masquerade rule missing" \
     "on_node iptables -t nat -D POSTROUTING $jump" "on_node iptables -t nat -A POSTROUTING $jump"
 check_catches "the allocation record" "no allocation" \

@@ -116,7 +116,7 @@ pub fn run(o: Options) -> i32 {
             return 2;
         }
     };
-    let seen = crate::commands::runtime().and_then(|rt| {
+    let seen = crate::dataplane::runtime().and_then(|rt| {
         rt.block_on(async { NodeState::observe(&Netlink::connect()?, &prefix).await })
     });
     let node = match seen {

@@ -28,7 +28,7 @@ pub fn run(o: &Options) -> i32 {
             return 1;
         }
     };
-    let rt = match crate::commands::runtime() {
+    let rt = match crate::dataplane::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("routed-cni list: {e}");

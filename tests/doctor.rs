@@ -724,13 +724,20 @@ fn replies_not_forwarded_on_the_uplink() {
     let d = w.break_and_repair(
         &pod,
         &["sysctl -qw net.ipv4.conf.uplink.forwarding=0".to_string()],
-        &["node-route-to"],
+        // The node's forwarding step names the uplink too, with or without --to.
+        &["ip-forward", "node-route-to"],
         &[],
         &["--to", OUTSIDE_IP],
     );
-    assert_eq!(
-        d.step("node-route-to")["fix"],
-        json!(["sysctl -w net.ipv4.conf.uplink.forwarding=1"])
+    let fix = json!(["sysctl -w net.ipv4.conf.uplink.forwarding=1"]);
+    assert_eq!(d.step("node-route-to")["fix"], fix);
+    assert_eq!(d.step("ip-forward")["fix"], fix);
+    assert!(
+        d.step("ip-forward")["saw"]
+            .as_str()
+            .unwrap()
+            .contains("uplink uplink: forwarding=0"),
+        "{d:?}"
     );
 }
 
@@ -980,6 +987,40 @@ fn ipv6_forwarding_off() {
         json!(["sysctl -w net.ipv6.conf.all.forwarding=1"])
     );
     assert_eq!(d.step_in("ipv6", "host-veth-sysctls")["status"], "warn");
+}
+
+/// An uplink that learns the node's IPv6 default route from router advertisements at
+/// accept_ra=1 on a forwarding node: the kernel ignores them, and the route expires. Simulated
+/// with a `proto ra` route (a learned one is removed at once when forwarding goes on).
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn ipv6_uplink_ignoring_router_advertisements() {
+    let mut w = World::dual("ra6");
+    let pod = w.pod("web-1");
+    w.assert_healthy_dual(&pod);
+    w.on_node(&format!(
+        "sysctl -qw net.ipv6.conf.uplink.accept_ra=1 && \
+         ip -6 route replace default via {OUTSIDE_IP6} dev uplink proto ra"
+    ));
+    let d = w.doctor_pod(&pod, &[]);
+    assert_eq!(d.code, BROKEN, "{d:?}");
+    assert_eq!(d.failed_in("ipv4"), Vec::<String>::new(), "{d:?}");
+    assert_eq!(d.failed_in("ipv6"), ["ipv6-forwarding"], "{d:?}");
+    let step = d.step_in("ipv6", "ipv6-forwarding");
+    assert_eq!(
+        step["fix"],
+        json!(["sysctl -w net.ipv6.conf.uplink.accept_ra=2"]),
+        "{step:#}"
+    );
+    assert!(
+        step["why"]
+            .as_str()
+            .unwrap()
+            .contains("router advertisements"),
+        "{step:#}"
+    );
+    w.on_node("sysctl -qw net.ipv6.conf.uplink.accept_ra=2");
+    w.assert_healthy_dual(&pod);
 }
 
 #[test]

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 mod common;
 
-use common::{ip, run, run_ok, NODE_IP, OUTSIDE_IP};
+use common::{ip, run, run_ok, NODE_IP, OUTSIDE_IP, OUTSIDE_IP6};
 
 const GATEWAY: &str = "169.254.1.1";
 const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
@@ -136,7 +136,21 @@ impl std::ops::DerefMut for World {
 
 impl World {
     fn new(test: &str, subnet: &str) -> World {
-        let base = common::World::new("rcnit", test);
+        World::on(common::World::new("rcnit", test), subnet)
+    }
+
+    /// `new` with IPv6 on the uplink and a second pool, `subnet6`: dual-stack pods.
+    fn dual(test: &str, subnet: &str, subnet6: &str) -> World {
+        let mut w = World::on(common::World::new("rcnit", test).with_ipv6(), subnet);
+        let store = w.dir.join("store");
+        w.config["ipam"] = json!({
+            "ranges": [[{"subnet": subnet}], [{"subnet": subnet6}]],
+            "dataDir": store,
+        });
+        w
+    }
+
+    fn on(base: common::World, subnet: &str) -> World {
         let dir = &base.dir;
         World {
             subnet: subnet.parse().unwrap(),
@@ -197,6 +211,13 @@ impl World {
 
     fn add(&self, pod: &Pod) -> CniRun {
         self.cni_with("ADD", pod, &pod.netns(), &self.config_str())
+    }
+
+    /// CHECK with `prev` (ADD's result) as prevResult.
+    fn check(&self, pod: &Pod, prev: &Value) -> CniRun {
+        let mut conf = self.config.clone();
+        conf["prevResult"] = prev.clone();
+        self.cni_with("CHECK", pod, &pod.netns(), &conf.to_string())
     }
 
     fn del(&self, pod: &Pod) -> CniRun {
@@ -968,4 +989,98 @@ fn gc_in_a_loop_never_unwires_a_pod_that_was_added_and_not_deleted() {
         );
         w.assert_ping(p, NODE_IP);
     }
+}
+
+/// The reply to a pod's packet arrives on the uplink, and for IPv4 the forwarding flag of the
+/// interface a packet arrives on decides whether the node routes it: an uplink with
+/// `forwarding=0` (under `ip_forward=1`) lets every request out and drops every answer. ADD and
+/// CHECK name the uplink and the command that fixes it.
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn an_uplink_that_does_not_forward_is_named_by_add_and_check() {
+    let mut w = World::new("upfwd", "10.244.1.0/24");
+    let a = w.pod("a");
+    let b = w.pod("b");
+    let prev = w.add(&a).result();
+    w.assert_ping(&a, OUTSIDE_IP);
+
+    w.on_node("sysctl -qw net.ipv4.conf.uplink.forwarding=0");
+    assert!(
+        !w.ping(&a.ns, OUTSIDE_IP),
+        "the answer is dropped on the uplink"
+    );
+    let fix = "sysctl -w net.ipv4.conf.uplink.forwarding=1";
+    let (code, msg) = w.check(&a, &prev).error();
+    assert_eq!(code, 101, "{msg}");
+    assert!(
+        msg.contains("uplink") && msg.contains(fix),
+        "CHECK said: {msg}"
+    );
+    let (code, msg) = w.add(&b).error();
+    assert_eq!(code, 101, "{msg}");
+    assert!(
+        msg.contains("uplink") && msg.contains(fix),
+        "ADD said: {msg}"
+    );
+    // A failed ADD leaves nothing of b, and does not overrule the node's choice itself.
+    assert_eq!(w.host_veths(), vec![host_veth(&a.container_id, "eth0")]);
+    assert_eq!(w.records().len(), 1);
+    assert_eq!(w.node_sysctl("net/ipv4/conf/uplink/forwarding"), "0");
+
+    w.on_node(fix);
+    let check = w.check(&a, &prev);
+    assert!(check.ok(), "CHECK after the fix: {check:?}");
+    w.assert_ping(&a, OUTSIDE_IP);
+    w.add_ok(&b);
+    w.assert_ping(&b, OUTSIDE_IP);
+}
+
+/// A node whose uplink learns its IPv6 default route from router advertisements (accept_ra=1):
+/// switching net.ipv6.conf.all.forwarding on makes the kernel ignore them, and remove the
+/// learned route at once. ADD does not switch it on there: it fails naming accept_ra=2, and
+/// CHECK names the same. The learned route is simulated with `proto ra` (a route the kernel
+/// learned itself would be gone the moment forwarding went on).
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn an_uplink_that_learns_its_ipv6_default_route_from_ras_is_not_cut_off() {
+    let mut w = World::dual("ra", "10.244.2.0/24", "fd00:10:244:2::/64");
+    let a = w.pod("a");
+    w.on_node(&format!(
+        "sysctl -qw net.ipv6.conf.uplink.accept_ra=1 && \
+         ip -6 route replace default via {OUTSIDE_IP6} dev uplink proto ra"
+    ));
+    assert_eq!(w.node_sysctl("net/ipv6/conf/all/forwarding"), "0");
+    let fix = "sysctl -w net.ipv6.conf.uplink.accept_ra=2";
+    let (code, msg) = w.add(&a).error();
+    assert_eq!(code, 101, "{msg}");
+    assert!(
+        msg.contains("uplink") && msg.contains("router advertisement") && msg.contains(fix),
+        "ADD said: {msg}"
+    );
+    assert_eq!(
+        w.node_sysctl("net/ipv6/conf/all/forwarding"),
+        "0",
+        "ADD switched IPv6 forwarding on"
+    );
+    assert!(w.host_veths().is_empty() && w.records().is_empty());
+
+    w.on_node(fix);
+    let prev = w.add(&a).result();
+    assert_eq!(w.node_sysctl("net/ipv6/conf/all/forwarding"), "1");
+    let check = w.check(&a, &prev);
+    assert!(check.ok(), "CHECK with accept_ra=2: {check:?}");
+    w.assert_ping(&a, OUTSIDE_IP6);
+
+    // Back to accept_ra=1 on a forwarding node: the route would not be renewed.
+    w.on_node("sysctl -qw net.ipv6.conf.uplink.accept_ra=1");
+    let (code, msg) = w.check(&a, &prev).error();
+    assert_eq!(code, 101, "{msg}");
+    assert!(
+        msg.contains("uplink") && msg.contains(fix),
+        "CHECK said: {msg}"
+    );
+    // accept_ra=0: the kernel does not learn routes there at all, nothing to lose.
+    w.on_node("sysctl -qw net.ipv6.conf.uplink.accept_ra=0");
+    let check = w.check(&a, &prev);
+    assert!(check.ok(), "CHECK with accept_ra=0: {check:?}");
 }

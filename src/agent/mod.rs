@@ -86,7 +86,7 @@ pub fn run(opts: AgentOptions) -> i32 {
             return 1;
         }
     };
-    let rt = match crate::commands::runtime() {
+    let rt = match crate::dataplane::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("routed-cni agent: {e}");

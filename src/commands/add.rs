@@ -5,13 +5,12 @@ use serde_json::Value;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::runtime;
 use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{CniError, Code, Result};
 use crate::cni::types::{AddResult, Interface, IpConfig, Route};
 use crate::config::{Ipam, NetConf, PoolConfig};
-use crate::dataplane::spec::{Place, PodSpec};
-use crate::dataplane::{self, sysctl, Netlink, DEFAULT_MTU, HOST_MAC};
+use crate::dataplane::spec::{self, Place, PodSpec};
+use crate::dataplane::{self, runtime, sysctl, Family, Netlink};
 use crate::firewall::{Masquerade, Probe};
 use crate::ipam::attachments::{self, Attachments};
 use crate::ipam::inflight::{self, AddInFlight};
@@ -22,6 +21,8 @@ use crate::netns::Netns;
 /// What the data path looks like once wired.
 struct Wired {
     host_veth: String,
+    /// The spec's MAC of the node's end (the pod's is whatever the kernel gave it).
+    host_mac: Option<String>,
     pod_mac: String,
     mtu: u32,
 }
@@ -234,7 +235,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
         interfaces: vec![
             Interface {
                 name: wired.host_veth,
-                mac: dataplane::format_mac(&HOST_MAC),
+                mac: wired.host_mac.unwrap_or_default(),
                 mtu: Some(wired.mtu),
                 sandbox: None,
             },
@@ -287,23 +288,47 @@ async fn wire(
     };
     let host = Netlink::connect()?;
     let pod = Netlink::connect_in(netns)?;
-    let mtu = match conf.mtu {
-        Some(m) => m,
-        None => host.default_route_mtu().await?.unwrap_or(DEFAULT_MTU),
+    // What the pod's traffic needs of the node's uplinks, asked before anything is written.
+    // ADD fails naming the fix rather than changing an uplink itself: those flags are the
+    // node's network configuration, cleared on purpose or owned by NetworkManager/networkd,
+    // and a change made here would silently undo theirs (or be undone by them at the next
+    // reconnect). For IPv4 a pod whose answers are dropped on the uplink is broken, and the
+    // runtime retries a failed ADD until the node is fixed. For IPv6 this is also what keeps
+    // ADD from cutting the node off: switching all.forwarding on where the uplink learns its
+    // default route from router advertisements at accept_ra=1 removes that route at once.
+    let mut v4_uplinks = None;
+    for f in spec.families() {
+        let uplinks = host.uplinks(f).await?;
+        let faults = f.uplink_faults(&uplinks, sysctl::read);
+        if !faults.is_empty() {
+            let said: Vec<String> = faults.iter().map(ToString::to_string).collect();
+            return Err(CniError::dataplane(said.join("; ")));
+        }
+        if f == Family::V4 {
+            v4_uplinks = Some(uplinks);
+        }
+    }
+    let v4_uplinks = match v4_uplinks {
+        Some(u) => u,
+        None if conf.mtu.is_none() => host.uplinks(Family::V4).await?,
+        None => Vec::new(),
     };
+    let mtu = spec::mtu(conf.mtu, &v4_uplinks);
+    let (host_end, pod_end) = (spec.host_link(), spec.pod_link());
     // A host veth of our name is a leftover of a crashed or retried ADD of this very
     // attachment: remove it (and with it its pod end) and start clean.
-    if host.delete_link(host_veth).await? {
+    if host.delete_link(host_end.name).await? {
         crate::warn!("removed stale host veth {host_veth} left by an earlier ADD");
     }
-    if pod.link_by_name(&att.ifname).await?.is_some() {
+    if pod.link_by_name(pod_end.name).await?.is_some() {
         return Err(CniError::dataplane(format!(
             "the pod namespace {} already has an interface named {} that routed-cni did not create; \
              another CNI plugin configured this pod, or CNI_IFNAME is wrong (see `ip -n <ns> link`)",
             att.netns, att.ifname
         )));
     }
-    host.create_veth(host_veth, &att.ifname, netns, mtu).await?;
+    host.create_veth(host_end.name, pod_end.name, netns, mtu)
+        .await?;
     crate::crashpoint::here("add:veth-created");
 
     // The node's sysctls before the pod end comes up (and with it the carrier), so the gateway
@@ -341,7 +366,9 @@ async fn wire(
     for a in spec.pod_addresses() {
         pod.add_address(pod_index, a.ip, a.prefix).await?;
     }
-    pod.set_up(pod_index, &att.ifname).await?;
+    if pod_end.up {
+        pod.set_up(pod_index, pod_end.name).await?;
+    }
     for r in spec.pod_routes() {
         pod.add_spec_route(&r, pod_index).await?;
     }
@@ -356,6 +383,7 @@ async fn wire(
     }
     Ok(Wired {
         host_veth: host_veth.to_string(),
+        host_mac: host_end.mac.map(|m| dataplane::format_mac(&m)),
         pod_mac: dataplane::link_mac(&pod_link)
             .map(|m| dataplane::format_mac(&m))
             .unwrap_or_default(),

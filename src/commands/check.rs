@@ -7,13 +7,12 @@ use rtnetlink::packet_route::route::RouteScope;
 use serde_json::Value;
 use std::net::IpAddr;
 
-use super::runtime;
 use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{CniError, Result};
 use crate::config::family_name;
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::spec::{Need, Place, PodSpec, Sysctl};
-use crate::dataplane::{self, sysctl, Family, Netlink, HOST_MAC};
+use crate::dataplane::{self, runtime, sysctl, Family, Netlink};
 use crate::firewall::Masquerade;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, Store};
@@ -183,6 +182,14 @@ async fn check_data_path(
     let (ifname, ns) = (att.ifname.as_str(), att.netns.as_str());
     let host = Netlink::connect()?;
     let pod = Netlink::connect_in(netns)?;
+    let spec = PodSpec {
+        host_veth,
+        ifname,
+        ips: &want.ips,
+    };
+    let (host_end, pod_end) = (spec.host_link(), spec.pod_link());
+    // Both ends have the MTU ADD reported (the config's, when it names one).
+    let mtu = conf.mtu.or(want.mtu);
 
     // The pod's side.
     let link = pod.link_by_name(ifname).await?.ok_or_else(|| {
@@ -201,6 +208,7 @@ async fn check_data_path(
     let mac = dataplane::link_mac(&link)
         .map(|m| dataplane::format_mac(&m))
         .unwrap_or_default();
+    // The spec leaves the pod end's MAC to the kernel: CHECK holds it to what ADD reported.
     if let Some(expected) = &want.pod_mac {
         if &mac != expected {
             return Err(missing(format!(
@@ -208,24 +216,19 @@ async fn check_data_path(
             )));
         }
     }
-    if !dataplane::link_is_up(&link) {
+    if pod_end.up && !dataplane::link_is_up(&link) {
         return Err(missing(format!(
             "pod interface {ifname} is down (fix: `{}`)",
             in_pod(ns, &format!("link set {ifname} up"))
         )));
     }
-    if let (Some(expected), Some(actual)) = (conf.mtu.or(want.mtu), dataplane::link_mtu(&link)) {
+    if let (Some(expected), Some(actual)) = (mtu, dataplane::link_mtu(&link)) {
         if expected != actual {
             return Err(missing(format!(
                 "pod interface {ifname} has MTU {actual}, expected {expected}"
             )));
         }
     }
-    let spec = PodSpec {
-        host_veth,
-        ifname,
-        ips: &want.ips,
-    };
     for a in spec.pod_addresses() {
         if !pod.has_address(pod_index, a.ip, a.prefix).await? {
             return Err(missing(format!(
@@ -289,16 +292,26 @@ async fn check_data_path(
     if dataplane::link_peer_index(&link) != Some(host_index) {
         return Err(missing(format!("pod interface {ifname} is not the peer of host veth {host_veth} (see `ip -d link show {host_veth}`)")));
     }
-    if !dataplane::link_is_up(&hlink) {
+    if host_end.up && !dataplane::link_is_up(&hlink) {
         return Err(missing(format!(
             "host veth {host_veth} is down (fix: `ip link set {host_veth} up`)"
         )));
     }
-    if dataplane::link_mac(&hlink).as_deref() != Some(&HOST_MAC[..]) {
-        return Err(missing(format!(
-            "host veth {host_veth} does not have MAC {}",
-            dataplane::format_mac(&HOST_MAC)
-        )));
+    if let Some(mac) = host_end.mac {
+        if dataplane::link_mac(&hlink).as_deref() != Some(&mac[..]) {
+            return Err(missing(format!(
+                "host veth {host_veth} does not have MAC {}",
+                dataplane::format_mac(&mac)
+            )));
+        }
+    }
+    let pod_mtu = dataplane::link_mtu(&link);
+    if let (Some(expected), Some(actual)) = (mtu.or(pod_mtu), dataplane::link_mtu(&hlink)) {
+        if expected != actual {
+            return Err(missing(format!(
+                "host veth {host_veth} has MTU {actual}, expected {expected} (fix: `ip link set {host_veth} mtu {expected}`)"
+            )));
+        }
     }
     for a in spec.host_addresses() {
         if !host.has_address(host_index, a.ip, a.prefix).await? {
@@ -339,6 +352,14 @@ async fn check_data_path(
             if got.as_deref() != Some(s.value) {
                 return Err(in_ns(s, key, got));
             }
+        }
+    }
+    // What the pod's traffic needs of the node's uplinks (the spec's Place::Uplink): the same
+    // condition on which ADD refuses.
+    for f in spec.families() {
+        let uplinks = host.uplinks(f).await?;
+        if let Some(fault) = f.uplink_faults(&uplinks, sysctl::read).first() {
+            return Err(missing(fault.to_string()));
         }
     }
     for r in spec.host_routes() {

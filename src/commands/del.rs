@@ -7,13 +7,11 @@
 use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{self, Result};
 use crate::config::{Ipam, NetConf};
-use crate::dataplane::{self, Netlink};
+use crate::dataplane::{self, runtime, Netlink};
 use crate::firewall::Masquerade;
 use crate::ipam::attachments::Attachments;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, inflight, Store};
-
-use super::runtime;
 
 pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
     let host_veth = dataplane::host_veth_name(

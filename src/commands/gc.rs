@@ -7,11 +7,10 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::time::SystemTime;
 
-use super::runtime;
 use crate::cni::env::Command;
 use crate::cni::error::{self, CniError, Result};
 use crate::config::{Ipam, NetConf};
-use crate::dataplane::{self, Netlink};
+use crate::dataplane::{self, runtime, Netlink};
 use crate::firewall::Masquerade;
 use crate::ipam::attachments::Attachments;
 use crate::ipam::store::LOCK_TIMEOUT;

@@ -22,15 +22,6 @@ pub struct Outcome {
     pub exit_code: i32,
 }
 
-/// A current-thread runtime: the plugin does one thing at a time, and netns switches are
-/// per thread, so no worker threads may exist.
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| CniError::new(Code::Internal, format!("start async runtime: {e}")))
-}
-
 fn read_stdin() -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     std::io::stdin()

@@ -3,8 +3,9 @@
 //! `links` (the veth pair), `addresses` (the pod's /32 and /128, the host veth's IPv6 gateway),
 //! `routes` (the pod's routes, the node's /32 host route to each pod), `neighbours` (the pod's
 //! permanent gateway entry), `sysctl` (reading and setting /proc/sys), `lookup` (the kernel's
-//! route lookup, for doctor), `family` (what differs between IPv4 and IPv6), and `netlink` (the
-//! connection and its errors).
+//! route lookup, for doctor), `family` (what differs between IPv4 and IPv6), `uplink` (the node's uplinks and what
+//! forwarding needs of them), and `netlink` (the
+//! current-thread runtime, the connection and its errors).
 
 mod addresses;
 mod family;
@@ -16,12 +17,14 @@ pub mod owned;
 mod routes;
 pub mod spec;
 pub mod sysctl;
+mod uplink;
 
 pub use family::*;
 pub use links::*;
 pub use lookup::{RouteLookup, RouteQuery};
-pub use netlink::{errno, error_text, Netlink};
+pub use netlink::{errno, error_text, runtime, Netlink};
 pub use routes::*;
+pub use uplink::{Uplink, UplinkFault};
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -1,11 +1,20 @@
 //! The netlink connection every dataplane file works through, and how its failures read.
 
-use crate::cni::error::{CniError, Result};
+use crate::cni::error::{CniError, Code, Result};
 use crate::netns::Netns;
 use rtnetlink::Handle;
 
 pub(crate) const ENODEV: i32 = 19;
 pub(crate) const EEXIST: i32 = 17;
+
+/// The runtime every netlink connection is driven by: current-thread, because a process does
+/// one thing at a time and namespace switches are per thread, so no worker thread may exist.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| CniError::new(Code::Internal, format!("start async runtime: {e}")))
+}
 
 /// The kernel's errno behind a netlink failure, if it is one.
 pub fn errno(e: &rtnetlink::Error) -> Option<i32> {

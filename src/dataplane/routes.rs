@@ -7,7 +7,7 @@ use rtnetlink::RouteMessageBuilder;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::netlink::{errno, nl_err, EEXIST};
-use super::{link_is_up, link_mtu, link_name, spec, Family, FamilyAddr, Netlink};
+use super::{link_is_up, link_name, spec, Family, FamilyAddr, Netlink};
 use crate::cni::error::{CniError, Result};
 
 impl Netlink {
@@ -136,18 +136,6 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| nl_err(format_args!("replace host route {ip}/{plen}"), e))
-    }
-
-    /// The MTU of the interface that holds the default route, if there is one.
-    pub async fn default_route_mtu(&self) -> Result<Option<u32>> {
-        for r in self.routes_to(Ipv4Addr::UNSPECIFIED, 0).await? {
-            if let Some(i) = route_oif(&r) {
-                if let Some(link) = self.link_by_index(i).await? {
-                    return Ok(link_mtu(&link));
-                }
-            }
-        }
-        Ok(None)
     }
 }
 

@@ -2,10 +2,14 @@
 //! it (commands/add.rs), CHECK walks it and names the first piece that differs
 //! (commands/check.rs), doctor walks it and names every one with its fix (doctor/). A piece
 //! added here is built, checked and diagnosed; one that is not here is none of those.
+//!
+//! It also says what the pod's traffic needs from the node's uplinks, which ADD does not build
+//! (Place::Uplink, RaUplink; judged in uplink.rs): ADD and CHECK fail naming the fix when an
+//! uplink is not so, and doctor reports it.
 
 use std::net::IpAddr;
 
-use super::{Family, HOST_MAC};
+use super::{Family, Uplink, DEFAULT_MTU, HOST_MAC};
 
 /// Where a sysctl lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +20,15 @@ pub enum Place {
     Node,
     /// The pod's interface, in the pod's namespace (`{}` in the key is its name).
     Pod,
+    /// Each of the node's uplinks for the family: the links its default routes leave by, on
+    /// which the answers to the pod's traffic come back in (`{}` is its name). ADD does not
+    /// write these: they belong to the node's network configuration, and a node may have
+    /// cleared them on purpose; ADD and CHECK fail naming the fix, doctor fails them.
+    Uplink,
+    /// An uplink whose IPv6 default route the kernel learned from router advertisements
+    /// (`proto ra`, with accept_ra not 0) and that forwards once ADD has switched forwarding on.
+    /// Like `Uplink`, never written by ADD.
+    RaUplink,
 }
 
 /// Whether the pod's traffic depends on a sysctl once ADD is done.
@@ -51,9 +64,12 @@ impl Sysctl {
         self.key.replace("{}", ifname)
     }
 
-    /// The key as `sysctl` spells it: `net.ipv4.conf.rcni….proxy_arp`.
+    /// The key as `sysctl` spells it: `net.ipv4.conf.rcni….proxy_arp`. A dot in an interface
+    /// name (a VLAN's `eth0.100`) is spelled `/` there, as sysctl(8) reads it.
     pub fn dotted(&self, ifname: &str) -> String {
-        self.key(ifname).replace('/', ".")
+        self.key
+            .replace('/', ".")
+            .replace("{}", &ifname.replace('.', "/"))
     }
 
     /// The command that sets it on the node (wrap it for the pod's namespace).
@@ -109,6 +125,19 @@ const SYSCTLS: &[Sysctl] = &[
                    interface, and the flag of the interface a packet arrives on decides",
     },
     Sysctl {
+        family: Family::V4,
+        place: Place::Uplink,
+        key: "net/ipv4/conf/{}/forwarding",
+        name: "forwarding",
+        value: "1",
+        need: Need::Required,
+        why: "the answers to the pod's traffic arrive on the uplink, and for IPv4 the forwarding \
+              flag of the interface a packet arrives on decides whether the node routes it",
+        if_wrong: "the pod's packets leave the node, but the answers arriving on it are dropped \
+                   (the forwarding flag of the interface a packet arrives on decides); make it \
+                   persistent in the node's network configuration",
+    },
+    Sysctl {
         family: Family::V6,
         place: Place::HostVeth,
         key: "net/ipv6/conf/{}/disable_ipv6",
@@ -132,6 +161,20 @@ const SYSCTLS: &[Sysctl] = &[
                    interfaces' own; writing it sets every interface's forwarding too, and an \
                    uplink that learns its default route from router advertisements then needs \
                    accept_ra=2",
+    },
+    Sysctl {
+        family: Family::V6,
+        place: Place::RaUplink,
+        key: "net/ipv6/conf/{}/accept_ra",
+        name: "accept_ra",
+        value: "2",
+        need: Need::Required,
+        why: "a router ignores router advertisements unless accept_ra=2: the node's IPv6 default \
+              route, learned from them, is not renewed once the node forwards",
+        if_wrong: "the node's IPv6 default route comes from router advertisements, which the \
+                   kernel ignores on a forwarding interface unless accept_ra=2; switching \
+                   net.ipv6.conf.all.forwarding on removes that route at once, so ADD does not \
+                   switch it on here; make it persistent in the node's network configuration",
     },
     Sysctl {
         family: Family::V6,
@@ -235,6 +278,26 @@ impl Family {
     }
 }
 
+/// One end of the veth pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link<'a> {
+    pub name: &'a str,
+    /// The MAC it must carry, when the spec fixes one.
+    pub mac: Option<[u8; 6]>,
+    /// Up once ADD is done.
+    pub up: bool,
+    pub why: &'static str,
+}
+
+/// The MTU of both ends of every veth pair: the network config's, else that of the link the
+/// node's IPv4 default route leaves by (`v4_uplinks`, the first), else 1500; so a pod's packets
+/// fit the node's way out.
+pub fn mtu(configured: Option<u32>, v4_uplinks: &[Uplink]) -> u32 {
+    configured
+        .or_else(|| v4_uplinks.first().and_then(|u| u.mtu))
+        .unwrap_or(DEFAULT_MTU)
+}
+
 /// An address on one side of the veth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address {
@@ -285,13 +348,40 @@ impl PodSpec<'_> {
     pub fn sysctls(&self, place: Place) -> Vec<(&'static Sysctl, String)> {
         let ifname = match place {
             Place::Pod => self.ifname,
-            _ => self.host_veth,
+            Place::HostVeth | Place::Node => self.host_veth,
+            // Not the pod's: they are read per uplink, by Family::uplink_faults.
+            Place::Uplink | Place::RaUplink => return Vec::new(),
         };
         self.families()
             .into_iter()
             .flat_map(|f| f.sysctls_at(place))
             .map(|s| (s, s.key(ifname)))
             .collect()
+    }
+
+    /// The node's end of the veth pair: named `<prefix>` + 11 hex characters of the attachment's
+    /// hash (`host_veth_name`), up, with HOST_MAC.
+    pub fn host_link(&self) -> Link<'_> {
+        Link {
+            name: self.host_veth,
+            mac: Some(HOST_MAC),
+            up: true,
+            why: "every host veth has the same MAC, so the pod's permanent neighbour entry for \
+                  its gateway never changes; named after the attachment, so DEL and a retried \
+                  ADD find it without any state",
+        }
+    }
+
+    /// The pod's end: CNI_IFNAME in the pod's namespace, up; its MAC is the kernel's choice,
+    /// which ADD's result reports.
+    pub fn pod_link(&self) -> Link<'_> {
+        Link {
+            name: self.ifname,
+            mac: None,
+            up: true,
+            why: "the interface the runtime asked for, born in the pod's namespace, never \
+                  visible on the node",
+        }
     }
 
     /// The host veth's own addresses.
@@ -457,6 +547,30 @@ mod tests {
             .sysctl(Place::HostVeth, "disable_ipv6")
             .if_wrong
             .contains(&GATEWAY6.to_string()));
+    }
+
+    #[test]
+    fn the_veth_pair_is_up_the_node_end_with_the_fixed_mac_and_mtu_follows_the_uplink() {
+        let spec = PodSpec {
+            host_veth: "rcniabc",
+            ifname: "eth0",
+            ips: &[],
+        };
+        let (host, pod) = (spec.host_link(), spec.pod_link());
+        assert_eq!(
+            (host.name, host.mac, host.up),
+            ("rcniabc", Some(HOST_MAC), true)
+        );
+        assert_eq!((pod.name, pod.mac, pod.up), ("eth0", None, true));
+        let up = Uplink {
+            name: "eth0".into(),
+            index: 2,
+            mtu: Some(9000),
+            ra_default: false,
+        };
+        assert_eq!(mtu(Some(1400), std::slice::from_ref(&up)), 1400);
+        assert_eq!(mtu(None, &[up]), 9000);
+        assert_eq!(mtu(None, &[]), DEFAULT_MTU);
     }
 
     #[test]

@@ -215,7 +215,7 @@ pub fn run(o: Options) -> i32 {
         eprintln!("routed-cni doctor: {msg}");
         return EXIT_NOT_FOUND;
     }
-    let rt = match crate::commands::runtime() {
+    let rt = match crate::dataplane::runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(e.msg),
     };

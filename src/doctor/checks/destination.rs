@@ -5,6 +5,7 @@ use serde_json::json;
 use std::net::IpAddr;
 
 use super::{describe, lookup_json, Dest, Walk, EHOSTUNREACH, EINVAL, EXDEV};
+use crate::dataplane::spec::Place;
 use crate::dataplane::{sysctl, Family, RouteQuery};
 use crate::doctor::iptables::{self, PoolRules, Verdict};
 use crate::doctor::report::Step;
@@ -253,20 +254,20 @@ impl Walk<'_> {
             .why("the answers never reach the pod")
             .fix(self.route_fix()),
             Ok(Err(EHOSTUNREACH)) if !self.fam.is_v6() => {
-                let key = format!("net/ipv4/conf/{out_name}/forwarding");
+                let s = self.fam.sysctl(Place::Uplink, "forwarding");
                 Step::fail(
                     NODE_ID,
                     NODE_TITLE,
                     format!(
                         "{saw}; but replies arriving on {out_name} are not forwarded: {}={}",
-                        key.replace('/', "."),
-                        sysctl::read(&key).unwrap_or_else(|| "?".into())
+                        s.dotted(&out_name),
+                        sysctl::read(&s.key(&out_name)).unwrap_or_else(|| "?".into())
                     ),
                 )
                 .why(format!(
                     "the request leaves, the answer is dropped on {out_name}: what decides is the forwarding flag of the interface a packet comes in on"
                 ))
-                .fix(format!("sysctl -w {}=1", key.replace('/', ".")))
+                .fix(s.fix(&out_name))
             }
             Ok(Err(code)) => Step::fail(
                 NODE_ID,

@@ -1,17 +1,20 @@
 //! Whether the node forwards and masquerades the pod's traffic: the family's forwarding
-//! switch, the reverse-path filter (IPv4), and the pool's masquerade rules.
+//! switch and what it needs of the uplinks, the reverse-path filter (IPv4), and the pool's
+//! masquerade rules.
 
 use rtnetlink::packet_route::route::RouteType;
 use serde_json::json;
 
 use super::{describe, lookup_json, Walk, EINVAL, EXDEV};
+use crate::dataplane::spec::Place;
 use crate::dataplane::{sysctl, Family};
 use crate::doctor::iptables::{self, PoolRules};
 use crate::doctor::report::Step;
 
 impl Walk<'_> {
-    /// The node-wide switch of the spec that lets the node forward this family:
-    /// net.ipv4.ip_forward, net.ipv6.conf.all.forwarding.
+    /// The node-wide switch of the spec that lets the node forward this family
+    /// (net.ipv4.ip_forward, net.ipv6.conf.all.forwarding), and what forwarding needs of the
+    /// node's uplinks (the spec's Place::Uplink and RaUplink, judged as ADD and CHECK do).
     pub(super) fn forwarding(&mut self) {
         let (id, title) = match self.fam {
             Family::V4 => ("ip-forward", "ip_forward"),
@@ -19,12 +22,56 @@ impl Walk<'_> {
         };
         let s = self.fam.forwarding();
         let got = sysctl::read(&s.key("")).unwrap_or_else(|| "missing".into());
-        let saw = format!("{}={got}", s.dotted(""));
-        self.steps.push(if got == s.value {
+        let mut saw = format!("{}={got}", s.dotted(""));
+        let uplinks = match self.block(self.node.net.uplinks(self.fam)) {
+            Ok(u) => u,
+            Err(e) => {
+                saw.push_str(&format!("; cannot read the uplinks: {}", e.msg));
+                Vec::new()
+            }
+        };
+        for up in &uplinks {
+            let mut places = vec![Place::Uplink];
+            if up.ra_default {
+                places.push(Place::RaUplink);
+            }
+            let mut flags: Vec<String> = places
+                .into_iter()
+                .flat_map(|p| self.fam.sysctls_at(p))
+                .map(|u| {
+                    let got = sysctl::read(&u.key(&up.name));
+                    format!("{}={}", u.name, got.as_deref().unwrap_or("missing"))
+                })
+                .collect();
+            if up.ra_default {
+                flags.push("default route from router advertisements".into());
+            }
+            saw.push_str(&format!("; uplink {}", up.name));
+            if !flags.is_empty() {
+                saw.push_str(&format!(": {}", flags.join(", ")));
+            }
+        }
+        let faults = self.fam.uplink_faults(&uplinks, sysctl::read);
+        let mut step = if got != s.value {
+            Step::fail(id, title, saw).why(s.if_wrong).fix(s.fix(""))
+        } else if faults.is_empty() {
             Step::ok(id, title, saw)
         } else {
-            Step::fail(id, title, saw).why(s.if_wrong).fix(s.fix(""))
-        });
+            let why: Vec<String> = faults
+                .iter()
+                .map(|f| {
+                    format!(
+                        "uplink {}: {}={}: {}",
+                        f.uplink, f.sysctl.name, f.got, f.sysctl.if_wrong
+                    )
+                })
+                .collect();
+            Step::fail(id, title, saw).why(why.join("; "))
+        };
+        for f in &faults {
+            step = step.fix(f.fix());
+        }
+        self.steps.push(step);
     }
 
     /// IPv4's reverse-path filter. IPv6 has none in the forwarding path, so its walk has no

@@ -6,8 +6,8 @@ use rtnetlink::packet_route::route::RouteType;
 use serde_json::json;
 
 use super::{describe, flag_words, lookup_json, Walk};
-use crate::dataplane::spec::{Need, Place};
-use crate::dataplane::{self, sysctl, HOST_MAC};
+use crate::dataplane::spec::{Need, Place, PodSpec};
+use crate::dataplane::{self, sysctl};
 use crate::doctor::report::Step;
 
 impl Walk<'_> {
@@ -23,6 +23,14 @@ impl Walk<'_> {
             return;
         };
         let mac = dataplane::link_mac(link).unwrap_or_default();
+        let ips = [self.t.ip];
+        let want_mac = PodSpec {
+            host_veth: &veth,
+            ifname: self.ifname(),
+            ips: &ips,
+        }
+        .host_link()
+        .mac;
         let mtu = dataplane::link_mtu(link);
         let up = dataplane::link_is_up(link);
         let peer_ok = self
@@ -54,15 +62,15 @@ impl Walk<'_> {
             Step::fail(ID, TITLE, saw)
                 .why("a down veth drops everything the pod sends")
                 .fix(format!("ip link set {veth} up"))
-        } else if mac != HOST_MAC {
+        } else if let Some(want) = want_mac.filter(|m| mac != m) {
             Step::fail(ID, TITLE, saw)
                 .why(format!(
                     "the pod's permanent neighbour entry sends its frames to {}: the veth drops frames for another MAC",
-                    dataplane::format_mac(&HOST_MAC)
+                    dataplane::format_mac(&want)
                 ))
                 .fix(format!(
                     "ip link set {veth} address {}",
-                    dataplane::format_mac(&HOST_MAC)
+                    dataplane::format_mac(&want)
                 ))
         } else if pod_mtu.is_some() && pod_mtu != mtu {
             Step::warn(
