@@ -262,7 +262,9 @@ async fn wire(
             att.netns, att.ifname
         )));
     }
-    host.create_veth(host_veth, &att.ifname, netns, mtu).await?;
+    let pod_mac = dataplane::pod_mac(&attachment_hash(&att.container_id, &att.ifname));
+    host.create_veth(host_veth, &att.ifname, pod_mac, netns, mtu)
+        .await?;
     crate::crashpoint::here("add:veth-created");
 
     // The node's sysctls before the pod end comes up (and with it the carrier), so the gateway
