@@ -85,14 +85,17 @@ start_server() {
 
 # start_agent NS NODE_NAME [TOKEN_FILE]: the agent as the DaemonSet runs it (NODE_NAME and
 # ROUTED_CNI_CLUSTER_CIDR from the environment, health on the default 127.0.0.1:9465), with
-# the node's own CNI dirs under $WORK/NODE_NAME.
+# the node's own CNI dirs under $WORK/NODE_NAME (and its udev and NetworkManager dirs there,
+# absent: never the machine's own /etc).
 start_agent() {
     local ns=$1 name=$2 token=${3:-$WORK/token} dir=$WORK/$2
     mkdir -p "$dir"
     ip netns exec "$ns" env NODE_NAME="$name" ROUTED_CNI_CLUSTER_CIDR="$CLUSTER_CIDR,$CLUSTER_CIDR6" "$BIN" agent \
         --api-server $API --token-file "$token" --ca-file "$WORK/ca.crt" \
         --resync-seconds $RESYNC --stale-seconds $STALE \
-        --bin-dir "$dir/bin" --conf-dir "$dir/net.d" --log-file "$dir/cni.log" 2>>"$dir/agent.log" &
+        --bin-dir "$dir/bin" --conf-dir "$dir/net.d" --log-file "$dir/cni.log" \
+        --systemd-network-dir "$dir/systemd/network" --networkmanager-conf-dir "$dir/NetworkManager/conf.d" \
+        2>>"$dir/agent.log" &
     AGENT_PID[$name]=$!
     BACKGROUND_PIDS+=($!)
 }

@@ -3,8 +3,10 @@
 # from Dockerfile's `prebuilt` stage with podman (no registry needed: FROM scratch), check its
 # default command is `agent`, run `install` from it into a node's CNI dirs (host paths mounted
 # into the container), and check:
-# the binary is the static one, the conflist is what the plugin accepts, a second run changes
-# nothing, and an install killed before its rename leaves the previous files intact.
+# the binary is the static one, the conflist is what the plugin accepts, the udev .link file is
+# written where the node has its dir and the NetworkManager drop-in skipped where it has none,
+# a second run changes nothing, an install killed before its rename leaves the previous files
+# intact, and `uninstall` from the image removes what install wrote (and then finds nothing).
 set -euo pipefail
 . "$(dirname "$0")/lib/world.sh"
 cd "$ROOT"
@@ -43,20 +45,29 @@ out=$(podman run --rm --network none "$IMAGE" 2>&1) && fail "agent started witho
     { grep -q "NODE_NAME" <<<"$out" && ok "default command is the agent, asking for NODE_NAME" || fail "default command said: $out"; }
 log "image size: $size bytes"
 host=$WORK/host
-mkdir -p "$host/opt/cni/bin" "$host/etc/cni/net.d"
+# The node's /etc as the DaemonSet mounts it: this node has udev's .link dir but no
+# NetworkManager, so install writes the .link file and skips the drop-in.
+mkdir -p "$host/opt/cni/bin" "$host/etc/cni/net.d" "$host/etc/systemd/network"
 run_install() {
     podman run --rm --network none -v "$host/opt/cni/bin:/host/opt/cni/bin" -v "$host/etc/cni/net.d:/host/etc/cni/net.d" \
+        -v "$host/etc:/host/node-etc" \
+        -e ROUTED_CNI_SYSTEMD_NETWORK_DIR=/host/node-etc/systemd/network \
+        -e ROUTED_CNI_NETWORKMANAGER_CONF_DIR=/host/node-etc/NetworkManager/conf.d \
         -e ROUTED_CNI_POD_SUBNET=10.207.1.0/24 -e ROUTED_CNI_CLUSTER_CIDR=10.207.0.0/16 "$@" "$IMAGE" \
         install --bin-dir /host/opt/cni/bin --conf-dir /host/etc/cni/net.d
 }
 out=$(run_install) && ok "install from the image" || fail "install: $out"
 grep -q "routed-cni installed" <<<"$out" && grep -q "conflist installed" <<<"$out" || fail "first install output: $out"
+grep -q "10-routed-cni.link installed" <<<"$out" && grep -q "routed-cni.conf skipped" <<<"$out" ||
+    fail "install must write the .link file and skip the absent NetworkManager dir: $out"
+[ -f "$host/etc/systemd/network/10-routed-cni.link" ] && [ ! -e "$host/etc/NetworkManager" ] &&
+    ok "install wrote the .link file and created no NetworkManager dir" || fail "node files: $(find "$host/etc")"
 cmp -s "$static" "$host/opt/cni/bin/routed-cni" && ok "installed binary is the image's" || fail "installed binary differs"
 conf=$host/etc/cni/net.d/10-routed-cni.conflist
 expect_eq "conflist pod subnet" "$(jq -r '.plugins[0].ipam.subnet' "$conf")" "10.207.1.0/24"
 expect_eq "conflist nonMasqueradeCIDRs" "$(jq -c '.plugins[0].nonMasqueradeCIDRs' "$conf")" '["10.207.0.0/16"]'
 out=$(run_install)
-expect_eq "second install changes nothing" "$(grep -c unchanged <<<"$out")" "2"
+expect_eq "second install changes nothing" "$(grep -c unchanged <<<"$out")" "3"
 
 # The installed plugin works from the node's bin dir with the installed conflist.
 make_node
@@ -69,13 +80,29 @@ cni DEL img rcn-img-$RUN_ID "$WORK/plugin.json" >/dev/null || fail "DEL"
 expect_clean_node "$WORK/store"
 
 # Killed before its rename: the old files stay whole, and the next install removes the temp file.
+# (Run on this machine, so pointed at the scratch node's /etc, never the machine's own.)
+node_dirs=(--systemd-network-dir "$host/etc/systemd/network" --networkmanager-conf-dir "$host/etc/NetworkManager/conf.d")
 before=$(sha256sum "$conf")
 rc=0
 ROUTED_CNI_CRASH_AT=install:before-rename ROUTED_CNI_POD_SUBNET=10.207.9.0/24 \
-    "$static" install --bin-dir "$host/opt/cni/bin" --conf-dir "$host/etc/cni/net.d" || rc=$?
+    "$static" install --bin-dir "$host/opt/cni/bin" --conf-dir "$host/etc/cni/net.d" "${node_dirs[@]}" || rc=$?
 expect_eq "install killed at install:before-rename" "$rc" "137"
 expect_eq "conflist untouched by the killed install" "$(sha256sum "$conf")" "$before"
-ROUTED_CNI_POD_SUBNET=10.207.9.0/24 "$static" install --bin-dir "$host/opt/cni/bin" --conf-dir "$host/etc/cni/net.d" >/dev/null
+ROUTED_CNI_POD_SUBNET=10.207.9.0/24 "$static" install --bin-dir "$host/opt/cni/bin" --conf-dir "$host/etc/cni/net.d" "${node_dirs[@]}" >/dev/null
 expect_eq "next install rewrites the conflist" "$(jq -r '.plugins[0].ipam.subnet' "$conf")" "10.207.9.0/24"
 expect_eq "no temp files left" "$(find "$host" -name '.*.tmp.*' | wc -l)" "0"
+
+# uninstall from the image removes the four files, and a second run finds nothing to do.
+run_uninstall() {
+    podman run --rm --network none -v "$host/opt/cni/bin:/host/opt/cni/bin" -v "$host/etc/cni/net.d:/host/etc/cni/net.d" \
+        -v "$host/etc:/host/node-etc" \
+        -e ROUTED_CNI_SYSTEMD_NETWORK_DIR=/host/node-etc/systemd/network \
+        -e ROUTED_CNI_NETWORKMANAGER_CONF_DIR=/host/node-etc/NetworkManager/conf.d \
+        "$IMAGE" uninstall --bin-dir /host/opt/cni/bin --conf-dir /host/etc/cni/net.d
+}
+out=$(run_uninstall) && ok "uninstall from the image" || fail "uninstall: $out"
+expect_eq "uninstall removed binary, conflist and .link file" "$(grep -c ' removed$' <<<"$out")" "3"
+expect_eq "nothing of ours left on the node" "$(find "$host" -type f | wc -l)" "0"
+out=$(run_uninstall) && ok "uninstall again exits 0" || fail "second uninstall: $out"
+expect_eq "second uninstall finds everything absent" "$(grep -c ' absent$' <<<"$out")" "4"
 finish

@@ -5,7 +5,9 @@ Usage: check-manifests.py FILE.yaml...   (all files together describe one deploy
 
 A JSON schema says a field is well-formed; these say the deployment is the one we mean:
 least-privilege RBAC, a host-network agent that is not privileged, lands on every node, mounts
-only the CNI directories, runs `routed-cni agent`, and is probed where the agent listens.
+only the CNI directories and the node's /etc (for the udev .link file and the NetworkManager
+drop-in, without ever creating their directories), runs `routed-cni agent`, and is probed where
+the agent listens.
 Exit 0 when every check passes, 1 with one line per failed check otherwise.
 """
 import ipaddress
@@ -16,6 +18,10 @@ import yaml
 HEALTH_PORT = 9465
 BIN_DIR = "/opt/cni/bin"
 CONF_DIR = "/etc/cni/net.d"
+# The node's /etc: install writes these two subdirectories of it, only where they exist.
+NODE_ETC = "/etc"
+NODE_ETC_DIRS = (("ROUTED_CNI_SYSTEMD_NETWORK_DIR", "systemd/network"),
+                 ("ROUTED_CNI_NETWORKMANAGER_CONF_DIR", "NetworkManager/conf.d"))
 # Taints a CNI DaemonSet must tolerate: a node is NotReady (and tainted) until its CNI config
 # exists, and it is this DaemonSet that writes it. Plus taints nobody can predict.
 TAINTS = [
@@ -120,8 +126,14 @@ def check_daemonset(docs):
     for name, v in volumes.items():
         if check("hostPath" in v, f"volume {name} is not a hostPath: nothing else is needed"):
             host_paths[name] = v["hostPath"]["path"].rstrip("/")
-    check(sorted(host_paths.values()) == sorted([BIN_DIR, CONF_DIR]),
-          f"hostPath volumes {sorted(host_paths.values())}, want exactly {BIN_DIR} and {CONF_DIR}")
+    check(sorted(host_paths.values()) == sorted([BIN_DIR, CONF_DIR, NODE_ETC]),
+          f"hostPath volumes {sorted(host_paths.values())}, want exactly {BIN_DIR}, {CONF_DIR} and {NODE_ETC}")
+    for name, path in host_paths.items():
+        if path == NODE_ETC:
+            # Directory: never created. "" and DirectoryOrCreate would make the kubelet or the
+            # runtime create missing directories, which is what the /etc mount is there to avoid.
+            check(volumes[name]["hostPath"].get("type") == "Directory",
+                  f"volume {name} ({NODE_ETC}) has type {volumes[name]['hostPath'].get('type')!r}, want Directory")
 
     containers = pod.get("containers") or []
     check(len(containers) == 1, f"{len(containers)} containers, want one (the agent)")
@@ -161,6 +173,16 @@ def check_daemonset(docs):
                 check(at[0]["mountPath"].rstrip("/") == want,
                       f"{name}: {host_dir} mounted at {at[0]['mountPath']} but {var} makes install write to {want}")
                 check(not at[0].get("readOnly"), f"{name}: {host_dir} mounted read-only, install writes it")
+
+        # The udev and NetworkManager dirs install writes must be those of the node's /etc.
+        etc_at = [m for n, m in mounts.items() if host_paths.get(n) == NODE_ETC]
+        if check(len(etc_at) == 1, f"{name}: {NODE_ETC} is not mounted (once)"):
+            base = etc_at[0]["mountPath"].rstrip("/")
+            check(not etc_at[0].get("readOnly"), f"{name}: {NODE_ETC} mounted read-only, install writes it")
+            for var, sub in NODE_ETC_DIRS:
+                got = env.get(var, {}).get("value")
+                check(got is not None and got.rstrip("/") == f"{base}/{sub}",
+                      f"{name}: {var} is {got!r}, want {base}/{sub} (the node's /etc/{sub})")
 
         for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
             get = (c.get(probe) or {}).get("httpGet") or {}

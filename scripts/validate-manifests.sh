@@ -5,7 +5,8 @@
 #     `kubectl apply --validate=strict`), for each version in KUBE_VERSIONS;
 #  2. scripts/check-manifests.py: what a schema cannot say (RBAC is read-only on nodes, the
 #     DaemonSet is host-network, not privileged, tolerates every taint, mounts only the CNI
-#     directories, runs `routed-cni agent`, probes the agent's health port);
+#     directories and the node's /etc (type Directory, for the udev and NetworkManager files),
+#     runs `routed-cni agent`, probes the agent's health port);
 #  3. negative controls: broken copies of the manifest (a typo'd field, a wrong type, and one
 #     copy per policy rule) must each be rejected, or this script fails.
 # Needs /usr/bin/python3 with venv (Debian: python3-venv) and PyPI on first run; the venv is
@@ -76,10 +77,12 @@ expect_policy_reject write-verb 's/verbs: \["get", "list", "watch"\]/verbs: ["ge
 expect_policy_reject secrets 's/resources: \["nodes"\]/resources: ["nodes", "secrets"]/'
 expect_policy_reject pod-network 's/hostNetwork: true/hostNetwork: false/'
 expect_policy_reject no-noexecute 's/effect: NoExecute/effect: NoSchedule/'
-expect_policy_reject wide-mount 's|path: /etc/cni/net.d|path: /etc|'
+expect_policy_reject wide-mount 's|path: /etc$|path: /|'
 expect_policy_reject extra-cap 's/add: \["NET_ADMIN"\]/add: ["NET_ADMIN", "SYS_ADMIN"]/'
 expect_policy_reject install-cmd 's|command: \["/routed-cni", "agent"\]|command: ["/routed-cni", "install"]|'
 expect_policy_reject bin-dir-env 's|value: /host/opt/cni/bin|value: /opt/cni/bin|'
 expect_policy_reject probe-port 's/port: 9465/port: 9466/'
+expect_policy_reject etc-created 's/type: Directory$/type: DirectoryOrCreate/'
+expect_policy_reject nm-dir-env 's|value: /host/node-etc/NetworkManager/conf.d|value: /etc/NetworkManager/conf.d|'
 [ $bad = 0 ] || exit 1
 echo "validate-manifests: all checks passed"

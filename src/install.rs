@@ -1,7 +1,18 @@
 //! `routed-cni install`: put this binary into the CNI bin dir and our conflist into the CNI
 //! config dir, each by temp file + fsync + rename, so a runtime never reads a half-written
 //! config and never execs a half-copied binary ("text file busy" cannot happen either: the old
-//! inode stays intact for processes still running it). Re-running it is harmless.
+//! inode stays intact for processes still running it). Re-running it is harmless. Where the
+//! node has them, it also writes a systemd `.link` file and a NetworkManager drop-in that keep
+//! udev and NetworkManager off our interfaces (`node_files`); `uninstall` removes all four.
+
+mod node_files;
+mod uninstall;
+
+pub use node_files::{
+    link_file, nm_drop_in, DEFAULT_NETWORKMANAGER_CONF_DIR, DEFAULT_SYSTEMD_NETWORK_DIR,
+    LINK_FILE_NAME, NM_DROP_IN_NAME,
+};
+pub use uninstall::{run as run_uninstall, uninstall, Removal, UninstallOptions};
 
 use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
@@ -20,6 +31,10 @@ pub struct InstallOptions {
     pub bin_dir: PathBuf,
     pub conf_dir: PathBuf,
     pub conf_name: String,
+    /// Where udev reads `.link` files; the file is written only if it exists.
+    pub systemd_network_dir: PathBuf,
+    /// NetworkManager's drop-in directory; the file is written only if it exists.
+    pub networkmanager_conf_dir: PathBuf,
     pub network_name: String,
     /// This node's pod CIDRs: one, or one per family for dual-stack (IPv4 first).
     pub pod_subnets: Vec<IpNetwork>,
@@ -34,6 +49,40 @@ pub struct InstallOptions {
 pub struct Installed {
     pub binary_changed: bool,
     pub config_changed: bool,
+    /// The .link file and the NetworkManager drop-in, in that order.
+    pub node_files: Vec<NodeFileDone>,
+}
+
+/// What install did with one of the optional node files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFileDone {
+    pub path: PathBuf,
+    pub what: &'static str,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Written,
+    Unchanged,
+    /// Its directory does not exist on this node: nothing there reads such a file.
+    NoDirectory,
+}
+
+impl NodeFileDone {
+    /// One line for people, as `install` prints it.
+    pub fn line(&self) -> String {
+        let p = self.path.display();
+        match self.outcome {
+            Outcome::Written => format!("{p} installed"),
+            Outcome::Unchanged => format!("{p} unchanged"),
+            Outcome::NoDirectory => format!(
+                "{p} skipped: {} does not exist on this node (no {} to configure)",
+                self.path.parent().unwrap_or(Path::new("/")).display(),
+                self.what
+            ),
+        }
+    }
 }
 
 /// The conflist for this node.
@@ -129,9 +178,26 @@ pub fn install(o: &InstallOptions) -> Result<Installed, String> {
     let mut text = serde_json::to_vec_pretty(&doc).expect("serializes");
     text.push(b'\n');
     let config_changed = replace_file(&o.conf_dir.join(&o.conf_name), &text, 0o644)?;
+    let mut done = Vec::new();
+    for f in node_files::node_files(&o.systemd_network_dir, &o.networkmanager_conf_dir) {
+        // Checked here and never created: replace_file would create it.
+        let outcome = if !f.dir_exists() {
+            Outcome::NoDirectory
+        } else if replace_file(&f.path(), f.text.as_bytes(), 0o644)? {
+            Outcome::Written
+        } else {
+            Outcome::Unchanged
+        };
+        done.push(NodeFileDone {
+            path: f.path(),
+            what: f.what,
+            outcome,
+        });
+    }
     Ok(Installed {
         binary_changed,
         config_changed,
+        node_files: done,
     })
 }
 
@@ -166,6 +232,8 @@ pub struct InstallSettings {
     pub bin_dir: PathBuf,
     pub conf_dir: PathBuf,
     pub conf_name: String,
+    pub systemd_network_dir: PathBuf,
+    pub networkmanager_conf_dir: PathBuf,
     pub network_name: String,
     pub cluster_cidrs: Vec<IpNetwork>,
     pub mtu: Option<u32>,
@@ -179,6 +247,8 @@ impl InstallSettings {
             bin_dir: self.bin_dir.clone(),
             conf_dir: self.conf_dir.clone(),
             conf_name: self.conf_name.clone(),
+            systemd_network_dir: self.systemd_network_dir.clone(),
+            networkmanager_conf_dir: self.networkmanager_conf_dir.clone(),
             network_name: self.network_name.clone(),
             pod_subnets,
             cluster_cidrs: self.cluster_cidrs.clone(),
@@ -200,6 +270,9 @@ pub fn run(o: &InstallOptions) -> i32 {
                 o.conf_dir.join(&o.conf_name).display(),
                 say(done.config_changed)
             );
+            for f in &done.node_files {
+                println!("{}", f.line());
+            }
             0
         }
         Err(e) => {
@@ -218,6 +291,8 @@ mod tests {
             bin_dir: dir.join("bin"),
             conf_dir: dir.join("net.d"),
             conf_name: DEFAULT_CONF_NAME.into(),
+            systemd_network_dir: dir.join("systemd/network"),
+            networkmanager_conf_dir: dir.join("NetworkManager/conf.d"),
             network_name: "k8s-pod-network".into(),
             pod_subnets: vec!["10.244.3.0/24".parse().unwrap()],
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
@@ -231,13 +306,21 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rcni-install-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         let o = opts(&dir);
-        let first = install(&o).unwrap();
+        let changes = |i: Installed| {
+            let outcomes: Vec<Outcome> = i.node_files.iter().map(|f| f.outcome).collect();
+            (i.binary_changed, i.config_changed, outcomes)
+        };
+        // The systemd dir exists on this "node", NetworkManager's does not.
+        fs::create_dir_all(&o.systemd_network_dir).unwrap();
+        use Outcome::*;
         assert_eq!(
-            first,
-            Installed {
-                binary_changed: true,
-                config_changed: true
-            }
+            changes(install(&o).unwrap()),
+            (true, true, vec![Written, NoDirectory])
+        );
+        assert!(!o.networkmanager_conf_dir.exists(), "created NM's dir");
+        assert_eq!(
+            fs::read_to_string(o.systemd_network_dir.join(LINK_FILE_NAME)).unwrap(),
+            link_file()
         );
         let bin = dir.join("bin/routed-cni");
         assert_eq!(
@@ -251,7 +334,19 @@ mod tests {
         assert_eq!(conf["plugins"][0]["ipam"]["subnet"], "10.244.3.0/24");
         assert_eq!(conf["plugins"][0]["nonMasqueradeCIDRs"][0], "10.244.0.0/16");
         assert_eq!(conf["plugins"][0]["mtu"], 1450);
-        assert_eq!(install(&o).unwrap(), Installed::default());
+        assert_eq!(
+            changes(install(&o).unwrap()),
+            (false, false, vec![Unchanged, NoDirectory])
+        );
+        fs::create_dir_all(&o.networkmanager_conf_dir).unwrap();
+        assert_eq!(
+            changes(install(&o).unwrap()),
+            (false, false, vec![Unchanged, Written])
+        );
+        assert_eq!(
+            fs::read_to_string(o.networkmanager_conf_dir.join(NM_DROP_IN_NAME)).unwrap(),
+            nm_drop_in()
+        );
         let leftovers: Vec<_> = fs::read_dir(dir.join("net.d"))
             .unwrap()
             .flatten()
@@ -261,11 +356,8 @@ mod tests {
         let mut changed = o.clone();
         changed.pod_subnets = vec!["10.244.4.0/24".parse().unwrap()];
         assert_eq!(
-            install(&changed).unwrap(),
-            Installed {
-                binary_changed: false,
-                config_changed: true
-            }
+            changes(install(&changed).unwrap()),
+            (false, true, vec![Unchanged, Unchanged])
         );
         fs::remove_dir_all(&dir).unwrap();
     }

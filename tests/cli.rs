@@ -38,6 +38,17 @@ fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
     for k in OURS {
         cmd.env_remove(k);
     }
+    // install must never write the machine's own /etc: these directories do not exist, so
+    // install skips its .link file and NetworkManager drop-in (a test's `env` may override).
+    for (k, dir) in [
+        ("ROUTED_CNI_SYSTEMD_NETWORK_DIR", "systemd/network"),
+        (
+            "ROUTED_CNI_NETWORKMANAGER_CONF_DIR",
+            "NetworkManager/conf.d",
+        ),
+    ] {
+        cmd.env(k, format!("/nonexistent/routed-cni-cli-test/{dir}"));
+    }
     cmd.args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -51,7 +62,15 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn every_command_answers_help() {
-    for sub in ["list", "doctor", "install", "audit", "agent", "version"] {
+    for sub in [
+        "list",
+        "doctor",
+        "install",
+        "uninstall",
+        "audit",
+        "agent",
+        "version",
+    ] {
         for flag in ["--help", "-h"] {
             let out = cli(&[sub, flag], &[]);
             let stdout = text(&out.stdout);
@@ -70,7 +89,15 @@ fn every_command_answers_help() {
         assert!(text(&out.stdout).contains("Usage: routed-cni"), "{out:?}");
     }
     let help = text(&cli(&["--help"], &[]).stdout);
-    for sub in ["list", "doctor", "install", "audit", "agent", "version"] {
+    for sub in [
+        "list",
+        "doctor",
+        "install",
+        "uninstall",
+        "audit",
+        "agent",
+        "version",
+    ] {
         assert!(help.contains(sub), "top-level help lacks {sub}: {help}");
     }
     // The environment fallbacks are in the help, generated from the declarations.
@@ -85,7 +112,15 @@ fn every_command_answers_help() {
 
 #[test]
 fn unknown_flags_and_commands_exit_2_naming_them() {
-    for sub in ["list", "doctor", "install", "audit", "agent", "version"] {
+    for sub in [
+        "list",
+        "doctor",
+        "install",
+        "uninstall",
+        "audit",
+        "agent",
+        "version",
+    ] {
         let out = cli(&[sub, "--frobnicate"], &[]);
         assert_eq!(out.status.code(), Some(2), "{sub}: {out:?}");
         let err = text(&out.stderr);
@@ -152,6 +187,12 @@ fn install_reads_its_environment() {
     let out = cli(&["install"], &env);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(Path::new(bin_dir).join("routed-cni").exists());
+    assert!(
+        text(&out.stdout).contains(
+            "/nonexistent/routed-cni-cli-test/systemd/network/10-routed-cni.link skipped"
+        ),
+        "{out:?}"
+    );
     let c = conflist(&tmp.path);
     assert_eq!(c["name"], "from-env");
     assert_eq!(c["plugins"][0]["ipam"]["subnet"], "10.250.1.0/24");

@@ -10,6 +10,9 @@
 //!
 //! The second test points the same readers at a naive writer (truncate + write in chunks, as
 //! `cat new > file` or `cp` do) and requires that they catch it, so the first test can fail.
+//! The last tests run `install` and `uninstall` against a scratch "node" whose /etc has a
+//! systemd network dir but no NetworkManager: the .link file and the drop-in are written only
+//! where their dir exists, and uninstall removes exactly what install wrote.
 //! Nothing here needs root or touches the host's network: only a temp directory.
 //! ROUTED_CNI_ATOMIC_SECS sets how long the writer loops (default 5).
 
@@ -27,6 +30,9 @@ const SUBNETS: [&str; 2] = ["10.244.1.0/24", "10.244.2.0/24"];
 mod common;
 
 use common::bin;
+
+/// Replacements of both files the readers must overlap for the run to prove anything.
+const MIN_ROUNDS: usize = 20;
 
 fn secs() -> u64 {
     std::env::var("ROUTED_CNI_ATOMIC_SECS")
@@ -93,6 +99,11 @@ impl World {
             .arg(root.join("bin"))
             .arg("--conf-dir")
             .arg(root.join("net.d"))
+            // Never the real node's udev and NetworkManager dirs (absent here: skipped).
+            .arg("--systemd-network-dir")
+            .arg(root.join("systemd/network"))
+            .arg("--networkmanager-conf-dir")
+            .arg(root.join("NetworkManager/conf.d"))
             .args(["--pod-subnet", subnet, "--cluster-cidr", "10.244.0.0/16"])
             .env_remove("ROUTED_CNI_MTU")
             .env_remove("ROUTED_CNI_LOG_FILE")
@@ -212,10 +223,14 @@ fn readers_never_see_a_partial_conflist_or_binary_while_install_loops() {
     let w = World::new();
     let node = w.node();
     w.install(0, &node, SUBNETS[0]);
+    // Enough evidence is both a time span and a number of replacements: a slow machine (or a
+    // 100 MB debug binary) takes longer to reach the rounds, never fewer of them; the hard
+    // limit only stops a run that makes no progress at all.
     let until = Instant::now() + Duration::from_secs(secs());
+    let hard_limit = Instant::now() + Duration::from_secs(secs() * 24);
     let (rounds, s) = watch(&w, || {
         let mut round = 0;
-        while Instant::now() < until {
+        while (Instant::now() < until || round < MIN_ROUNDS) && Instant::now() < hard_limit {
             round += 1;
             let i = round % 2;
             let out = w.install(i, &node, SUBNETS[i]);
@@ -244,7 +259,7 @@ fn readers_never_see_a_partial_conflist_or_binary_while_install_loops() {
         s.first_failures
     );
     // The run proves something only if readers overlapped many replacements of both versions.
-    assert!(rounds >= 20, "only {rounds} rounds");
+    assert!(rounds >= MIN_ROUNDS, "only {rounds} rounds");
     assert!(s.conf_reads.iter().all(|&n| n > 0), "{s:?}");
     assert!(s.bin_reads.iter().all(|&n| n > 0), "{s:?}");
     assert!(s.execs >= 20, "{s:?}");
@@ -303,4 +318,205 @@ fn the_same_readers_catch_a_non_atomic_writer() {
         s.bin_bad + s.exec_bad > 0,
         "the binary readers missed a non-atomic writer"
     );
+}
+
+/// A scratch node root: `etc/systemd/network` exists (with a foreign .link file in it),
+/// `etc/NetworkManager` does not; `etc/cni/net.d` holds another plugin's conflist.
+struct Node {
+    _tmp: common::TempDir,
+    root: PathBuf,
+}
+
+impl Node {
+    fn new() -> Node {
+        let tmp = common::TempDir::new(&common::unique("rcni-install-node"));
+        let root = tmp.path.clone();
+        fs::create_dir_all(root.join("etc/systemd/network")).unwrap();
+        fs::create_dir_all(root.join("etc/cni/net.d")).unwrap();
+        fs::write(
+            root.join(FOREIGN_LINK),
+            "[Match]\nOriginalName=eth*\n\n[Link]\nMTUBytes=9000\n",
+        )
+        .unwrap();
+        fs::write(
+            root.join(FOREIGN_CONF),
+            r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}"#,
+        )
+        .unwrap();
+        Node { _tmp: tmp, root }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Runs `routed-cni <args> <dir flags>`; returns (exit code, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--bin-dir")
+            .arg(self.p("opt/cni/bin"))
+            .arg("--conf-dir")
+            .arg(self.p("etc/cni/net.d"))
+            .arg("--systemd-network-dir")
+            .arg(self.p("etc/systemd/network"))
+            .env(
+                "ROUTED_CNI_NETWORKMANAGER_CONF_DIR",
+                self.p("etc/NetworkManager/conf.d"),
+            )
+            .env_remove("ROUTED_CNI_MTU")
+            .env_remove("ROUTED_CNI_CONF_NAME")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    fn install(&self) -> String {
+        let (code, out, err) = self.run(&["install", "--pod-subnet", "10.244.1.0/24"]);
+        assert_eq!(code, 0, "install: {out}{err}");
+        out
+    }
+
+    /// Every file under the root, relative, sorted.
+    fn files(&self) -> Vec<String> {
+        fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+            for e in fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, root, out);
+                } else {
+                    out.push(p.strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root, &self.root, &mut out);
+        out.sort();
+        out
+    }
+}
+
+const FOREIGN_LINK: &str = "etc/systemd/network/50-jumbo.link";
+const FOREIGN_CONF: &str = "etc/cni/net.d/20-bridge.conflist";
+const LINK: &str = "etc/systemd/network/10-routed-cni.link";
+const NM: &str = "etc/NetworkManager/conf.d/routed-cni.conf";
+
+#[test]
+fn install_writes_the_link_file_and_the_nm_drop_in_only_where_their_dir_exists() {
+    let n = Node::new();
+    let out = n.install();
+    let link = fs::read_to_string(n.p(LINK)).unwrap();
+    assert!(
+        link.contains("[Match]\nOriginalName=rcni*\nDriver=veth\n")
+            && link.contains("MACAddressPolicy=none"),
+        "{link}"
+    );
+    assert!(
+        out.contains(&format!("{} installed", n.p(LINK).display())),
+        "{out}"
+    );
+    // No NetworkManager on this node: its dir is not created, and install says why.
+    assert!(
+        !n.p("etc/NetworkManager").exists(),
+        "install created NetworkManager's dir"
+    );
+    assert!(
+        out.contains(&format!("{} skipped", n.p(NM).display())),
+        "{out}"
+    );
+    // Again: nothing changes, and the report says so for each file.
+    let again = n.install();
+    assert_eq!(again.matches(" unchanged").count(), 3, "{again}");
+    assert!(!again.contains(" installed"), "{again}");
+
+    // NetworkManager appears: the next install writes its drop-in.
+    fs::create_dir_all(n.p("etc/NetworkManager/conf.d")).unwrap();
+    let out = n.install();
+    assert!(
+        out.contains(&format!("{} installed", n.p(NM).display())),
+        "{out}"
+    );
+    let nm = fs::read_to_string(n.p(NM)).unwrap();
+    assert!(
+        nm.contains("[keyfile]\nunmanaged-devices+=interface-name:rcni*\n"),
+        "{nm}"
+    );
+    // A changed file is replaced whole; no temp file is left anywhere.
+    fs::write(n.p(LINK), "stale").unwrap();
+    assert!(n
+        .install()
+        .contains(&format!("{} installed", n.p(LINK).display())));
+    assert_eq!(fs::read_to_string(n.p(LINK)).unwrap(), link);
+    let files = n.files();
+    assert!(!files.iter().any(|f| f.contains(".tmp.")), "{files:?}");
+}
+
+#[test]
+fn uninstall_removes_exactly_what_install_wrote() {
+    let n = Node::new();
+    fs::create_dir_all(n.p("etc/NetworkManager/conf.d")).unwrap();
+    let before = n.files();
+    n.install();
+    let installed = n.files();
+    assert_eq!(installed.len(), before.len() + 4, "{installed:?}");
+
+    let (code, out, err) = n.run(&["uninstall"]);
+    assert_eq!(code, 0, "{out}{err}");
+    for f in [
+        "opt/cni/bin/routed-cni",
+        "etc/cni/net.d/10-routed-cni.conflist",
+        LINK,
+        NM,
+    ] {
+        assert!(
+            out.contains(&format!("{} removed", n.p(f).display())),
+            "{f}: {out}"
+        );
+    }
+    // The foreign .link file and conflist stay; the directories stay.
+    assert_eq!(n.files(), before);
+    assert!(n.p("etc/NetworkManager/conf.d").is_dir());
+
+    // Idempotent: everything is already gone.
+    let (code, out, _) = n.run(&["uninstall"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches(" absent").count(), 4, "{out}");
+}
+
+#[test]
+fn uninstall_keeps_files_of_our_names_that_are_not_ours() {
+    let n = Node::new();
+    n.install();
+    // Someone replaced our conflist with another plugin's, and our .link file with their own.
+    let conf = n.p("etc/cni/net.d/10-routed-cni.conflist");
+    fs::write(&conf, r#"{"plugins":[{"type":"calico"}]}"#).unwrap();
+    fs::write(n.p(LINK), "[Match]\nOriginalName=cali*\n").unwrap();
+    let (code, out, err) = n.run(&["uninstall"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!("{} kept", conf.display())) && out.contains("calico"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{} kept", n.p(LINK).display())),
+        "{out}"
+    );
+    assert!(conf.exists() && n.p(LINK).exists());
+    assert!(!n.p("opt/cni/bin/routed-cni").exists(), "our binary stays");
+    assert!(err.contains("remove it yourself"), "{err}");
+
+    // A binary of our name that is not routed-cni stays too.
+    fs::write(
+        n.p("opt/cni/bin/routed-cni"),
+        b"#!/bin/sh\necho another plugin\n",
+    )
+    .unwrap();
+    let (code, out, _) = n.run(&["uninstall"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("not a routed-cni binary"), "{out}");
+    assert!(n.p("opt/cni/bin/routed-cni").exists());
 }

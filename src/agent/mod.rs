@@ -360,6 +360,13 @@ impl Agent {
                         },
                     );
                 }
+                for f in done
+                    .node_files
+                    .iter()
+                    .filter(|f| f.outcome == install::Outcome::Written)
+                {
+                    crate::info!("{}", f.line());
+                }
                 self.installed_for = Some(subnets);
                 self.health
                     .installed(format!("conflist for podCIDR {cidr}"));

@@ -1,13 +1,14 @@
-//! `install`'s flags, and the install settings `agent` shares with it. Every flag falls back to
-//! a `ROUTED_CNI_<FLAG>` variable, for a DaemonSet.
+//! `install`'s and `uninstall`'s flags, and the install settings `agent` shares with them.
+//! Every flag falls back to a `ROUTED_CNI_<FLAG>` variable, for a DaemonSet.
 
 use clap::Args;
 use ipnetwork::IpNetwork;
 use std::path::PathBuf;
 
 use crate::install::{
-    parse_cidrs, InstallOptions, InstallSettings, DEFAULT_BIN_DIR, DEFAULT_CONF_DIR,
-    DEFAULT_CONF_NAME,
+    parse_cidrs, InstallOptions, InstallSettings, UninstallOptions, DEFAULT_BIN_DIR,
+    DEFAULT_CONF_DIR, DEFAULT_CONF_NAME, DEFAULT_NETWORKMANAGER_CONF_DIR,
+    DEFAULT_SYSTEMD_NETWORK_DIR,
 };
 
 /// At most one CIDR per family, IPv4 first (what `parse_cidrs` gives).
@@ -22,9 +23,9 @@ fn cluster_cidr(s: &str) -> Result<Cidrs, String> {
     parse_cidrs("cluster-cidr", s).map(Cidrs)
 }
 
-/// Where the plugin goes and what its conflist says, except the pod subnets.
+/// Where install writes, and so where uninstall removes.
 #[derive(Debug, Args)]
-pub struct SettingsArgs {
+pub struct DirsArgs {
     /// The CNI bin dir the binary is copied into
     #[arg(long, value_name = "DIR", env = "ROUTED_CNI_BIN_DIR", default_value = DEFAULT_BIN_DIR)]
     bin_dir: PathBuf,
@@ -34,6 +35,29 @@ pub struct SettingsArgs {
     /// The conflist's file name (runtimes use the first file of the dir)
     #[arg(long, value_name = "NAME", env = "ROUTED_CNI_CONF_NAME", default_value = DEFAULT_CONF_NAME)]
     conf_name: String,
+    /// udev's .link dir: 10-routed-cni.link keeps udev off our veths' MACs (only if the dir exists)
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "ROUTED_CNI_SYSTEMD_NETWORK_DIR",
+        default_value = DEFAULT_SYSTEMD_NETWORK_DIR
+    )]
+    systemd_network_dir: PathBuf,
+    /// NetworkManager's conf.d: routed-cni.conf marks our interfaces unmanaged (only if the dir exists)
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "ROUTED_CNI_NETWORKMANAGER_CONF_DIR",
+        default_value = DEFAULT_NETWORKMANAGER_CONF_DIR
+    )]
+    networkmanager_conf_dir: PathBuf,
+}
+
+/// Where the plugin goes and what its conflist says, except the pod subnets.
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    #[command(flatten)]
+    dirs: DirsArgs,
     /// The network's name in the conflist
     #[arg(
         long,
@@ -55,10 +79,13 @@ pub struct SettingsArgs {
 
 impl SettingsArgs {
     pub fn into_settings(self) -> InstallSettings {
+        let d = self.dirs;
         InstallSettings {
-            bin_dir: self.bin_dir,
-            conf_dir: self.conf_dir,
-            conf_name: self.conf_name,
+            bin_dir: d.bin_dir,
+            conf_dir: d.conf_dir,
+            conf_name: d.conf_name,
+            systemd_network_dir: d.systemd_network_dir,
+            networkmanager_conf_dir: d.networkmanager_conf_dir,
             network_name: self.network_name,
             cluster_cidrs: self.cluster_cidr.map(|c| c.0).unwrap_or_default(),
             mtu: self.mtu,
@@ -69,8 +96,10 @@ impl SettingsArgs {
 
 /// Install the plugin: copy this binary into the CNI bin dir and write the conflist
 ///
-/// Each file is written to a temp file, synced and renamed into place, so a runtime never
-/// reads a half-written config or execs a half-copied binary; re-running it is harmless.
+/// Also writes, only where the directory exists on the node, a systemd .link file that keeps
+/// udev from rewriting our veths' MACs and a NetworkManager drop-in that marks our interfaces
+/// unmanaged. Each file is written to a temp file, synced and renamed into place, so a runtime
+/// never reads a half-written config or execs a half-copied binary; re-running it is harmless.
 /// Every flag also reads ROUTED_CNI_<FLAG> (e.g. ROUTED_CNI_POD_SUBNET) from the environment.
 #[derive(Debug, Args)]
 pub struct InstallArgs {
@@ -89,6 +118,32 @@ impl InstallArgs {
             "--pod-subnet (or ROUTED_CNI_POD_SUBNET) is required: this node's pod CIDR (two, comma-separated, for dual-stack)",
         )?;
         Ok(self.settings.into_settings().for_subnets(pod_subnets.0))
+    }
+}
+
+/// Remove what install wrote: the binary, the conflist, the .link file and the NetworkManager drop-in
+///
+/// Each is removed only if it is ours (a routed-cni binary, a conflist whose first plugin is
+/// routed-cni, the .link file and drop-in install writes); a file of the same name that is not
+/// ours is kept and makes the exit code 1. Files already gone are fine: running it again
+/// exits 0. Pods still running keep their network, but new pods on the node cannot start.
+/// Every flag also reads ROUTED_CNI_<FLAG> from the environment, as for install.
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    dirs: DirsArgs,
+}
+
+impl UninstallArgs {
+    pub fn into_options(self) -> UninstallOptions {
+        let d = self.dirs;
+        UninstallOptions {
+            bin_dir: d.bin_dir,
+            conf_dir: d.conf_dir,
+            conf_name: d.conf_name,
+            systemd_network_dir: d.systemd_network_dir,
+            networkmanager_conf_dir: d.networkmanager_conf_dir,
+        }
     }
 }
 
@@ -121,6 +176,13 @@ mod tests {
         assert_eq!(o.bin_dir, PathBuf::from("/x/bin"));
         assert_eq!(o.conf_dir, PathBuf::from(DEFAULT_CONF_DIR));
         assert_eq!(o.conf_name, DEFAULT_CONF_NAME);
+        assert_eq!(
+            (o.systemd_network_dir, o.networkmanager_conf_dir),
+            (
+                PathBuf::from("/etc/systemd/network"),
+                PathBuf::from("/etc/NetworkManager/conf.d")
+            )
+        );
         assert_eq!(o.network_name, "k8s-pod-network");
         assert_eq!((o.mtu, o.log_file), (Some(1400), None));
         assert!(o.cluster_cidrs.is_empty());
@@ -147,5 +209,32 @@ mod tests {
         assert!(install(&["--pod-subnet", "10.1.0.0/24,10.2.0.0/24"])
             .unwrap_err()
             .contains("two CIDRs of one family"));
+    }
+
+    #[test]
+    fn uninstall_takes_the_same_dirs() {
+        let argv = [
+            "uninstall",
+            "--bin-dir=/b",
+            "--conf-dir=/c",
+            "--systemd-network-dir=/s",
+            "--networkmanager-conf-dir",
+            "/n",
+        ];
+        let Some(Command::Uninstall(a)) = parse(&argv).unwrap().command else {
+            panic!("uninstall")
+        };
+        assert_eq!(
+            a.into_options(),
+            UninstallOptions {
+                bin_dir: "/b".into(),
+                conf_dir: "/c".into(),
+                conf_name: DEFAULT_CONF_NAME.into(),
+                systemd_network_dir: "/s".into(),
+                networkmanager_conf_dir: "/n".into(),
+            }
+        );
+        // Uninstall needs no subnet, and takes none of install's other settings.
+        assert!(parse(&["uninstall", "--pod-subnet", "10.1.2.0/24"]).is_err());
     }
 }

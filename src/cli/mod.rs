@@ -1,5 +1,5 @@
-//! Commands for people (no CNI_COMMAND): `version`, `list`, `doctor`, `install`, `audit`,
-//! `agent`. The flags, their environment fallbacks and the help text are declared here once,
+//! Commands for people (no CNI_COMMAND): `version`, `list`, `doctor`, `install`, `uninstall`,
+//! `audit`, `agent`. The flags, their environment fallbacks and the help text are declared here once,
 //! with clap; each command module takes a plain typed options struct and never sees argv, so
 //! nothing imports this module back. CNI mode never reaches this module (see main.rs).
 
@@ -41,6 +41,7 @@ enum Command {
     List(ListArgs),
     Doctor(doctor::DoctorArgs),
     Install(install::InstallArgs),
+    Uninstall(install::UninstallArgs),
     Audit(AuditArgs),
     Agent(agent::AgentArgs),
 }
@@ -145,6 +146,7 @@ where
             Ok(o) => crate::install::run(&o),
             Err(e) => usage_error("install", e),
         },
+        Some(Command::Uninstall(a)) => crate::install::run_uninstall(&a.into_options()),
         Some(Command::Audit(a)) => crate::audit::run(crate::audit::Options {
             data_dir: a.data_dir,
             host_veth_prefix: a.host_veth_prefix,
@@ -188,7 +190,15 @@ mod tests {
 
     #[test]
     fn every_command_answers_help_and_rejects_unknown_flags() {
-        for sub in ["list", "doctor", "install", "audit", "agent", "version"] {
+        for sub in [
+            "list",
+            "doctor",
+            "install",
+            "uninstall",
+            "audit",
+            "agent",
+            "version",
+        ] {
             let e = parse(&[sub, "--help"]).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{sub}");
             assert_eq!(e.exit_code(), 0, "{sub}");

@@ -327,7 +327,8 @@ async fn wire(
             att.netns, att.ifname
         )));
     }
-    host.create_veth(host_end.name, pod_end.name, netns, mtu)
+    let pod_mac = dataplane::pod_mac(&attachment_hash(&att.container_id, &att.ifname));
+    host.create_veth(host_end.name, pod_end.name, pod_mac, netns, mtu)
         .await?;
     crate::crashpoint::here("add:veth-created");
 

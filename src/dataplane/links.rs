@@ -49,19 +49,25 @@ impl Netlink {
         }
     }
 
-    /// Creates the veth pair in one request: the host end `host_name` here (up, fixed MAC),
-    /// the peer `pod_ifname` born directly in `pod`, so it is never visible on the node. The
-    /// peer cannot be brought up in the same request (the kernel answers ENOTCONN when the peer
-    /// lives in another namespace): see `set_up`.
+    /// Creates the veth pair in one request: the host end `host_name` here (up, HOST_MAC),
+    /// the peer `pod_ifname` born directly in `pod` with `pod_mac`, so it is never visible on
+    /// the node. Both MACs travel in this request (IFLA_ADDRESS, and IFLA_ADDRESS inside
+    /// VETH_INFO_PEER): the kernel then records addr_assign_type NET_ADDR_SET for both ends,
+    /// and systemd-udev's `MACAddressPolicy=persistent` only rewrites links whose MAC the
+    /// kernel made up (NET_ADDR_RANDOM). A MAC set after creation would race udev instead.
+    /// The peer cannot be brought up in the same request (the kernel answers ENOTCONN when the
+    /// peer lives in another namespace): see `set_up`.
     pub async fn create_veth(
         &self,
         host_name: &str,
         pod_ifname: &str,
+        pod_mac: [u8; 6],
         pod: &Netns,
         mtu: u32,
     ) -> Result<()> {
         let peer = LinkUnspec::new_with_name(pod_ifname)
             .setns_by_fd(pod.file.as_raw_fd())
+            .address(pod_mac.to_vec())
             .mtu(mtu)
             .build();
         let msg = LinkVeth::new(host_name, pod_ifname)
@@ -149,6 +155,23 @@ pub fn link_mtu(link: &LinkMessage) -> Option<u32> {
 
 pub fn link_is_up(link: &LinkMessage) -> bool {
     link.header.flags.contains(LinkFlags::Up)
+}
+
+/// The pod end's MAC: the first 48 bits of the attachment hash, made locally administered
+/// (bit 1 set) and unicast (bit 0 clear). Derived rather than random so that a retried ADD of
+/// the same attachment reports the same MAC, and so that the pod end of a host veth can be
+/// told from its name (they share the hash); it only has to differ from HOST_MAC, its one
+/// neighbour on the point-to-point link.
+pub fn pod_mac(attachment_hash: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    for (i, b) in mac.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&attachment_hash[2 * i..2 * i + 2], 16).unwrap_or(0);
+    }
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    if mac == HOST_MAC {
+        mac[5] ^= 1;
+    }
+    mac
 }
 
 /// The host veth's name: prefix + 11 hex characters of sha256("<containerID>/<ifname>"), so

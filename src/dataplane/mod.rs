@@ -63,6 +63,25 @@ mod tests {
     }
 
     #[test]
+    fn pod_macs_are_locally_administered_unicast_and_never_the_host_mac() {
+        let h = attachment_hash("abc", "eth0");
+        let m = pod_mac(&h);
+        assert_eq!(m, pod_mac(&attachment_hash("abc", "eth0")));
+        assert_ne!(m, pod_mac(&attachment_hash("abc", "eth1")));
+        assert_eq!(m[0] & 0x03, 0x02, "{}", format_mac(&m));
+        assert_eq!(format_mac(&m[1..]), format_mac(&hex_bytes(&h[2..12])));
+        // A hash that would give the host MAC does not.
+        assert_ne!(pod_mac("eeeeeeeeeeee0000"), HOST_MAC);
+        assert_eq!(pod_mac("efeeeeeeeeef")[0], 0xee);
+    }
+
+    fn hex_bytes(s: &str) -> Vec<u8> {
+        (0..s.len() / 2)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
     fn ipv6_gateway_is_the_eui64_link_local_of_the_host_mac() {
         // EUI-64: flip the universal/local bit of the first byte, put ff:fe in the middle.
         let m = HOST_MAC;
