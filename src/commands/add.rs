@@ -11,7 +11,7 @@ use crate::cni::types::{AddResult, Interface, IpConfig, Route};
 use crate::config::{Ipam, NetConf, PoolConfig};
 use crate::dataplane::spec::{self, Place, PodSpec};
 use crate::dataplane::{self, runtime, sysctl, Family, Netlink};
-use crate::firewall::{Masquerade, Probe};
+use crate::firewall::{PoolRules, Probe};
 use crate::ipam::attachments::{self, Attachments};
 use crate::ipam::inflight::{self, AddInFlight};
 use crate::ipam::store::LOCK_TIMEOUT;
@@ -199,16 +199,13 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
         Ipam::Delegated { plugin } => allocate_delegated(conf, plugin, att, &template)?,
     };
     crate::crashpoint::here("add:allocated");
-    let nats: Vec<Masquerade> = lease
+    let nats: Vec<PoolRules> = lease
         .addrs
         .iter()
-        .map(|a| Masquerade::for_pool(conf, a.subnet))
+        .map(|a| PoolRules::for_pool(conf, a.subnet))
         .collect();
-    // Every `iptables -C` runs while the netlink work does.
-    let probes: Vec<Option<Result<Probe>>> = nats
-        .iter()
-        .map(|nat| conf.masquerade.then(|| nat.probe()))
-        .collect();
+    // Every probe of the pool's rules runs while the netlink work does.
+    let probes: Vec<Result<Probe>> = nats.iter().map(PoolRules::probe).collect();
     let ips: Vec<IpAddr> = lease.addrs.iter().map(|a| a.ip).collect();
     let wired = rt
         .block_on(wire(conf, att, &netns, &host_veth, &ips))
@@ -392,17 +389,14 @@ async fn wire(
     })
 }
 
-/// `probe` is the `iptables -C` started before the netlink work (`None`: no masquerade).
+/// `probe` is the check of the pool's forward (and nat) jumps started before the netlink work.
 fn ensure_nat(
-    nat: &Masquerade,
-    probe: Option<Result<Probe>>,
+    nat: &PoolRules,
+    probe: Result<Probe>,
     leased: &Leased,
     delegated: Option<&Delegated>,
 ) -> Result<()> {
     crate::crashpoint::here("add:before-nat");
-    let Some(probe) = probe else {
-        return Ok(());
-    };
     if probe?.wait()? {
         return Ok(());
     }
@@ -426,7 +420,7 @@ fn ensure_nat(
 fn release(conf: &NetConf, lease: &Lease, att: &Attachment) {
     for leased in &lease.addrs {
         let Some(store) = &leased.store else { continue };
-        let nat = Masquerade::for_pool(conf, leased.subnet);
+        let nat = PoolRules::for_pool(conf, leased.subnet);
         let undo_ip = store.lock(LOCK_TIMEOUT).and_then(|lock| {
             inflight::forget(store, &att.container_id, &att.ifname);
             lock.release(&att.container_id, &att.ifname)?;
@@ -469,7 +463,7 @@ fn rollback(
             inflight::forget_in(&d.records.adding_dir(), &att.container_id, &att.ifname);
             freed
                 .into_iter()
-                .try_for_each(|subnet| Masquerade::for_pool(conf, subnet).uninstall())
+                .try_for_each(|subnet| PoolRules::for_pool(conf, subnet).uninstall())
         });
         if let Err(e) = forgotten {
             crate::error!("rollback: {e}");

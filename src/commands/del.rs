@@ -8,7 +8,7 @@ use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{self, Result};
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::{self, runtime, Netlink};
-use crate::firewall::Masquerade;
+use crate::firewall::PoolRules;
 use crate::ipam::attachments::Attachments;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, inflight, Store};
@@ -36,8 +36,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
                     Ok(None) => {}
                     Err(e) => errors.push(e),
                 }
-                if let Err(e) = Masquerade::for_pool(conf, pool.subnet).remove_if_pool_empty(&lock)
-                {
+                if let Err(e) = PoolRules::for_pool(conf, pool.subnet).remove_if_pool_empty(&lock) {
                     errors.push(e);
                 }
             }
@@ -84,7 +83,7 @@ fn forget_delegated(conf: &NetConf, att: &Attachment) -> Result<()> {
     }
     for subnet in freed {
         crate::debug!("{subnet} has no delegated pod left: removing its masquerade");
-        Masquerade::for_pool(conf, subnet).uninstall()?;
+        PoolRules::for_pool(conf, subnet).uninstall()?;
     }
     Ok(())
 }

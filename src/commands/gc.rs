@@ -11,7 +11,7 @@ use crate::cni::env::Command;
 use crate::cni::error::{self, CniError, Result};
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::{self, runtime, Netlink};
-use crate::firewall::Masquerade;
+use crate::firewall::PoolRules;
 use crate::ipam::attachments::Attachments;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, inflight, PoolLock, Store};
@@ -223,7 +223,7 @@ fn gc_attachments(
                         a.pod_name.as_deref().unwrap_or("-")
                     );
                     for subnet in freed {
-                        if let Err(e) = Masquerade::for_pool(conf, subnet).uninstall() {
+                        if let Err(e) = PoolRules::for_pool(conf, subnet).uninstall() {
                             errors.push(e);
                         }
                     }
@@ -280,7 +280,7 @@ fn gc_pool(
             Err(e) => errors.push(e),
         }
     }
-    if let Err(e) = Masquerade::for_pool(conf, store.pool().subnet).remove_if_pool_empty(lock) {
+    if let Err(e) = PoolRules::for_pool(conf, store.pool().subnet).remove_if_pool_empty(lock) {
         errors.push(e);
     }
     error::join(errors)

@@ -53,6 +53,8 @@ pub struct NetConf {
     pub name: String,
     pub ipam: Ipam,
     pub masquerade: bool,
+    /// Which iptables backend gets the pool's rules (`iptablesBackend`).
+    pub iptables_backend: IptablesBackend,
     pub non_masquerade_cidrs: Vec<IpNetwork>,
     pub mtu: Option<u32>,
     pub host_veth_prefix: String,
@@ -65,6 +67,29 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// The document as received, for delegated plugins.
     pub raw: Value,
+}
+
+/// `iptablesBackend`: where the forward and masquerade rules go. `Auto` detects the backend
+/// the node uses (both when both carry rules); the others force one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IptablesBackend {
+    #[default]
+    Auto,
+    Nft,
+    Legacy,
+}
+
+impl IptablesBackend {
+    pub const CHOICES: [&'static str; 3] = ["auto", "nft", "legacy"];
+
+    fn parse(s: &str) -> Option<IptablesBackend> {
+        match s {
+            "auto" => Some(IptablesBackend::Auto),
+            "nft" => Some(IptablesBackend::Nft),
+            "legacy" => Some(IptablesBackend::Legacy),
+            _ => None,
+        }
+    }
 }
 
 impl NetConf {
@@ -240,6 +265,20 @@ pub fn parse(v: Value) -> Result<NetConf> {
         }
         (None, None) => true,
     };
+    let iptables_backend = match str_field(o, "iptablesBackend", "iptablesBackend")? {
+        None => IptablesBackend::Auto,
+        Some(s) => IptablesBackend::parse(s).ok_or_else(|| {
+            CniError::invalid_config(
+                "iptablesBackend",
+                format!(
+                    "{s:?} is not one of {}",
+                    IptablesBackend::CHOICES
+                        .map(|c| format!("{c:?}"))
+                        .join(", ")
+                ),
+            )
+        })?,
+    };
     let non_masquerade_cidrs = match o.get("nonMasqueradeCIDRs") {
         None | Some(Value::Null) => match &ipam {
             Ipam::Builtin(pools) => pools.iter().map(|p| p.subnet).collect(),
@@ -297,7 +336,14 @@ pub fn parse(v: Value) -> Result<NetConf> {
     }
     check_prefix_collision(&host_veth_prefix)?;
     let data_dir = match str_field(o, "dataDir", "dataDir")? {
-        None | Some("") => PathBuf::from(DEFAULT_DATA_DIR),
+        // Beside the built-in store when its dataDir is set: one directory holds all the
+        // plugin's state on the node (and a test's scratch store keeps a test's state).
+        None | Some("") => match &ipam {
+            Ipam::Builtin(pools) => pools
+                .first()
+                .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), |p| p.data_dir.clone()),
+            Ipam::Delegated { .. } => PathBuf::from(DEFAULT_DATA_DIR),
+        },
         Some(d) if d.starts_with('/') => PathBuf::from(d),
         Some(d) => {
             return Err(CniError::invalid_config(
@@ -336,6 +382,7 @@ pub fn parse(v: Value) -> Result<NetConf> {
         name,
         ipam,
         masquerade,
+        iptables_backend,
         non_masquerade_cidrs,
         mtu,
         host_veth_prefix,
@@ -384,6 +431,7 @@ mod tests {
         );
         assert_eq!(c.host_veth_prefix, "rcni");
         assert_eq!(c.data_dir, PathBuf::from("/run/routed-cni"));
+        assert_eq!(c.iptables_backend, IptablesBackend::Auto);
         assert_eq!(c.mtu, None);
         assert_eq!(c.log_level, Level::Info);
         let mut v = base();
@@ -403,6 +451,7 @@ mod tests {
             "ipam":{"subnet":"10.244.1.0/24","rangeStart":"10.244.1.10","rangeEnd":"10.244.1.250","dataDir":"/var/lib/rcni"},
             "masquerade":false,"nonMasqueradeCIDRs":["10.244.0.0/16","10.96.0.0/12"],"mtu":1450,
             "hostVethPrefix":"pnet","logFile":"/var/log/routed-cni.log","logLevel":"debug",
+            "iptablesBackend":"legacy",
             "dns":{"nameservers":["10.96.0.10"],"search":["svc.cluster.local"]},
             "someUnknownKey":{"x":1},"runtimeConfig":{},"args":{"cni":{}}
         }))
@@ -417,6 +466,7 @@ mod tests {
         assert_eq!(c.non_masquerade_cidrs.len(), 2);
         assert_eq!(c.mtu, Some(1450));
         assert_eq!(c.host_veth_prefix, "pnet");
+        assert_eq!(c.iptables_backend, IptablesBackend::Legacy);
         assert_eq!(c.log_level, Level::Debug);
         assert_eq!(c.dns.nameservers, vec!["10.96.0.10"]);
     }
@@ -515,6 +565,12 @@ mod tests {
             ("hostVethPrefix", json!("toolong"), "hostVethPrefix"),
             ("hostVethPrefix", json!("a/b"), "hostVethPrefix"),
             ("logLevel", json!("loud"), "logLevel"),
+            (
+                "iptablesBackend",
+                json!("nftables"),
+                "\"auto\", \"nft\", \"legacy\"",
+            ),
+            ("iptablesBackend", json!(true), "iptablesBackend"),
             ("logFile", json!("rel.log"), "logFile"),
             ("dns", json!({"nameservers":"x"}), "dns"),
             ("name", json!("a/b"), "name"),

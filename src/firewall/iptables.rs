@@ -16,6 +16,31 @@ use crate::cni::error::{CniError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Iptables {
     family: Family,
+    /// `None`: the node's plain `iptables`, whichever backend its alternatives point at.
+    backend: Option<Backend>,
+}
+
+/// The two kernels' worlds iptables can write to. Both are consulted for every packet: a DROP
+/// in either is final, and an ACCEPT in one cannot undo a DROP in the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Backend {
+    Nft,
+    Legacy,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Nft, Backend::Legacy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Nft => "nft",
+            Backend::Legacy => "legacy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.name() == s)
+    }
 }
 
 /// One rule as `-S` prints it.
@@ -39,9 +64,14 @@ pub struct Rule {
 pub struct Listing {
     /// User-defined chains (`-N`).
     pub chains: Vec<String>,
+    /// Built-in chains and their policy (`-P FORWARD DROP`), in order.
+    pub policies: Vec<(String, String)>,
     /// Every `-A` line, in order.
     pub rules: Vec<Rule>,
 }
+
+/// Every table of one backend and family, as `iptables-save` lists them.
+pub type Tables = Vec<(String, Listing)>;
 
 /// One change to one table: `iptables-restore --noflush` applies all of it or none of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,6 +187,9 @@ impl Listing {
             let mut tokens = split(line);
             match tokens.first().map(String::as_str) {
                 Some("-N") if tokens.len() == 2 => listing.chains.push(tokens.remove(1)),
+                Some("-P") if tokens.len() >= 3 => listing
+                    .policies
+                    .push((tokens[1].clone(), tokens[2].clone())),
                 Some("-A") if tokens.len() >= 2 => {
                     let chain = tokens[1].clone();
                     let mut args = tokens.split_off(2);
@@ -184,6 +217,45 @@ impl Listing {
     pub fn rules_of<'a>(&'a self, chain: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
         self.rules.iter().filter(move |r| r.chain == chain)
     }
+
+    /// The policy of a built-in chain, as listed.
+    pub fn policy(&self, chain: &str) -> Option<&str> {
+        self.policies
+            .iter()
+            .find(|(c, _)| c == chain)
+            .map(|(_, p)| p.as_str())
+    }
+
+    /// Reads `iptables-save` output: one `Listing` per table (`*nat` … `COMMIT`), chains
+    /// declared by `:NAME - [0:0]` (user) or `:NAME POLICY [p:b]` (built-in).
+    pub fn parse_save(text: &str) -> Tables {
+        let mut tables: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            if let Some(table) = line.strip_prefix('*') {
+                tables.push((table.trim().to_string(), String::new()));
+                continue;
+            }
+            let Some((_, body)) = tables.last_mut() else {
+                continue;
+            };
+            // Turn the save dialect into the `-S` one, which `parse` reads.
+            if let Some(decl) = line.strip_prefix(':') {
+                let mut it = decl.split_whitespace();
+                match (it.next(), it.next()) {
+                    (Some(c), Some("-")) => body.push_str(&format!("-N {c}\n")),
+                    (Some(c), Some(p)) => body.push_str(&format!("-P {c} {p}\n")),
+                    _ => {}
+                }
+            } else if line.starts_with("-A ") {
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+        tables
+            .into_iter()
+            .map(|(t, body)| (t, Listing::parse(&body)))
+            .collect()
+    }
 }
 
 impl Transaction {
@@ -204,6 +276,21 @@ impl Transaction {
 
     pub fn append(&mut self, rule: &Rule) {
         self.lines.push(format!("-A {} {}", rule.chain, rule.spec));
+    }
+
+    /// Inserts `rule` at the top of its chain, ahead of whatever is there.
+    pub fn insert_first(&mut self, rule: &Rule) {
+        self.lines
+            .push(format!("-I {} 1 {}", rule.chain, rule.spec));
+    }
+
+    /// Fails the whole restore unless `rule` is in place (changes nothing).
+    pub fn check(&mut self, rule: &Rule) {
+        self.lines.push(format!("-C {} {}", rule.chain, rule.spec));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.declared.is_empty() && self.lines.is_empty()
     }
 
     /// Deletes one copy of `rule`; the whole transaction fails when there is none.
@@ -238,24 +325,118 @@ impl Transaction {
     }
 }
 
+/// The input of one `iptables-restore`: each table's transaction, committed table by table.
+pub fn restore_text(txns: &[Transaction]) -> String {
+    txns.iter()
+        .filter(|t| !t.is_empty())
+        .map(Transaction::text)
+        .collect()
+}
+
 impl Iptables {
+    /// The node's plain `iptables` (or `ip6tables`): what an operator types.
     pub fn new(family: Family) -> Iptables {
-        Iptables { family }
+        Iptables {
+            family,
+            backend: None,
+        }
+    }
+
+    /// The programs of one backend: `iptables-nft`, `ip6tables-legacy`, …
+    pub fn of(family: Family, backend: Backend) -> Iptables {
+        Iptables {
+            family,
+            backend: Some(backend),
+        }
+    }
+
+    pub fn backend(&self) -> Option<Backend> {
+        self.backend
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    fn named(&self, suffix: &str) -> &'static str {
+        use {Backend::*, Family::*};
+        match (self.family, self.backend, suffix) {
+            (V4, None, "") => "iptables",
+            (V4, None, "restore") => "iptables-restore",
+            (V4, None, _) => "iptables-save",
+            (V6, None, "") => "ip6tables",
+            (V6, None, "restore") => "ip6tables-restore",
+            (V6, None, _) => "ip6tables-save",
+            (V4, Some(Nft), "") => "iptables-nft",
+            (V4, Some(Nft), "restore") => "iptables-nft-restore",
+            (V4, Some(Nft), _) => "iptables-nft-save",
+            (V6, Some(Nft), "") => "ip6tables-nft",
+            (V6, Some(Nft), "restore") => "ip6tables-nft-restore",
+            (V6, Some(Nft), _) => "ip6tables-nft-save",
+            (V4, Some(Legacy), "") => "iptables-legacy",
+            (V4, Some(Legacy), "restore") => "iptables-legacy-restore",
+            (V4, Some(Legacy), _) => "iptables-legacy-save",
+            (V6, Some(Legacy), "") => "ip6tables-legacy",
+            (V6, Some(Legacy), "restore") => "ip6tables-legacy-restore",
+            (V6, Some(Legacy), _) => "ip6tables-legacy-save",
+        }
     }
 
     /// The command that lists and changes rules of this family, as the operator would type it.
     pub fn program(&self) -> &'static str {
-        match self.family {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        }
+        self.named("")
     }
 
     fn restore_program(&self) -> &'static str {
-        match self.family {
-            Family::V4 => "iptables-restore",
-            Family::V6 => "ip6tables-restore",
+        self.named("restore")
+    }
+
+    pub fn save_program(&self) -> &'static str {
+        self.named("save")
+    }
+
+    /// Every table of this backend and family, one `iptables-save` run. Legacy save dumps only
+    /// the tables that exist (it never creates one); nft save reads them from the kernel.
+    pub fn save(&self) -> Result<Tables> {
+        let program = self.save_program();
+        let out = Command::new(program)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| self.spawn_error(program, e))?;
+        if !out.status.success() {
+            return Err(self.error(format_args!(
+                "`{program}` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
         }
+        Ok(Listing::parse_save(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Starts one `iptables-restore` that only checks (`-C`) every line of `txns`, without
+    /// waiting: exit 0 means every rule is in place. One exec whatever the number of rules
+    /// and tables. Legacy restore runs `--test` (it would otherwise write the unchanged
+    /// tables back); nft restore must not (its `--test` skips `-C`), and an nft batch of
+    /// checks alone changes nothing.
+    pub fn spawn_checks(&self, txns: &[Transaction]) -> Result<Child> {
+        let program = self.restore_program();
+        let mut cmd = Command::new(program);
+        cmd.args(["--noflush", "-w"]);
+        if self.backend == Some(Backend::Legacy) {
+            cmd.arg("--test");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| self.spawn_error(program, e))?;
+        // A few hundred bytes: the pipe takes them without blocking.
+        let text = restore_text(txns);
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        if let Err(e) = stdin.write_all(text.as_bytes()) {
+            crate::debug!("write to {program}: {e}");
+        }
+        Ok(child)
     }
 
     fn error(&self, what: impl std::fmt::Display) -> CniError {
@@ -328,7 +509,17 @@ impl Iptables {
 
     /// Applies `txn` with one `iptables-restore --noflush -w`: every line or none.
     pub fn apply(&self, txn: &Transaction) -> Result<()> {
-        let text = txn.text();
+        self.apply_all(std::slice::from_ref(txn))
+    }
+
+    /// Applies the transactions of several tables with one `iptables-restore --noflush -w`.
+    /// Each table commits on its own; a failing table stops the run before the tables after
+    /// it, so callers put the one that matters most (filter: forwarding) first.
+    pub fn apply_all(&self, txns: &[Transaction]) -> Result<()> {
+        let text = restore_text(txns);
+        if text.is_empty() {
+            return Ok(());
+        }
         let program = self.restore_program();
         let mut child = Command::new(program)
             .args(["--noflush", "-w"])
@@ -443,7 +634,37 @@ mod tests {
     }
 
     #[test]
-    fn programs_follow_the_family() {
+    fn reads_save_output_by_table_with_policies() {
+        let text = "# Generated by iptables-save v1.8.9 on Thu\n*filter\n:INPUT ACCEPT [0:0]\n\
+            :FORWARD DROP [12:840]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n\
+            -A DOCKER-USER -j RETURN\nCOMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n\
+            -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\nCOMMIT\n";
+        let tables = Listing::parse_save(text);
+        assert_eq!(tables.len(), 2);
+        let (name, filter) = &tables[0];
+        assert_eq!(name, "filter");
+        assert_eq!(filter.chains, ["DOCKER-USER"]);
+        assert_eq!(filter.policy("FORWARD"), Some("DROP"));
+        assert_eq!(filter.policy("INPUT"), Some("ACCEPT"));
+        assert_eq!(filter.rules.len(), 2);
+        assert_eq!(tables[1].1.rules[0].arg("-s"), Some("172.17.0.0/16"));
+        assert_eq!(tables[1].1.rules_of("FORWARD").count(), 0);
+    }
+
+    #[test]
+    fn programs_follow_the_family_and_backend() {
+        assert_eq!(
+            Iptables::of(Family::V4, Backend::Nft).program(),
+            "iptables-nft"
+        );
+        assert_eq!(
+            Iptables::of(Family::V6, Backend::Legacy).restore_program(),
+            "ip6tables-legacy-restore"
+        );
+        assert_eq!(
+            Iptables::of(Family::V4, Backend::Legacy).save_program(),
+            "iptables-legacy-save"
+        );
         assert_eq!(Iptables::new(Family::V4).program(), "iptables");
         assert_eq!(Iptables::new(Family::V6).program(), "ip6tables");
         assert_eq!(
