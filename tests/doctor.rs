@@ -456,6 +456,8 @@ fn healthy_pod_passes_every_step_found_by_pod_container_or_netns() {
             "ip-forward",
             "host-route",
             "rp-filter",
+            "forward-filter",
+            "firewalld",
             "nat",
             "pod-route-to",
             "node-route-to",
@@ -835,6 +837,8 @@ fn dual_stack_pod_gets_both_walks() {
             "host-veth-address",
             "ipv6-forwarding",
             "host-route",
+            "forward-filter",
+            "firewalld",
             "nat",
             "pod-route-to",
             "node-route-to",
@@ -864,7 +868,7 @@ fn dual_stack_pod_gets_both_walks() {
     assert!(masq["pkts"].as_u64().unwrap() >= 1, "{nat:#}");
     // The IPv4 walk is the IPv4 walk, its --to steps skipped for an IPv6 destination.
     let v4 = d.report("ipv4");
-    assert_eq!(v4["steps"].as_array().unwrap().len(), 16, "{v4:#}");
+    assert_eq!(v4["steps"].as_array().unwrap().len(), 18, "{v4:#}");
     assert_eq!(d.step_in("ipv4", "pod-route-to")["status"], "skip");
     assert_eq!(d.step_in("ipv4", "rp-filter")["status"], "ok");
 
@@ -1223,5 +1227,145 @@ fn ipv6_only_pool() {
     assert!(
         text.contains("ip fd00:10:244:1::") && text.contains("healthy") && !text.contains('✗'),
         "{text}"
+    );
+}
+
+/// The filter FORWARD step of `d`: failed, naming `needles` in what it saw.
+fn assert_forward_blocked(d: &Doctor, family: &str, needles: &[&str]) -> Value {
+    let step = d.step_in(family, "forward-filter");
+    assert_eq!(step["status"], "fail", "{step:#}");
+    assert_eq!(step["title"], "FORWARD filter", "{step:#}");
+    let saw = step["saw"].as_str().unwrap();
+    for n in needles {
+        assert!(
+            saw.contains(n),
+            "forward-filter does not name {n:?}: {step:#}"
+        );
+    }
+    step
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn forward_drop_rule_for_the_pool() {
+    let mut w = World::new("fwdrop");
+    let pod = w.pod("web-1");
+    let rule = format!("-s {SUBNET} -j DROP");
+    let d = w.break_and_repair(
+        &pod,
+        &[format!("iptables -I FORWARD 1 {rule}")],
+        &["forward-filter"],
+        &[],
+        &["--to", OUTSIDE_IP],
+    );
+    let step = assert_forward_blocked(&d, "ipv4", &["iptables-nft", "FORWARD", &rule]);
+    assert_eq!(
+        step["fix"],
+        json!([format!("iptables-nft -D FORWARD {rule}")]),
+        "{step:#}"
+    );
+    // Without --to, the same rule blocks pod -> outside in general.
+    w.on_node(&format!("iptables -I FORWARD 1 {rule}"));
+    let d = w.doctor_pod(&pod, &[]);
+    assert_eq!(d.code, BROKEN, "{d:?}");
+    assert_forward_blocked(&d, "ipv4", &[&rule]);
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn forward_drop_in_a_user_chain() {
+    // Docker's layout: FORWARD jumps to DOCKER-USER first; an operator's drop there counts.
+    let mut w = World::new("fwuser");
+    let pod = w.pod("web-1");
+    let d = w.break_and_repair(
+        &pod,
+        &[
+            "iptables -N DOCKER-USER".to_string(),
+            "iptables -I FORWARD 1 -j DOCKER-USER".to_string(),
+            format!("iptables -A DOCKER-USER -o uplink -m conntrack --ctstate NEW -j REJECT"),
+        ],
+        &["forward-filter"],
+        &[],
+        &["--to", OUTSIDE_IP],
+    );
+    assert_forward_blocked(&d, "ipv4", &["DOCKER-USER", "-o uplink"]);
+    // A drop of other traffic, or an accept of replies only, does not block the pod.
+    w.on_node("iptables -A DOCKER-USER -s 192.0.2.0/24 -j DROP");
+    w.on_node("iptables -A DOCKER-USER -i uplink -o uplink -j DROP");
+    w.on_node("iptables -A DOCKER-USER -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT");
+    let d = w.doctor_pod(&pod, &["--to", OUTSIDE_IP]);
+    assert_eq!(d.code, HEALTHY, "{d:?}");
+    assert!(w.ping(&pod, OUTSIDE_IP));
+    // A match doctor cannot evaluate is a warning, not a failure.
+    w.on_node("iptables -I DOCKER-USER 1 -m mark --mark 0x1 -j DROP");
+    let d = w.doctor_pod(&pod, &["--to", OUTSIDE_IP]);
+    assert_eq!(d.code, HEALTHY, "{d:?}");
+    let step = d.step("forward-filter");
+    assert_eq!(step["status"], "warn", "{step:#}");
+    assert!(
+        step["saw"].as_str().unwrap().contains("may drop"),
+        "{step:#}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn forward_policy_drop() {
+    let mut w = World::new("fwpolicy");
+    let pod = w.pod("web-1");
+    let d = w.break_and_repair(
+        &pod,
+        &[
+            // kube-proxy's and ufw's first rule: replies only, never a new flow.
+            "iptables -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_string(),
+            "iptables -P FORWARD DROP".to_string(),
+        ],
+        &["forward-filter"],
+        &[],
+        &["--to", OUTSIDE_IP],
+    );
+    assert_forward_blocked(&d, "ipv4", &["iptables-nft", "policy DROP"]);
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn forward_policy_drop_in_the_legacy_backend() {
+    // An ACCEPT in iptables-nft cannot undo a DROP in iptables-legacy: both hooks run.
+    let mut w = World::new("fwlegacy");
+    let pod = w.pod("web-1");
+    let d = w.break_and_repair(
+        &pod,
+        &["iptables-legacy -P FORWARD DROP".to_string()],
+        &["forward-filter"],
+        &[],
+        &["--to", OUTSIDE_IP],
+    );
+    let step = assert_forward_blocked(&d, "ipv4", &["iptables-legacy", "policy DROP"]);
+    for f in step["fix"].as_array().unwrap() {
+        assert!(
+            f.as_str().unwrap().starts_with("iptables-legacy "),
+            "{step:#}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn ipv6_forward_drop_rule_for_the_pool() {
+    let mut w = World::dual("fwdrop6");
+    let pod = w.pod("web-1");
+    let rule = format!("-s {SUBNET6} -j DROP");
+    let to = OUTSIDE_IP6.to_string();
+    let d = w.break_and_repair6(
+        &pod,
+        &[format!("ip6tables -I FORWARD 1 {rule}")],
+        &["forward-filter"],
+        &[],
+        &["--to", &to],
+    );
+    let step = assert_forward_blocked(&d, "ipv6", &["ip6tables-nft", &rule]);
+    assert_eq!(
+        step["fix"],
+        json!([format!("ip6tables-nft -D FORWARD {rule}")])
     );
 }

@@ -16,6 +16,31 @@ use crate::cni::error::{CniError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Iptables {
     family: Family,
+    /// `None`: the node's `iptables`, whichever backend it is linked to.
+    backend: Option<Backend>,
+}
+
+/// The two kernel interfaces the iptables programs drive. Each keeps its own rules, and a
+/// DROP in either is final: an ACCEPT in the other cannot undo it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Nft,
+    Legacy,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Nft, Backend::Legacy];
+}
+
+/// A built-in chain's policy as `-S` prints it (`-P FORWARD DROP`), with counters when listed
+/// with `-v`: the packets that reached the end of the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub chain: String,
+    pub target: String,
+    pub pkts: u64,
+    pub bytes: u64,
 }
 
 /// One rule as `-S` prints it.
@@ -39,6 +64,8 @@ pub struct Rule {
 pub struct Listing {
     /// User-defined chains (`-N`).
     pub chains: Vec<String>,
+    /// Built-in chains' policies (`-P`).
+    pub policies: Vec<Policy>,
     /// Every `-A` line, in order.
     pub rules: Vec<Rule>,
 }
@@ -127,6 +154,24 @@ fn split(line: &str) -> Vec<String> {
     out
 }
 
+/// Takes `-c <pkts> <bytes>` (what `-v -S` adds) out of `args`; zeros when absent.
+fn take_counters(args: &mut Vec<String>) -> (u64, u64) {
+    let Some(i) = args.iter().position(|a| a == "-c") else {
+        return (0, 0);
+    };
+    let counted = args
+        .get(i + 1)
+        .zip(args.get(i + 2))
+        .and_then(|(p, b)| Some((p.parse().ok()?, b.parse().ok()?)));
+    match counted {
+        Some(c) => {
+            args.drain(i..i + 3);
+            c
+        }
+        None => (0, 0),
+    }
+}
+
 /// Joins arguments into one line that `split` (and `iptables-restore`) reads back as they were.
 fn quote(args: &[String]) -> String {
     args.iter()
@@ -149,28 +194,28 @@ fn quote(args: &[String]) -> String {
 }
 
 impl Listing {
-    /// Reads `-S` (or `-v -S`) output. Policies, comments (iptables-nft prints a warning line
-    /// when legacy tables exist too) and anything else that is not `-N`/`-A` are skipped.
+    /// Reads `-S` (or `-v -S`) output. Comments (iptables-nft prints a warning line when
+    /// legacy tables exist too) and anything else that is not `-N`/`-P`/`-A` are skipped.
     pub fn parse(text: &str) -> Listing {
         let mut listing = Listing::default();
         for line in text.lines() {
             let mut tokens = split(line);
             match tokens.first().map(String::as_str) {
                 Some("-N") if tokens.len() == 2 => listing.chains.push(tokens.remove(1)),
+                Some("-P") if tokens.len() >= 3 => {
+                    let mut args = tokens.split_off(1);
+                    let (pkts, bytes) = take_counters(&mut args);
+                    listing.policies.push(Policy {
+                        chain: args[0].clone(),
+                        target: args[1].clone(),
+                        pkts,
+                        bytes,
+                    });
+                }
                 Some("-A") if tokens.len() >= 2 => {
                     let chain = tokens[1].clone();
                     let mut args = tokens.split_off(2);
-                    let (mut pkts, mut bytes) = (0, 0);
-                    if let Some(i) = args.iter().position(|a| a == "-c") {
-                        let counted = args
-                            .get(i + 1)
-                            .zip(args.get(i + 2))
-                            .and_then(|(p, b)| Some((p.parse().ok()?, b.parse().ok()?)));
-                        if let Some((p, b)) = counted {
-                            (pkts, bytes) = (p, b);
-                            args.drain(i..i + 3);
-                        }
-                    }
+                    let (pkts, bytes) = take_counters(&mut args);
                     let mut rule = Rule::new(&chain, args);
                     (rule.pkts, rule.bytes) = (pkts, bytes);
                     listing.rules.push(rule);
@@ -179,6 +224,11 @@ impl Listing {
             }
         }
         listing
+    }
+
+    /// The policy of built-in `chain`, when listed.
+    pub fn policy(&self, chain: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.chain == chain)
     }
 
     pub fn rules_of<'a>(&'a self, chain: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
@@ -240,21 +290,57 @@ impl Transaction {
 
 impl Iptables {
     pub fn new(family: Family) -> Iptables {
-        Iptables { family }
+        Iptables {
+            family,
+            backend: None,
+        }
+    }
+
+    /// The programs of one explicit backend (`iptables-nft`, `ip6tables-legacy`, …).
+    pub fn in_backend(family: Family, backend: Backend) -> Iptables {
+        Iptables {
+            family,
+            backend: Some(backend),
+        }
     }
 
     /// The command that lists and changes rules of this family, as the operator would type it.
     pub fn program(&self) -> &'static str {
-        match self.family {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
+        match (self.family, self.backend) {
+            (Family::V4, None) => "iptables",
+            (Family::V6, None) => "ip6tables",
+            (Family::V4, Some(Backend::Nft)) => "iptables-nft",
+            (Family::V6, Some(Backend::Nft)) => "ip6tables-nft",
+            (Family::V4, Some(Backend::Legacy)) => "iptables-legacy",
+            (Family::V6, Some(Backend::Legacy)) => "ip6tables-legacy",
         }
     }
 
+    /// Whether `table` exists in this backend, when that can be known without creating it.
+    /// Listing a legacy table creates it (and loads its kernel module), so, as Calico's Felix
+    /// does, the legacy backend is read only for tables the kernel already lists in
+    /// `/proc/net/ip{,6}_tables_names` of this network namespace. Listing an nft table does
+    /// not create it: `None`, list it.
+    pub fn table_exists(&self, table: &str) -> Option<bool> {
+        if self.backend != Some(Backend::Legacy) {
+            return None;
+        }
+        let names = match self.family {
+            Family::V4 => "/proc/net/ip_tables_names",
+            Family::V6 => "/proc/net/ip6_tables_names",
+        };
+        let text = std::fs::read_to_string(names).unwrap_or_default();
+        Some(text.lines().any(|l| l.trim() == table))
+    }
+
     fn restore_program(&self) -> &'static str {
-        match self.family {
-            Family::V4 => "iptables-restore",
-            Family::V6 => "ip6tables-restore",
+        match (self.family, self.backend) {
+            (Family::V4, None) => "iptables-restore",
+            (Family::V6, None) => "ip6tables-restore",
+            (Family::V4, Some(Backend::Nft)) => "iptables-nft-restore",
+            (Family::V6, Some(Backend::Nft)) => "ip6tables-nft-restore",
+            (Family::V4, Some(Backend::Legacy)) => "iptables-legacy-restore",
+            (Family::V6, Some(Backend::Legacy)) => "ip6tables-legacy-restore",
         }
     }
 
@@ -392,6 +478,12 @@ mod tests {
         assert_eq!((masq.pkts, masq.bytes), (0, 0));
         assert_eq!(masq.arg("-d"), None, "a negated -d is no destination");
         assert_eq!(l.rules_of("POSTROUTING").count(), 1);
+        let p = l.policy("POSTROUTING").expect("policy");
+        assert_eq!((p.target.as_str(), p.pkts), ("ACCEPT", 0));
+        let l = Listing::parse("-P FORWARD DROP -c 7 420\n-P INPUT ACCEPT\n");
+        let p = l.policy("FORWARD").expect("policy");
+        assert_eq!((p.target.as_str(), p.pkts, p.bytes), ("DROP", 7, 420));
+        assert_eq!(l.policy("INPUT").map(|p| p.pkts), Some(0));
         assert_eq!(l.rules_of("OUTPUT").count(), 0);
     }
 
@@ -449,6 +541,14 @@ mod tests {
         assert_eq!(
             Iptables::new(Family::V6).restore_program(),
             "ip6tables-restore"
+        );
+        assert_eq!(
+            Iptables::in_backend(Family::V6, Backend::Legacy).program(),
+            "ip6tables-legacy"
+        );
+        assert_eq!(
+            Iptables::in_backend(Family::V4, Backend::Nft).restore_program(),
+            "iptables-nft-restore"
         );
     }
 }

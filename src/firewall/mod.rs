@@ -11,6 +11,7 @@
 //! A backend that is not iptables (nftables for NetworkPolicy) is a sibling of `iptables.rs`
 //! with its own description files; the masquerade callers do not change.
 
+pub mod inspect;
 pub mod iptables;
 pub mod masquerade;
 
