@@ -1282,7 +1282,7 @@ fn forward_drop_in_a_user_chain() {
         &[
             "iptables -N DOCKER-USER".to_string(),
             "iptables -I FORWARD 1 -j DOCKER-USER".to_string(),
-            format!("iptables -A DOCKER-USER -o uplink -m conntrack --ctstate NEW -j REJECT"),
+            "iptables -A DOCKER-USER -o uplink -m conntrack --ctstate NEW -j REJECT".to_string(),
         ],
         &["forward-filter"],
         &[],
@@ -1367,5 +1367,55 @@ fn ipv6_forward_drop_rule_for_the_pool() {
     assert_eq!(
         step["fix"],
         json!([format!("ip6tables-nft -D FORWARD {rule}")])
+    );
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn firewalld_rejects_forwarded_pod_traffic() {
+    // firewalld's nftables table as firewalld 1.3 writes it with its default zones (loaded
+    // from a fixture: firewalld itself is not run here). No iptables rule can undo its reject.
+    let mut w = World::new("firewalld");
+    let pod = w.pod("web-1");
+    w.assert_healthy(&pod);
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/firewalld-forward.nft"
+    );
+    w.on_node(&format!("nft -f {fixture}"));
+    assert!(
+        !w.ping(&pod, OUTSIDE_IP),
+        "firewalld's reject did not apply"
+    );
+    let d = w.doctor_pod(&pod, &["--to", OUTSIDE_IP]);
+    assert_eq!(d.code, BROKEN, "{d:?}");
+    assert_eq!(d.failed(), ["firewalld"], "{d:?}");
+    let step = d.step("firewalld");
+    let saw = step["saw"].as_str().unwrap();
+    assert!(
+        saw.contains("filter_FWD_public") && saw.contains("reject"),
+        "names the zone chain that rejects: {step:#}"
+    );
+    assert_eq!(
+        step["fix"],
+        json!([
+            format!("firewall-cmd --zone=trusted --add-source={SUBNET}"),
+            format!("firewall-cmd --permanent --zone=trusted --add-source={SUBNET}"),
+        ])
+    );
+    // The iptables FORWARD chain accepts: only firewalld is named.
+    assert_eq!(d.step("forward-filter")["status"], "ok", "{d:?}");
+    // What `firewall-cmd --zone=trusted --add-source=<pool>` does to the table
+    // (build_zone_source_address_rules: the source dispatched to the zone first).
+    w.on_node(&format!(
+        "nft insert rule inet firewalld filter_FORWARD_ZONES ip saddr {SUBNET} goto filter_FWD_trusted"
+    ));
+    w.assert_healthy(&pod);
+    let d = w.doctor_pod(&pod, &[]);
+    let step = d.step("firewalld");
+    assert_eq!(step["status"], "ok", "{step:#}");
+    assert!(
+        step["saw"].as_str().unwrap().contains("filter_FWD_trusted"),
+        "{step:#}"
     );
 }

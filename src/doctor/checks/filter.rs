@@ -150,9 +150,10 @@ impl Walk<'_> {
                 return Judged {
                     status: Status::Fail,
                     saw: format!("{label}: {} drops {}{}", dropped_by(o), flow(o), ours(o)),
-                    why: Some(format!(
+                    why: Some(
                         "the pod's traffic never leaves the node: a drop in the forward filter is final, and an accept in another table or iptables backend cannot undo it"
-                    )),
+                            .into(),
+                    ),
                     fix: fixes(o),
                 };
             }
