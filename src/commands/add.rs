@@ -12,7 +12,7 @@ use crate::cni::types::{AddResult, Interface, IpConfig, Route};
 use crate::config::{Ipam, NetConf, PoolConfig};
 use crate::dataplane::spec::{Place, PodSpec};
 use crate::dataplane::{self, sysctl, Netlink, DEFAULT_MTU, HOST_MAC};
-use crate::firewall::{masquerade, Masquerade, Probe};
+use crate::firewall::{self, PoolRules, Probe};
 use crate::ipam::inflight::{self, AddInFlight};
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, Record, Store};
@@ -160,16 +160,13 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
         Ipam::Delegated { plugin } => allocate_delegated(conf, plugin)?,
     };
     crate::crashpoint::here("add:allocated");
-    let nats: Vec<Masquerade> = lease
+    let nats: Vec<PoolRules> = lease
         .addrs
         .iter()
-        .map(|a| Masquerade::for_pool(conf, a.subnet))
+        .map(|a| PoolRules::for_pool(conf, a.subnet))
         .collect();
-    // Every `iptables -C` runs while the netlink work does.
-    let probes: Vec<Option<Result<Probe>>> = nats
-        .iter()
-        .map(|nat| conf.masquerade.then(|| nat.probe()))
-        .collect();
+    // Every probe of the pool's rules runs while the netlink work does.
+    let probes: Vec<Result<Probe>> = nats.iter().map(PoolRules::probe).collect();
     let ips: Vec<IpAddr> = lease.addrs.iter().map(|a| a.ip).collect();
     let wired = rt
         .block_on(wire(conf, att, &netns, &host_veth, &ips))
@@ -322,12 +319,9 @@ async fn wire(
     })
 }
 
-/// `probe` is the `iptables -C` started before the netlink work (`None`: no masquerade).
-fn ensure_nat(nat: &Masquerade, probe: Option<Result<Probe>>, leased: &Leased) -> Result<()> {
+/// `probe` is the check of the pool's forward (and nat) jumps started before the netlink work.
+fn ensure_nat(nat: &PoolRules, probe: Result<Probe>, leased: &Leased) -> Result<()> {
     crate::crashpoint::here("add:before-nat");
-    let Some(probe) = probe else {
-        return Ok(());
-    };
     if probe?.wait()? {
         return Ok(());
     }
@@ -339,7 +333,7 @@ fn ensure_nat(nat: &Masquerade, probe: Option<Result<Probe>>, leased: &Leased) -
             nat.install()
         }
         None => {
-            let _lock = masquerade::lock()?;
+            let _lock = firewall::pool::lock()?;
             nat.install()
         }
     }
@@ -350,7 +344,7 @@ fn ensure_nat(nat: &Masquerade, probe: Option<Result<Probe>>, leased: &Leased) -
 fn release(conf: &NetConf, lease: &Lease, att: &Attachment) {
     for leased in &lease.addrs {
         let Some(store) = &leased.store else { continue };
-        let nat = Masquerade::for_pool(conf, leased.subnet);
+        let nat = PoolRules::for_pool(conf, leased.subnet);
         let undo_ip = store.lock(LOCK_TIMEOUT).and_then(|lock| {
             inflight::forget(store, &att.container_id, &att.ifname);
             lock.release(&att.container_id, &att.ifname)?;

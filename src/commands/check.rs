@@ -14,7 +14,7 @@ use crate::config::family_name;
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::spec::{Need, Place, PodSpec, Sysctl};
 use crate::dataplane::{self, sysctl, Family, Netlink, HOST_MAC};
-use crate::firewall::Masquerade;
+use crate::firewall::PoolRules;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, Store};
 use crate::netns::{in_pod, Netns};
@@ -119,17 +119,16 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
     );
     let rt = runtime()?;
     rt.block_on(check_data_path(conf, att, &netns, &host_veth, &want))?;
-    if conf.masquerade {
-        if !want.subnets.is_empty() {
-            for subnet in &want.subnets {
-                Masquerade::for_pool(conf, *subnet).check()?;
-            }
-        } else {
-            // Delegated IPAM: ADD installed the rules for the network the IPAM plugin
-            // returned; CHECK has only the pod's address, so it finds that pool by its jump.
-            for ip in &want.ips {
-                Masquerade::installed_for(conf, *ip)?.check()?;
-            }
+    // The forward accepts always, the masquerade when configured.
+    if !want.subnets.is_empty() {
+        for subnet in &want.subnets {
+            PoolRules::for_pool(conf, *subnet).check()?;
+        }
+    } else {
+        // Delegated IPAM: ADD installed the rules for the network the IPAM plugin
+        // returned; CHECK has only the pod's address, so it finds that pool by its jump.
+        for ip in &want.ips {
+            PoolRules::installed_for(conf, *ip)?.check()?;
         }
     }
     Ok(())

@@ -6,7 +6,7 @@ use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{self, Result};
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::{self, Netlink};
-use crate::firewall::Masquerade;
+use crate::firewall::PoolRules;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, inflight, Store};
 
@@ -35,8 +35,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
                     Ok(None) => {}
                     Err(e) => errors.push(e),
                 }
-                if let Err(e) = Masquerade::for_pool(conf, pool.subnet).remove_if_pool_empty(&lock)
-                {
+                if let Err(e) = PoolRules::for_pool(conf, pool.subnet).remove_if_pool_empty(&lock) {
                     errors.push(e);
                 }
             }

@@ -10,7 +10,7 @@ use crate::cni::env::Command;
 use crate::cni::error::{self, CniError, Result};
 use crate::config::{Ipam, NetConf};
 use crate::dataplane::{self, Netlink};
-use crate::firewall::Masquerade;
+use crate::firewall::PoolRules;
 use crate::ipam::store::LOCK_TIMEOUT;
 use crate::ipam::{attachment_hash, delegate, inflight, PoolLock, Store};
 use crate::leaks::{self, Leak, NodeState};
@@ -173,7 +173,7 @@ fn gc_pool(
             Err(e) => errors.push(e),
         }
     }
-    if let Err(e) = Masquerade::for_pool(conf, store.pool().subnet).remove_if_pool_empty(lock) {
+    if let Err(e) = PoolRules::for_pool(conf, store.pool().subnet).remove_if_pool_empty(lock) {
         errors.push(e);
     }
     error::join(errors)

@@ -53,6 +53,8 @@ pub struct NetConf {
     pub name: String,
     pub ipam: Ipam,
     pub masquerade: bool,
+    /// Which iptables backend gets the pool's rules (`iptablesBackend`).
+    pub iptables_backend: IptablesBackend,
     pub non_masquerade_cidrs: Vec<IpNetwork>,
     pub mtu: Option<u32>,
     pub host_veth_prefix: String,
@@ -62,6 +64,29 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// The document as received, for delegated plugins.
     pub raw: Value,
+}
+
+/// `iptablesBackend`: where the forward and masquerade rules go. `Auto` detects the backend
+/// the node uses (both when both carry rules); the others force one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IptablesBackend {
+    #[default]
+    Auto,
+    Nft,
+    Legacy,
+}
+
+impl IptablesBackend {
+    pub const CHOICES: [&'static str; 3] = ["auto", "nft", "legacy"];
+
+    fn parse(s: &str) -> Option<IptablesBackend> {
+        match s {
+            "auto" => Some(IptablesBackend::Auto),
+            "nft" => Some(IptablesBackend::Nft),
+            "legacy" => Some(IptablesBackend::Legacy),
+            _ => None,
+        }
+    }
 }
 
 impl NetConf {
@@ -237,6 +262,20 @@ pub fn parse(v: Value) -> Result<NetConf> {
         }
         (None, None) => true,
     };
+    let iptables_backend = match str_field(o, "iptablesBackend", "iptablesBackend")? {
+        None => IptablesBackend::Auto,
+        Some(s) => IptablesBackend::parse(s).ok_or_else(|| {
+            CniError::invalid_config(
+                "iptablesBackend",
+                format!(
+                    "{s:?} is not one of {}",
+                    IptablesBackend::CHOICES
+                        .map(|c| format!("{c:?}"))
+                        .join(", ")
+                ),
+            )
+        })?,
+    };
     let non_masquerade_cidrs = match o.get("nonMasqueradeCIDRs") {
         None | Some(Value::Null) => match &ipam {
             Ipam::Builtin(pools) => pools.iter().map(|p| p.subnet).collect(),
@@ -323,6 +362,7 @@ pub fn parse(v: Value) -> Result<NetConf> {
         name,
         ipam,
         masquerade,
+        iptables_backend,
         non_masquerade_cidrs,
         mtu,
         host_veth_prefix,
@@ -369,6 +409,7 @@ mod tests {
             vec!["10.244.1.0/24".parse::<IpNetwork>().unwrap()]
         );
         assert_eq!(c.host_veth_prefix, "rcni");
+        assert_eq!(c.iptables_backend, IptablesBackend::Auto);
         assert_eq!(c.mtu, None);
         assert_eq!(c.log_level, Level::Info);
     }
@@ -380,6 +421,7 @@ mod tests {
             "ipam":{"subnet":"10.244.1.0/24","rangeStart":"10.244.1.10","rangeEnd":"10.244.1.250","dataDir":"/var/lib/rcni"},
             "masquerade":false,"nonMasqueradeCIDRs":["10.244.0.0/16","10.96.0.0/12"],"mtu":1450,
             "hostVethPrefix":"pnet","logFile":"/var/log/routed-cni.log","logLevel":"debug",
+            "iptablesBackend":"legacy",
             "dns":{"nameservers":["10.96.0.10"],"search":["svc.cluster.local"]},
             "someUnknownKey":{"x":1},"runtimeConfig":{},"args":{"cni":{}}
         }))
@@ -394,6 +436,7 @@ mod tests {
         assert_eq!(c.non_masquerade_cidrs.len(), 2);
         assert_eq!(c.mtu, Some(1450));
         assert_eq!(c.host_veth_prefix, "pnet");
+        assert_eq!(c.iptables_backend, IptablesBackend::Legacy);
         assert_eq!(c.log_level, Level::Debug);
         assert_eq!(c.dns.nameservers, vec!["10.96.0.10"]);
     }
@@ -492,6 +535,12 @@ mod tests {
             ("hostVethPrefix", json!("toolong"), "hostVethPrefix"),
             ("hostVethPrefix", json!("a/b"), "hostVethPrefix"),
             ("logLevel", json!("loud"), "logLevel"),
+            (
+                "iptablesBackend",
+                json!("nftables"),
+                "\"auto\", \"nft\", \"legacy\"",
+            ),
+            ("iptablesBackend", json!(true), "iptablesBackend"),
             ("logFile", json!("rel.log"), "logFile"),
             ("dns", json!({"nameservers":"x"}), "dns"),
             ("name", json!("a/b"), "name"),

@@ -524,9 +524,9 @@ pub fn from_listing(l: &Listing) -> Ruleset {
             .or_default()
             .push(from_iptables(&r.chain, &r.args, r.pkts, &l.chains));
     }
-    for p in &l.policies {
+    for (chain, policy) in &l.policies {
         set.policies
-            .insert(p.chain.clone(), (p.target == "DROP", p.pkts));
+            .insert(chain.clone(), (policy == "DROP", l.policy_pkts(chain)));
     }
     set
 }

@@ -17,14 +17,25 @@ pub struct BackendFilter {
     pub listing: Result<Option<Listing>, String>,
 }
 
-/// The filter table of `family` in both backends, with counters. The legacy one is read only
-/// when the kernel already has it (see `Iptables::table_exists`).
+/// Whether the legacy backend has `table` in this network namespace. Listing a legacy table
+/// creates it (and loads its module), so, as Calico's Felix does, legacy is read only for the
+/// tables the kernel already lists. `thread-self`: a thread may have entered another netns.
+fn legacy_has(family: Family, table: &str) -> bool {
+    let file = match family {
+        Family::V4 => "/proc/thread-self/net/ip_tables_names",
+        Family::V6 => "/proc/thread-self/net/ip6_tables_names",
+    };
+    std::fs::read_to_string(file).is_ok_and(|s| s.lines().any(|l| l.trim() == table))
+}
+
+/// The filter table of `family` in both backends, with counters (listing an nft table does
+/// not create it; a legacy one is read only when it exists).
 pub fn filter_tables(family: Family) -> Vec<BackendFilter> {
     Backend::ALL
         .iter()
         .map(|&backend| {
-            let ipt = Iptables::in_backend(family, backend);
-            let listing = if ipt.table_exists("filter") == Some(false) {
+            let ipt = Iptables::of(family, backend);
+            let listing = if backend == Backend::Legacy && !legacy_has(family, "filter") {
                 Ok(None)
             } else {
                 ipt.list_counted("filter", None).map_err(|e| e.msg)

@@ -16,14 +16,13 @@ use crate::cni::error::{CniError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Iptables {
     family: Family,
-    /// `None`: the node's `iptables`, whichever backend it is linked to.
+    /// `None`: the node's plain `iptables`, whichever backend its alternatives point at.
     backend: Option<Backend>,
 }
 
-/// The two kernel interfaces the iptables programs drive. Each keeps its own rules, and a
-/// DROP in either is final: an ACCEPT in the other cannot undo it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// The two kernels' worlds iptables can write to. Both are consulted for every packet: a DROP
+/// in either is final, and an ACCEPT in one cannot undo a DROP in the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Backend {
     Nft,
     Legacy,
@@ -31,16 +30,17 @@ pub enum Backend {
 
 impl Backend {
     pub const ALL: [Backend; 2] = [Backend::Nft, Backend::Legacy];
-}
 
-/// A built-in chain's policy as `-S` prints it (`-P FORWARD DROP`), with counters when listed
-/// with `-v`: the packets that reached the end of the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Policy {
-    pub chain: String,
-    pub target: String,
-    pub pkts: u64,
-    pub bytes: u64,
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Nft => "nft",
+            Backend::Legacy => "legacy",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.name() == s)
+    }
 }
 
 /// One rule as `-S` prints it.
@@ -64,11 +64,16 @@ pub struct Rule {
 pub struct Listing {
     /// User-defined chains (`-N`).
     pub chains: Vec<String>,
-    /// Built-in chains' policies (`-P`).
-    pub policies: Vec<Policy>,
+    /// Built-in chains and their policy (`-P FORWARD DROP`), in order.
+    pub policies: Vec<(String, String)>,
+    /// Built-in chain -> (packets, bytes) its policy decided, when listed with `-v`.
+    pub policy_counters: Vec<(String, u64, u64)>,
     /// Every `-A` line, in order.
     pub rules: Vec<Rule>,
 }
+
+/// Every table of one backend and family, as `iptables-save` lists them.
+pub type Tables = Vec<(String, Listing)>;
 
 /// One change to one table: `iptables-restore --noflush` applies all of it or none of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,8 +199,8 @@ fn quote(args: &[String]) -> String {
 }
 
 impl Listing {
-    /// Reads `-S` (or `-v -S`) output. Comments (iptables-nft prints a warning line when
-    /// legacy tables exist too) and anything else that is not `-N`/`-P`/`-A` are skipped.
+    /// Reads `-S` (or `-v -S`) output. Comments (iptables-nft prints a warning line when legacy
+    /// tables exist too) and anything else that is not `-N`/`-P`/`-A` are skipped.
     pub fn parse(text: &str) -> Listing {
         let mut listing = Listing::default();
         for line in text.lines() {
@@ -205,12 +210,8 @@ impl Listing {
                 Some("-P") if tokens.len() >= 3 => {
                     let mut args = tokens.split_off(1);
                     let (pkts, bytes) = take_counters(&mut args);
-                    listing.policies.push(Policy {
-                        chain: args[0].clone(),
-                        target: args[1].clone(),
-                        pkts,
-                        bytes,
-                    });
+                    listing.policy_counters.push((args[0].clone(), pkts, bytes));
+                    listing.policies.push((args[0].clone(), args[1].clone()));
                 }
                 Some("-A") if tokens.len() >= 2 => {
                     let chain = tokens[1].clone();
@@ -226,13 +227,55 @@ impl Listing {
         listing
     }
 
-    /// The policy of built-in `chain`, when listed.
-    pub fn policy(&self, chain: &str) -> Option<&Policy> {
-        self.policies.iter().find(|p| p.chain == chain)
-    }
-
     pub fn rules_of<'a>(&'a self, chain: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
         self.rules.iter().filter(move |r| r.chain == chain)
+    }
+
+    /// The packets the policy of built-in `chain` decided (`-v` listings; 0 otherwise).
+    pub fn policy_pkts(&self, chain: &str) -> u64 {
+        self.policy_counters
+            .iter()
+            .find(|(c, _, _)| c == chain)
+            .map_or(0, |(_, p, _)| *p)
+    }
+
+    /// The policy of a built-in chain, as listed.
+    pub fn policy(&self, chain: &str) -> Option<&str> {
+        self.policies
+            .iter()
+            .find(|(c, _)| c == chain)
+            .map(|(_, p)| p.as_str())
+    }
+
+    /// Reads `iptables-save` output: one `Listing` per table (`*nat` … `COMMIT`), chains
+    /// declared by `:NAME - [0:0]` (user) or `:NAME POLICY [p:b]` (built-in).
+    pub fn parse_save(text: &str) -> Tables {
+        let mut tables: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            if let Some(table) = line.strip_prefix('*') {
+                tables.push((table.trim().to_string(), String::new()));
+                continue;
+            }
+            let Some((_, body)) = tables.last_mut() else {
+                continue;
+            };
+            // Turn the save dialect into the `-S` one, which `parse` reads.
+            if let Some(decl) = line.strip_prefix(':') {
+                let mut it = decl.split_whitespace();
+                match (it.next(), it.next()) {
+                    (Some(c), Some("-")) => body.push_str(&format!("-N {c}\n")),
+                    (Some(c), Some(p)) => body.push_str(&format!("-P {c} {p}\n")),
+                    _ => {}
+                }
+            } else if line.starts_with("-A ") {
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+        tables
+            .into_iter()
+            .map(|(t, body)| (t, Listing::parse(&body)))
+            .collect()
     }
 }
 
@@ -254,6 +297,21 @@ impl Transaction {
 
     pub fn append(&mut self, rule: &Rule) {
         self.lines.push(format!("-A {} {}", rule.chain, rule.spec));
+    }
+
+    /// Inserts `rule` at the top of its chain, ahead of whatever is there.
+    pub fn insert_first(&mut self, rule: &Rule) {
+        self.lines
+            .push(format!("-I {} 1 {}", rule.chain, rule.spec));
+    }
+
+    /// Fails the whole restore unless `rule` is in place (changes nothing).
+    pub fn check(&mut self, rule: &Rule) {
+        self.lines.push(format!("-C {} {}", rule.chain, rule.spec));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.declared.is_empty() && self.lines.is_empty()
     }
 
     /// Deletes one copy of `rule`; the whole transaction fails when there is none.
@@ -288,7 +346,16 @@ impl Transaction {
     }
 }
 
+/// The input of one `iptables-restore`: each table's transaction, committed table by table.
+pub fn restore_text(txns: &[Transaction]) -> String {
+    txns.iter()
+        .filter(|t| !t.is_empty())
+        .map(Transaction::text)
+        .collect()
+}
+
 impl Iptables {
+    /// The node's plain `iptables` (or `ip6tables`): what an operator types.
     pub fn new(family: Family) -> Iptables {
         Iptables {
             family,
@@ -296,52 +363,101 @@ impl Iptables {
         }
     }
 
-    /// The programs of one explicit backend (`iptables-nft`, `ip6tables-legacy`, …).
-    pub fn in_backend(family: Family, backend: Backend) -> Iptables {
+    /// The programs of one backend: `iptables-nft`, `ip6tables-legacy`, …
+    pub fn of(family: Family, backend: Backend) -> Iptables {
         Iptables {
             family,
             backend: Some(backend),
         }
     }
 
-    /// The command that lists and changes rules of this family, as the operator would type it.
-    pub fn program(&self) -> &'static str {
-        match (self.family, self.backend) {
-            (Family::V4, None) => "iptables",
-            (Family::V6, None) => "ip6tables",
-            (Family::V4, Some(Backend::Nft)) => "iptables-nft",
-            (Family::V6, Some(Backend::Nft)) => "ip6tables-nft",
-            (Family::V4, Some(Backend::Legacy)) => "iptables-legacy",
-            (Family::V6, Some(Backend::Legacy)) => "ip6tables-legacy",
+    pub fn backend(&self) -> Option<Backend> {
+        self.backend
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    fn named(&self, suffix: &str) -> &'static str {
+        use {Backend::*, Family::*};
+        match (self.family, self.backend, suffix) {
+            (V4, None, "") => "iptables",
+            (V4, None, "restore") => "iptables-restore",
+            (V4, None, _) => "iptables-save",
+            (V6, None, "") => "ip6tables",
+            (V6, None, "restore") => "ip6tables-restore",
+            (V6, None, _) => "ip6tables-save",
+            (V4, Some(Nft), "") => "iptables-nft",
+            (V4, Some(Nft), "restore") => "iptables-nft-restore",
+            (V4, Some(Nft), _) => "iptables-nft-save",
+            (V6, Some(Nft), "") => "ip6tables-nft",
+            (V6, Some(Nft), "restore") => "ip6tables-nft-restore",
+            (V6, Some(Nft), _) => "ip6tables-nft-save",
+            (V4, Some(Legacy), "") => "iptables-legacy",
+            (V4, Some(Legacy), "restore") => "iptables-legacy-restore",
+            (V4, Some(Legacy), _) => "iptables-legacy-save",
+            (V6, Some(Legacy), "") => "ip6tables-legacy",
+            (V6, Some(Legacy), "restore") => "ip6tables-legacy-restore",
+            (V6, Some(Legacy), _) => "ip6tables-legacy-save",
         }
     }
 
-    /// Whether `table` exists in this backend, when that can be known without creating it.
-    /// Listing a legacy table creates it (and loads its kernel module), so, as Calico's Felix
-    /// does, the legacy backend is read only for tables the kernel already lists in
-    /// `/proc/net/ip{,6}_tables_names` of this network namespace. Listing an nft table does
-    /// not create it: `None`, list it.
-    pub fn table_exists(&self, table: &str) -> Option<bool> {
-        if self.backend != Some(Backend::Legacy) {
-            return None;
-        }
-        let names = match self.family {
-            Family::V4 => "/proc/net/ip_tables_names",
-            Family::V6 => "/proc/net/ip6_tables_names",
-        };
-        let text = std::fs::read_to_string(names).unwrap_or_default();
-        Some(text.lines().any(|l| l.trim() == table))
+    /// The command that lists and changes rules of this family, as the operator would type it.
+    pub fn program(&self) -> &'static str {
+        self.named("")
     }
 
     fn restore_program(&self) -> &'static str {
-        match (self.family, self.backend) {
-            (Family::V4, None) => "iptables-restore",
-            (Family::V6, None) => "ip6tables-restore",
-            (Family::V4, Some(Backend::Nft)) => "iptables-nft-restore",
-            (Family::V6, Some(Backend::Nft)) => "ip6tables-nft-restore",
-            (Family::V4, Some(Backend::Legacy)) => "iptables-legacy-restore",
-            (Family::V6, Some(Backend::Legacy)) => "ip6tables-legacy-restore",
+        self.named("restore")
+    }
+
+    pub fn save_program(&self) -> &'static str {
+        self.named("save")
+    }
+
+    /// Every table of this backend and family, one `iptables-save` run. Legacy save dumps only
+    /// the tables that exist (it never creates one); nft save reads them from the kernel.
+    pub fn save(&self) -> Result<Tables> {
+        let program = self.save_program();
+        let out = Command::new(program)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| self.spawn_error(program, e))?;
+        if !out.status.success() {
+            return Err(self.error(format_args!(
+                "`{program}` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
         }
+        Ok(Listing::parse_save(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Starts one `iptables-restore` that only checks (`-C`) every line of `txns`, without
+    /// waiting: exit 0 means every rule is in place. One exec whatever the number of rules
+    /// and tables. Legacy restore runs `--test` (it would otherwise write the unchanged
+    /// tables back); nft restore must not (its `--test` skips `-C`), and an nft batch of
+    /// checks alone changes nothing.
+    pub fn spawn_checks(&self, txns: &[Transaction]) -> Result<Child> {
+        let program = self.restore_program();
+        let mut cmd = Command::new(program);
+        cmd.args(["--noflush", "-w"]);
+        if self.backend == Some(Backend::Legacy) {
+            cmd.arg("--test");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| self.spawn_error(program, e))?;
+        // A few hundred bytes: the pipe takes them without blocking.
+        let text = restore_text(txns);
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        if let Err(e) = stdin.write_all(text.as_bytes()) {
+            crate::debug!("write to {program}: {e}");
+        }
+        Ok(child)
     }
 
     fn error(&self, what: impl std::fmt::Display) -> CniError {
@@ -414,7 +530,17 @@ impl Iptables {
 
     /// Applies `txn` with one `iptables-restore --noflush -w`: every line or none.
     pub fn apply(&self, txn: &Transaction) -> Result<()> {
-        let text = txn.text();
+        self.apply_all(std::slice::from_ref(txn))
+    }
+
+    /// Applies the transactions of several tables with one `iptables-restore --noflush -w`.
+    /// Each table commits on its own; a failing table stops the run before the tables after
+    /// it, so callers put the one that matters most (filter: forwarding) first.
+    pub fn apply_all(&self, txns: &[Transaction]) -> Result<()> {
+        let text = restore_text(txns);
+        if text.is_empty() {
+            return Ok(());
+        }
         let program = self.restore_program();
         let mut child = Command::new(program)
             .args(["--noflush", "-w"])
@@ -478,12 +604,6 @@ mod tests {
         assert_eq!((masq.pkts, masq.bytes), (0, 0));
         assert_eq!(masq.arg("-d"), None, "a negated -d is no destination");
         assert_eq!(l.rules_of("POSTROUTING").count(), 1);
-        let p = l.policy("POSTROUTING").expect("policy");
-        assert_eq!((p.target.as_str(), p.pkts), ("ACCEPT", 0));
-        let l = Listing::parse("-P FORWARD DROP -c 7 420\n-P INPUT ACCEPT\n");
-        let p = l.policy("FORWARD").expect("policy");
-        assert_eq!((p.target.as_str(), p.pkts, p.bytes), ("DROP", 7, 420));
-        assert_eq!(l.policy("INPUT").map(|p| p.pkts), Some(0));
         assert_eq!(l.rules_of("OUTPUT").count(), 0);
     }
 
@@ -535,20 +655,51 @@ mod tests {
     }
 
     #[test]
-    fn programs_follow_the_family() {
+    fn policies_with_counters() {
+        let l = Listing::parse("-P FORWARD DROP -c 7 420\n-P INPUT ACCEPT\n-A INPUT -c 1 2 -j X\n");
+        assert_eq!(l.policy("FORWARD"), Some("DROP"));
+        assert_eq!(l.policy_pkts("FORWARD"), 7);
+        assert_eq!((l.policy("INPUT"), l.policy_pkts("INPUT")), (Some("ACCEPT"), 0));
+        assert_eq!(l.rules[0].pkts, 1);
+    }
+
+    #[test]
+    fn reads_save_output_by_table_with_policies() {
+        let text = "# Generated by iptables-save v1.8.9 on Thu\n*filter\n:INPUT ACCEPT [0:0]\n\
+            :FORWARD DROP [12:840]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n\
+            -A DOCKER-USER -j RETURN\nCOMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n\
+            -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\nCOMMIT\n";
+        let tables = Listing::parse_save(text);
+        assert_eq!(tables.len(), 2);
+        let (name, filter) = &tables[0];
+        assert_eq!(name, "filter");
+        assert_eq!(filter.chains, ["DOCKER-USER"]);
+        assert_eq!(filter.policy("FORWARD"), Some("DROP"));
+        assert_eq!(filter.policy("INPUT"), Some("ACCEPT"));
+        assert_eq!(filter.rules.len(), 2);
+        assert_eq!(tables[1].1.rules[0].arg("-s"), Some("172.17.0.0/16"));
+        assert_eq!(tables[1].1.rules_of("FORWARD").count(), 0);
+    }
+
+    #[test]
+    fn programs_follow_the_family_and_backend() {
+        assert_eq!(
+            Iptables::of(Family::V4, Backend::Nft).program(),
+            "iptables-nft"
+        );
+        assert_eq!(
+            Iptables::of(Family::V6, Backend::Legacy).restore_program(),
+            "ip6tables-legacy-restore"
+        );
+        assert_eq!(
+            Iptables::of(Family::V4, Backend::Legacy).save_program(),
+            "iptables-legacy-save"
+        );
         assert_eq!(Iptables::new(Family::V4).program(), "iptables");
         assert_eq!(Iptables::new(Family::V6).program(), "ip6tables");
         assert_eq!(
             Iptables::new(Family::V6).restore_program(),
             "ip6tables-restore"
-        );
-        assert_eq!(
-            Iptables::in_backend(Family::V6, Backend::Legacy).program(),
-            "ip6tables-legacy"
-        );
-        assert_eq!(
-            Iptables::in_backend(Family::V4, Backend::Nft).restore_program(),
-            "iptables-nft-restore"
         );
     }
 }

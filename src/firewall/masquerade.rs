@@ -1,16 +1,15 @@
 //! Masquerade for pod traffic leaving the cluster: one chain per pool in the `nat` table and
-//! one jump to it from POSTROUTING, never a rule per pod. The steady-state ADD costs a single
-//! `iptables -C`; installing and removing are one `iptables-restore` each.
+//! one jump to it from POSTROUTING, never a rule per pod. What the rules are and the
+//! transactions that install and remove them; `pool` runs them, with the forward accepts, in
+//! the backend(s) the node uses.
 
 use ipnetwork::IpNetwork;
 use sha2::{Digest, Sha256};
-use std::net::IpAddr;
 
 use super::iptables::{Iptables, Listing, Rule, Transaction};
 use super::Family;
 use crate::cni::error::{CniError, Result};
 use crate::config::NetConf;
-use crate::ipam::PoolLock;
 
 const TABLE: &str = "nat";
 const POSTROUTING: &str = "POSTROUTING";
@@ -28,9 +27,6 @@ pub struct Masquerade {
     /// Only those of the pool's family are used.
     pub non_masquerade: Vec<IpNetwork>,
 }
-
-/// A running `iptables -C` for a pool's jump.
-pub struct Probe(std::process::Child);
 
 /// A POSTROUTING jump that carries a pool's comment.
 #[derive(Debug, Clone)]
@@ -63,43 +59,6 @@ pub struct PoolListing {
     pub chain_rules: Vec<Rule>,
 }
 
-impl Probe {
-    /// True when the jump is in place. Any failure of `-C` (missing rule, missing chain) reads
-    /// as "not installed": installing is the cure for all of them.
-    pub fn wait(self) -> Result<bool> {
-        let out = self
-            .0
-            .wait_with_output()
-            .map_err(|e| CniError::nat(format!("wait for iptables: {e}")))?;
-        if !out.status.success() {
-            crate::debug!(
-                "masquerade jump not found: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(out.status.success())
-    }
-}
-
-/// Serializes NAT installs when there is no pool lock to hold (delegated IPAM).
-pub fn lock() -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = std::path::Path::new(crate::config::DEFAULT_DATA_DIR);
-    std::fs::create_dir_all(dir)
-        .map_err(|e| CniError::nat(format!("create {}: {e}", dir.display())))?;
-    let path = dir.join("nat.lock");
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| CniError::nat(format!("open {}: {e}", path.display())))?;
-    file.lock()
-        .map_err(|e| CniError::nat(format!("lock {}: {e}", path.display())))?;
-    Ok(file)
-}
-
 /// The jumps in `listing` that carry a pool's comment and go to one of our chains.
 fn pool_jumps(listing: &Listing) -> Vec<PoolJump> {
     listing
@@ -117,10 +76,6 @@ fn pool_jumps(listing: &Listing) -> Vec<PoolJump> {
             })
         })
         .collect()
-}
-
-fn postrouting(ipt: &Iptables) -> Result<Listing> {
-    Ok(ipt.list(TABLE, Some(POSTROUTING))?.unwrap_or_default())
 }
 
 impl Installed {
@@ -166,24 +121,6 @@ impl Masquerade {
             subnet,
             non_masquerade,
         }
-    }
-
-    /// The masquerade whose installed jump covers `ip`, found by the jumps' comments: with
-    /// delegated IPAM the pool is whatever network the IPAM plugin returned at ADD, which
-    /// CHECK no longer has.
-    pub fn installed_for(conf: &NetConf, ip: IpAddr) -> Result<Masquerade> {
-        let ipt = Iptables::new(Family::of(ip));
-        pool_jumps(&postrouting(&ipt)?)
-            .iter()
-            .filter_map(|j| j.pool.parse::<IpNetwork>().ok())
-            .find(|net| net.contains(ip))
-            .map(|subnet| Masquerade::for_pool(conf, subnet))
-            .ok_or_else(|| {
-                CniError::nat(format!(
-                    "no masquerade jump covers {ip}: `{} -t nat -S POSTROUTING` shows no \"routed-cni pool\" rule for its network",
-                    ipt.program()
-                ))
-            })
     }
 
     fn family(&self) -> Family {
@@ -275,16 +212,10 @@ impl Masquerade {
         self.rules().into_iter().map(|r| r.spec).collect()
     }
 
-    /// Starts `iptables -C` for the jump without waiting: ADD runs it while it does its
-    /// netlink work, which hides the exec and ruleset load (~2 ms) behind it.
-    pub fn probe(&self) -> Result<Probe> {
-        self.iptables().spawn_check(TABLE, &self.jump()).map(Probe)
-    }
-
     /// The transaction that fills the pool's chain (creating it, or emptying it first), adds
     /// the jump, and removes jumps and chains of the same pool left by an older config, as
     /// found in `postrouting`.
-    fn install_transaction(&self, postrouting: &Listing) -> Transaction {
+    pub(super) fn install_transaction(&self, postrouting: &Listing) -> Transaction {
         let chain = self.chain();
         let mut txn = Transaction::new(TABLE);
         txn.declare(&chain);
@@ -298,7 +229,7 @@ impl Masquerade {
 
     /// The transaction that removes every jump and chain of this pool (any config), including
     /// the current config's chain when something flushed its jump.
-    fn uninstall_transaction(&self, postrouting: &Listing) -> Transaction {
+    pub(super) fn uninstall_transaction(&self, postrouting: &Listing) -> Transaction {
         let mut txn = Transaction::new(TABLE);
         self.remove_jumps(&mut txn, postrouting, |_| true);
         txn.remove_chain(&self.chain());
@@ -324,60 +255,35 @@ impl Masquerade {
         }
     }
 
-    /// Installs the pool's chain and jump in one transaction, replacing what an older config
-    /// left. Call with the pool lock held so two ADDs do not race.
-    pub fn install(&self) -> Result<()> {
-        let ipt = self.iptables();
-        let current = postrouting(&ipt)?;
-        let jump = self.jump();
-        if current.rules.iter().any(|r| r.same_as(&jump)) {
-            return Ok(());
-        }
-        ipt.apply(&self.install_transaction(&current))?;
-        // Chain, rules and jump are in; the ADD has not answered yet.
-        crate::crashpoint::here("nat:chain-filled");
-        Ok(())
+    /// True when `nat` has the jump and the chain holds exactly the current config's rules.
+    pub(super) fn is_installed(&self, nat: &Listing) -> bool {
+        let chain = self.chain();
+        let have: Vec<&Rule> = nat.rules_of(&chain).collect();
+        let want = self.rules();
+        nat.rules.iter().any(|r| r.same_as(&self.jump()))
+            && have.len() == want.len()
+            && have.iter().zip(&want).all(|(h, w)| h.same_as(w))
     }
 
-    /// CHECK: the jump and every rule of the chain are in place; names the first one missing.
-    pub fn check(&self) -> Result<()> {
-        let ipt = self.iptables();
-        let chain = self.chain();
-        let post = postrouting(&ipt)?;
-        let in_chain = ipt.list(TABLE, Some(&chain))?.unwrap_or_default();
+    /// True when `nat` holds a jump of this pool (any config) or the current chain.
+    pub(super) fn present(&self, nat: &Listing) -> bool {
+        let pool = self.subnet.to_string();
+        nat.chains.contains(&self.chain()) || pool_jumps(nat).iter().any(|j| j.pool == pool)
+    }
+
+    /// CHECK against a listing of the nat table: the jump and every rule of the chain are in
+    /// place; names the first one missing, as `program` would add it.
+    pub(super) fn check_in(&self, nat: &Listing, program: &str) -> Result<()> {
         let mut wanted = vec![self.jump()];
         wanted.extend(self.rules());
         for rule in wanted {
-            let listing = if rule.chain == POSTROUTING {
-                &post
-            } else {
-                &in_chain
-            };
-            if !listing.rules.iter().any(|r| r.same_as(&rule)) {
+            if !nat.rules.iter().any(|r| r.same_as(&rule)) {
                 return Err(CniError::nat(format!(
-                    "masquerade rule missing: `{cmd} -t nat -A {c} {spec}` (see `{cmd} -t nat -S {c}`)",
-                    cmd = ipt.program(),
+                    "masquerade rule missing: `{program} -t nat -A {c} {spec}` (see `{program} -t nat -S {c}`)",
                     c = rule.chain,
                     spec = rule.spec,
                 )));
             }
-        }
-        Ok(())
-    }
-
-    /// Removes every jump and chain of this pool (any config) in one transaction. Missing
-    /// rules are fine.
-    pub fn uninstall(&self) -> Result<()> {
-        let ipt = self.iptables();
-        let current = postrouting(&ipt)?;
-        ipt.apply(&self.uninstall_transaction(&current))
-    }
-
-    /// Removes the pool's rules once its last address is gone. Call with the pool lock held,
-    /// so no ADD can allocate in between.
-    pub fn remove_if_pool_empty(&self, lock: &PoolLock) -> Result<()> {
-        if lock.is_empty()? {
-            self.uninstall()?;
         }
         Ok(())
     }

@@ -1,0 +1,420 @@
+//! A pool's rules on the node: the forward accepts (always: forwarding is not optional) and
+//! the masquerade (when the config asks), in the backend(s) the node uses, installed and
+//! removed together.
+//!
+//! Costs, by design (tests/firewall.rs counts them):
+//! - steady-state ADD: one `iptables-restore` that only checks (`-C`) the FORWARD jump and the
+//!   POSTROUTING jump, in the backend the last install chose (the hint), run while ADD does
+//!   its netlink work. A FORWARD flushed by an admin, or a POSTROUTING flushed alone, fails it;
+//! - first pod of a pool, or a repair: one `iptables-save` per backend present (detection and
+//!   the listing both come from it), then one `iptables-restore` per chosen backend that holds
+//!   filter and nat changes together;
+//! - last pod: one `iptables-save` per backend present and one restore per backend that holds
+//!   anything of the pool, whatever detection would choose today.
+
+use ipnetwork::IpNetwork;
+use std::net::IpAddr;
+use std::process::Child;
+
+use super::backend::{self, Choice};
+use super::forward::{self, Forward};
+use super::iptables::{Backend, Iptables, Listing, Tables, Transaction};
+use super::masquerade::Masquerade;
+use super::Family;
+use crate::cni::error::{CniError, Result};
+use crate::config::{IptablesBackend, NetConf};
+use crate::ipam::PoolLock;
+
+/// What `backend::read` returned: each backend present with its tables.
+type Saved = Vec<(Backend, Tables)>;
+
+/// One pool's forward accepts and masquerade.
+#[derive(Debug, Clone)]
+pub struct PoolRules {
+    pub forward: Forward,
+    /// The masquerade of the pool; installed only when `masquerade` is set, but always
+    /// removed with the pool (the config may have changed since it was installed).
+    pub nat: Masquerade,
+    pub masquerade: bool,
+    pub setting: IptablesBackend,
+}
+
+/// A running probe of a pool's jumps.
+pub struct Probe(Child);
+
+impl Probe {
+    /// True when the jumps are in place. Any failure (missing rule, chain or table) reads as
+    /// "not installed": installing is the cure for all of them.
+    pub fn wait(self) -> Result<bool> {
+        let out = self
+            .0
+            .wait_with_output()
+            .map_err(|e| CniError::nat(format!("wait for iptables-restore: {e}")))?;
+        if !out.status.success() {
+            crate::debug!(
+                "pool rules not found: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(out.status.success())
+    }
+}
+
+/// Serializes installs when there is no pool lock to hold (delegated IPAM).
+pub fn lock() -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::path::Path::new(crate::config::DEFAULT_DATA_DIR);
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CniError::nat(format!("create {}: {e}", dir.display())))?;
+    let path = dir.join("nat.lock");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| CniError::nat(format!("open {}: {e}", path.display())))?;
+    file.lock()
+        .map_err(|e| CniError::nat(format!("lock {}: {e}", path.display())))?;
+    Ok(file)
+}
+
+fn table<'a>(tables: &'a [(String, Listing)], name: &str) -> Option<&'a Listing> {
+    tables.iter().find(|(t, _)| t == name).map(|(_, l)| l)
+}
+
+impl PoolRules {
+    pub fn for_pool(conf: &NetConf, subnet: IpNetwork) -> PoolRules {
+        PoolRules {
+            forward: Forward { subnet },
+            nat: Masquerade::for_pool(conf, subnet),
+            masquerade: conf.masquerade,
+            setting: conf.iptables_backend,
+        }
+    }
+
+    fn family(&self) -> Family {
+        Family::of(self.forward.subnet.ip())
+    }
+
+    /// The backend the steady-state probe asks: the forced one, else the primary of the last
+    /// install, else nft (a wrong guess costs one detection, on the first pod anyway).
+    fn probe_backend(&self) -> Backend {
+        match self.setting {
+            IptablesBackend::Nft => Backend::Nft,
+            IptablesBackend::Legacy => Backend::Legacy,
+            IptablesBackend::Auto => backend::hint(self.family())
+                .and_then(|b| b.first().copied())
+                .unwrap_or(Backend::Nft),
+        }
+    }
+
+    /// `-C` of both jumps, filter first.
+    fn checks(&self) -> Vec<Transaction> {
+        let mut filter = Transaction::new(forward::TABLE);
+        filter.check(&self.forward.jump());
+        let mut txns = vec![filter];
+        if self.masquerade {
+            let mut nat = Transaction::new("nat");
+            nat.check(&self.nat.jump());
+            txns.push(nat);
+        }
+        txns
+    }
+
+    /// Starts the steady-state probe without waiting: ADD runs it while it does its netlink
+    /// work, which hides the exec (~2-3 ms) behind it.
+    pub fn probe(&self) -> Result<Probe> {
+        Iptables::of(self.family(), self.probe_backend())
+            .spawn_checks(&self.checks())
+            .map(Probe)
+    }
+
+    /// The changes that bring one backend's tables to this pool's rules; empty when they
+    /// are all in place.
+    fn install_transactions(&self, tables: &[(String, Listing)]) -> Vec<Transaction> {
+        let empty = Listing::default();
+        let filter = table(tables, forward::TABLE).unwrap_or(&empty);
+        let nat = table(tables, "nat").unwrap_or(&empty);
+        let mut txns = Vec::new();
+        if !self.forward.is_installed(filter) {
+            let mut txn = Transaction::new(forward::TABLE);
+            self.forward.install(&mut txn, filter);
+            txns.push(txn);
+        }
+        if self.masquerade && !self.nat.is_installed(nat) {
+            txns.push(self.nat.install_transaction(nat));
+        }
+        txns
+    }
+
+    /// The changes that remove everything of this pool from one backend's tables; empty
+    /// when it holds nothing of the pool (so a backend we never wrote to is not touched).
+    fn uninstall_transactions(&self, tables: &[(String, Listing)]) -> Vec<Transaction> {
+        let mut txns = Vec::new();
+        if let Some(filter) = table(tables, forward::TABLE).filter(|f| self.forward.present(f)) {
+            let mut txn = Transaction::new(forward::TABLE);
+            self.forward.uninstall(&mut txn, filter);
+            txns.push(txn);
+        }
+        if let Some(nat) = table(tables, "nat").filter(|n| self.nat.present(n)) {
+            txns.push(self.nat.uninstall_transaction(nat));
+        }
+        txns
+    }
+
+    /// What the install reads: every backend present for `auto`, the forced one otherwise.
+    fn read(&self) -> Result<Saved> {
+        let family = self.family();
+        Ok(match self.setting {
+            IptablesBackend::Auto => backend::read(family),
+            IptablesBackend::Nft => {
+                vec![(Backend::Nft, Iptables::of(family, Backend::Nft).save()?)]
+            }
+            IptablesBackend::Legacy => vec![(
+                Backend::Legacy,
+                Iptables::of(family, Backend::Legacy).save()?,
+            )],
+        })
+    }
+
+    /// Installs (or repairs) the pool's rules in every backend the node uses: one
+    /// `iptables-save` per backend, then one restore per backend that lacks something. Call
+    /// with the pool lock held so two ADDs do not race.
+    pub fn install(&self) -> Result<()> {
+        let family = self.family();
+        let saved = self.read()?;
+        let choice = backend::choose(self.setting, &saved);
+        crate::debug!(
+            "{} rules for {} go to {:?}: {}",
+            crate::config::family_name(self.forward.subnet.ip()),
+            self.forward.subnet,
+            choice.backends,
+            choice.why
+        );
+        let none = Vec::new();
+        for b in &choice.backends {
+            let tables = saved.iter().find(|(s, _)| s == b).map_or(&none, |(_, t)| t);
+            let txns = self.install_transactions(tables);
+            Iptables::of(family, *b).apply_all(&txns)?;
+        }
+        backend::remember(family, &choice.backends);
+        // Chains, rules and jumps are in; the ADD has not answered yet.
+        crate::crashpoint::here("nat:chain-filled");
+        Ok(())
+    }
+
+    /// Removes every rule of this pool (any config) from both backends, in one restore per
+    /// backend that holds some. Missing rules are fine.
+    pub fn uninstall(&self) -> Result<()> {
+        let family = self.family();
+        for (b, tables) in backend::read(family) {
+            let txns = self.uninstall_transactions(&tables);
+            Iptables::of(family, b).apply_all(&txns)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the pool's rules once its last address is gone. Call with the pool lock held,
+    /// so no ADD can allocate in between.
+    pub fn remove_if_pool_empty(&self, lock: &PoolLock) -> Result<()> {
+        if lock.is_empty()? {
+            self.uninstall()?;
+        }
+        Ok(())
+    }
+
+    /// The backends CHECK looks in: the forced one, else where the last install put the
+    /// rules, else what an install would choose now.
+    fn installed_backends(&self) -> Result<(Vec<Backend>, Saved)> {
+        if let Some(hinted) = (self.setting == IptablesBackend::Auto)
+            .then(|| backend::hint(self.family()))
+            .flatten()
+        {
+            return Ok((hinted, Vec::new()));
+        }
+        let saved = self.read()?;
+        let Choice { backends, .. } = backend::choose(self.setting, &saved);
+        Ok((backends, saved))
+    }
+
+    /// CHECK: in every backend the rules went to, the FORWARD jump and the forward chain's
+    /// rules, and (with masquerade) the nat jump and chain. Names the first thing missing and
+    /// the command that shows it.
+    pub fn check(&self) -> Result<()> {
+        let family = self.family();
+        let (backends, mut saved) = self.installed_backends()?;
+        for b in backends {
+            let ipt = Iptables::of(family, b);
+            let tables = match saved.iter().position(|(s, _)| *s == b) {
+                Some(i) => saved.swap_remove(i).1,
+                None => ipt.save()?,
+            };
+            let empty = Listing::default();
+            let filter = table(&tables, forward::TABLE).unwrap_or(&empty);
+            self.check_forward(filter, ipt.program())?;
+            if self.masquerade {
+                let nat = table(&tables, "nat").unwrap_or(&empty);
+                self.nat.check_in(nat, ipt.program())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_forward(&self, filter: &Listing, program: &str) -> Result<()> {
+        let f = &self.forward;
+        let chain = f.chain();
+        if !filter
+            .rules_of(forward::FORWARD)
+            .any(|r| r.same_as(&f.jump()))
+        {
+            return Err(CniError::nat(format!(
+                "forward rule missing: `{program} -I FORWARD 1 {}` (see `{program} -S FORWARD`); \
+                 without it a FORWARD policy DROP or a REJECT in FORWARD drops the pool's traffic",
+                f.jump().spec
+            )));
+        }
+        for rule in f.rules() {
+            if !filter.rules_of(&chain).any(|r| r.same_as(&rule)) {
+                return Err(CniError::nat(format!(
+                    "forward rule missing: `{program} -A {chain} {}` (see `{program} -S {chain}`)",
+                    rule.spec
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The pool whose installed FORWARD jump covers `ip`, found by the jumps' comments: with
+    /// delegated IPAM the pool is whatever network the IPAM plugin returned at ADD, which
+    /// CHECK no longer has.
+    pub fn installed_for(conf: &NetConf, ip: IpAddr) -> Result<PoolRules> {
+        let family = Family::of(ip);
+        let probe = PoolRules::for_pool(conf, IpNetwork::from(ip));
+        let (backends, saved) = probe.installed_backends()?;
+        let b = backends.first().copied().unwrap_or(Backend::Nft);
+        let ipt = Iptables::of(family, b);
+        let tables = match saved.into_iter().find(|(s, _)| *s == b) {
+            Some((_, t)) => t,
+            None => ipt.save()?,
+        };
+        let empty = Listing::default();
+        forward::jumps(table(&tables, forward::TABLE).unwrap_or(&empty))
+            .iter()
+            .filter_map(|j| j.pool.parse::<IpNetwork>().ok())
+            .find(|net| net.contains(ip))
+            .map(|subnet| PoolRules::for_pool(conf, subnet))
+            .ok_or_else(|| {
+                CniError::nat(format!(
+                    "no forward jump covers {ip}: `{} -S FORWARD` shows no \"routed-cni pool\" rule for its network",
+                    ipt.program()
+                ))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(subnet: &str, masquerade: bool) -> PoolRules {
+        let subnet: IpNetwork = subnet.parse().unwrap();
+        PoolRules {
+            forward: Forward { subnet },
+            nat: Masquerade {
+                subnet,
+                non_masquerade: vec!["10.244.0.0/16".parse().unwrap()],
+            },
+            masquerade,
+            setting: IptablesBackend::Auto,
+        }
+    }
+
+    #[test]
+    fn first_pod_installs_forward_and_nat_in_one_restore() {
+        let p = rules("10.244.1.0/24", true);
+        let txns = p.install_transactions(&[]);
+        let text = super::super::iptables::restore_text(&txns);
+        let (fc, nc) = (p.forward.chain(), p.nat.chain());
+        assert_eq!(
+            text,
+            format!(
+                "*filter\n:{fc} - [0:0]\n-A {fc} {}\n-A {fc} {}\n-I FORWARD 1 {}\nCOMMIT\n\
+                 *nat\n:{nc} - [0:0]\n-A {nc} {}\n-A {nc} {}\n-A POSTROUTING {}\nCOMMIT\n",
+                p.forward.rules()[0].spec,
+                p.forward.rules()[1].spec,
+                p.forward.jump().spec,
+                p.nat.rules()[0].spec,
+                p.nat.rules()[1].spec,
+                p.nat.jump().spec,
+            )
+        );
+        // Without masquerade the forward accepts still go in, and nothing of nat.
+        let nomasq = rules("10.244.1.0/24", false);
+        let text = super::super::iptables::restore_text(&nomasq.install_transactions(&[]));
+        assert!(
+            text.starts_with("*filter\n") && !text.contains("*nat"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn installed_tables_need_nothing_and_a_flushed_forward_only_the_filter() {
+        let p = rules("10.244.1.0/24", true);
+        let (fc, nc) = (p.forward.chain(), p.nat.chain());
+        let mut save = format!(
+            "*filter\n:FORWARD DROP [0:0]\n:{fc} - [0:0]\n-A FORWARD {}\n-A {fc} {}\n-A {fc} {}\nCOMMIT\n\
+             *nat\n:POSTROUTING ACCEPT [0:0]\n:{nc} - [0:0]\n-A POSTROUTING {}\n-A {nc} {}\n-A {nc} {}\nCOMMIT\n",
+            p.forward.jump().spec,
+            p.forward.rules()[0].spec,
+            p.forward.rules()[1].spec,
+            p.nat.jump().spec,
+            p.nat.rules()[0].spec,
+            p.nat.rules()[1].spec,
+        );
+        let tables = Listing::parse_save(&save);
+        assert!(p.install_transactions(&tables).is_empty());
+        p.check_forward(table(&tables, "filter").unwrap(), "iptables-nft")
+            .unwrap();
+        // `iptables -F FORWARD`: the jump is gone, the chain stays.
+        save = save.replace(&format!("-A FORWARD {}\n", p.forward.jump().spec), "");
+        let tables = Listing::parse_save(&save);
+        let txns = p.install_transactions(&tables);
+        assert_eq!(txns.len(), 1);
+        assert!(txns[0].text().starts_with("*filter\n"));
+        let err = p
+            .check_forward(table(&tables, "filter").unwrap(), "iptables-legacy")
+            .unwrap_err();
+        assert!(
+            err.msg.contains("`iptables-legacy -I FORWARD 1 ")
+                && err.msg.contains("`iptables-legacy -S FORWARD`"),
+            "{err}"
+        );
+        // Uninstall: both tables, every piece.
+        let un = super::super::iptables::restore_text(&p.uninstall_transactions(&tables));
+        assert!(
+            un.contains(&format!("-X {fc}")) && un.contains(&format!("-X {nc}")),
+            "{un}"
+        );
+        // A backend holding nothing of the pool is left alone.
+        let other = Listing::parse_save("*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n*nat\nCOMMIT\n");
+        assert!(p.uninstall_transactions(&other).is_empty());
+    }
+
+    #[test]
+    fn probe_checks_both_jumps_in_one_input() {
+        let p = rules("10.244.1.0/24", true);
+        let text = super::super::iptables::restore_text(&p.checks());
+        assert_eq!(
+            text,
+            format!(
+                "*filter\n-C FORWARD {}\nCOMMIT\n*nat\n-C POSTROUTING {}\nCOMMIT\n",
+                p.forward.jump().spec,
+                p.nat.jump().spec
+            )
+        );
+        let forward_only =
+            super::super::iptables::restore_text(&rules("10.244.1.0/24", false).checks());
+        assert!(!forward_only.contains("*nat"));
+    }
+}
