@@ -1251,6 +1251,8 @@ fn forward_drop_rule_for_the_pool() {
     let mut w = World::new("fwdrop");
     let pod = w.pod("web-1");
     let rule = format!("-s {SUBNET} -j DROP");
+    // Inserted at position 1, above routed-cni's jump, under a DROP policy.
+    w.on_node("iptables -P FORWARD DROP");
     let d = w.break_and_repair(
         &pod,
         &[format!("iptables -I FORWARD 1 {rule}")],
@@ -1313,9 +1315,27 @@ fn forward_drop_in_a_user_chain() {
 fn forward_policy_drop() {
     let mut w = World::new("fwpolicy");
     let pod = w.pod("web-1");
+    // routed-cni's forward chain, jumped to from the top of FORWARD, accepts the pool.
+    w.on_node("iptables -P FORWARD DROP");
+    w.assert_healthy(&pod);
+    let d = w.doctor_pod(&pod, &["--to", OUTSIDE_IP]);
+    let step = d.step("forward-filter");
+    assert_eq!(step["status"], "ok", "{step:#}");
+    assert!(
+        step["saw"]
+            .as_str()
+            .unwrap()
+            .contains("accepted by routed-cni's forward chain ahead of the DROP policy"),
+        "{step:#}"
+    );
+    // Without our jump, nothing accepts a new flow: the policy drops it.
+    w.on_node("iptables -P FORWARD ACCEPT");
     let d = w.break_and_repair(
         &pod,
         &[
+            // Another tool rewriting FORWARD drops routed-cni's jump.
+            "eval iptables $(iptables -S FORWARD | grep 'routed-cni pool' | sed 's/^-A/-D/')"
+                .to_string(),
             // kube-proxy's and ufw's first rule: replies only, never a new flow.
             "iptables -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_string(),
             "iptables -P FORWARD DROP".to_string(),
@@ -1324,7 +1344,16 @@ fn forward_policy_drop() {
         &[],
         &["--to", OUTSIDE_IP],
     );
-    assert_forward_blocked(&d, "ipv4", &["iptables-nft", "policy DROP"]);
+    let step = assert_forward_blocked(&d, "ipv4", &["iptables-nft", "policy DROP"]);
+    let fix = step["fix"].as_array().unwrap();
+    assert!(
+        fix.last()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .starts_with("iptables-nft -I FORWARD 1 -m comment --comment \"routed-cni pool"),
+        "the fix puts routed-cni's jump back at the top: {step:#}"
+    );
 }
 
 #[test]

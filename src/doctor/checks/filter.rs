@@ -12,7 +12,9 @@ use crate::dataplane::{route_oif, RouteQuery};
 use crate::doctor::filter::{self, Addr, End, Hit, Outcome, Packet};
 use crate::doctor::nft;
 use crate::doctor::report::{Status, Step};
+use crate::firewall::forward::Forward;
 use crate::firewall::inspect;
+use crate::firewall::iptables::Listing;
 use crate::firewall::Family as FwFamily;
 
 /// One filter's say on both directions.
@@ -272,11 +274,11 @@ impl Walk<'_> {
             let policy_drop = set.policies.get("FORWARD").is_some_and(|p| p.0);
             let program = b.program;
             let fixes = |o: &Outcome| match &o.end {
+                // Someone's rule drops the pool ahead of routed-cni's jump.
                 End::Dropped { by } => vec![format!("{program} -D {} {}", by.chain, by.rule)],
-                _ => vec![
-                    format!("{program} -I FORWARD 1 -d {pool} -j ACCEPT"),
-                    format!("{program} -I FORWARD 1 -s {pool} -j ACCEPT"),
-                ],
+                // The policy drops and routed-cni's accepts are missing: put them back as
+                // ADD writes them (DEL of the pool's last pod removes them again).
+                _ => forward_fix(program, pool, listing),
             };
             let label = format!("{program} FORWARD");
             judged.push(self.judge(&label, &dst, &r1, &r2, &fixes, policy_drop));
@@ -396,6 +398,26 @@ impl Walk<'_> {
         }
         self.steps.push(step.details(details));
     }
+}
+
+/// The commands that (re)install the pool's forward chain and its jump at the top of FORWARD
+/// in one backend, as ADD writes them.
+fn forward_fix(program: &str, pool: IpNetwork, listing: &Listing) -> Vec<String> {
+    let fwd = Forward { subnet: pool };
+    let chain = fwd.chain();
+    let mut out = vec![if listing.chains.contains(&chain) {
+        format!("{program} -F {chain}")
+    } else {
+        format!("{program} -N {chain}")
+    }];
+    for r in fwd.rules() {
+        out.push(format!("{program} -A {chain} {}", r.spec));
+    }
+    let jump = fwd.jump();
+    if !listing.rules_of("FORWARD").any(|r| r.same_as(&jump)) {
+        out.push(format!("{program} -I FORWARD 1 {}", jump.spec));
+    }
+    out
 }
 
 /// The firewall-cmd commands that let the pool's traffic through firewalld: the pool as a
