@@ -456,6 +456,8 @@ fn healthy_pod_passes_every_step_found_by_pod_container_or_netns() {
             "ip-forward",
             "host-route",
             "rp-filter",
+            "forward-filter",
+            "firewalld",
             "nat",
             "pod-route-to",
             "node-route-to",
@@ -842,6 +844,8 @@ fn dual_stack_pod_gets_both_walks() {
             "host-veth-address",
             "ipv6-forwarding",
             "host-route",
+            "forward-filter",
+            "firewalld",
             "nat",
             "pod-route-to",
             "node-route-to",
@@ -871,7 +875,7 @@ fn dual_stack_pod_gets_both_walks() {
     assert!(masq["pkts"].as_u64().unwrap() >= 1, "{nat:#}");
     // The IPv4 walk is the IPv4 walk, its --to steps skipped for an IPv6 destination.
     let v4 = d.report("ipv4");
-    assert_eq!(v4["steps"].as_array().unwrap().len(), 16, "{v4:#}");
+    assert_eq!(v4["steps"].as_array().unwrap().len(), 18, "{v4:#}");
     assert_eq!(d.step_in("ipv4", "pod-route-to")["status"], "skip");
     assert_eq!(d.step_in("ipv4", "rp-filter")["status"], "ok");
 
@@ -1264,5 +1268,224 @@ fn ipv6_only_pool() {
     assert!(
         text.contains("ip fd00:10:244:1::") && text.contains("healthy") && !text.contains('✗'),
         "{text}"
+    );
+}
+
+/// The filter FORWARD step of `d`: failed, naming `needles` in what it saw.
+fn assert_forward_blocked(d: &Doctor, family: &str, needles: &[&str]) -> Value {
+    let step = d.step_in(family, "forward-filter");
+    assert_eq!(step["status"], "fail", "{step:#}");
+    assert_eq!(step["title"], "FORWARD filter", "{step:#}");
+    let saw = step["saw"].as_str().unwrap();
+    for n in needles {
+        assert!(
+            saw.contains(n),
+            "forward-filter does not name {n:?}: {step:#}"
+        );
+    }
+    step
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn forward_drop_rule_for_the_pool() {
+    let mut w = World::new("fwdrop");
+    let pod = w.pod("web-1");
+    let rule = format!("-s {SUBNET} -j DROP");
+    // Inserted at position 1, above routed-cni's jump, under a DROP policy.
+    w.on_node("iptables -P FORWARD DROP");
+    let d = w.break_and_repair(
+        &pod,
+        &[format!("iptables -I FORWARD 1 {rule}")],
+        &["forward-filter"],
+        &[],
+        &["--to", OUTSIDE_IP],
+    );
+    let step = assert_forward_blocked(&d, "ipv4", &["iptables-nft", "FORWARD", &rule]);
+    assert_eq!(
+        step["fix"],
+        json!([format!("iptables-nft -D FORWARD {rule}")]),
+        "{step:#}"
+    );
+    // Without --to, the same rule blocks pod -> outside in general.
+    w.on_node(&format!("iptables -I FORWARD 1 {rule}"));
+    let d = w.doctor_pod(&pod, &[]);
+    assert_eq!(d.code, BROKEN, "{d:?}");
+    assert_forward_blocked(&d, "ipv4", &[&rule]);
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn forward_drop_in_a_user_chain() {
+    // Docker's layout: FORWARD jumps to DOCKER-USER first; an operator's drop there counts.
+    let mut w = World::new("fwuser");
+    let pod = w.pod("web-1");
+    let d = w.break_and_repair(
+        &pod,
+        &[
+            "iptables -N DOCKER-USER".to_string(),
+            "iptables -I FORWARD 1 -j DOCKER-USER".to_string(),
+            "iptables -A DOCKER-USER -o uplink -m conntrack --ctstate NEW -j REJECT".to_string(),
+        ],
+        &["forward-filter"],
+        &[],
+        &["--to", OUTSIDE_IP],
+    );
+    assert_forward_blocked(&d, "ipv4", &["DOCKER-USER", "-o uplink"]);
+    // A drop of other traffic, or an accept of replies only, does not block the pod.
+    w.on_node("iptables -A DOCKER-USER -s 192.0.2.0/24 -j DROP");
+    w.on_node("iptables -A DOCKER-USER -i uplink -o uplink -j DROP");
+    w.on_node("iptables -A DOCKER-USER -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT");
+    let d = w.doctor_pod(&pod, &["--to", OUTSIDE_IP]);
+    assert_eq!(d.code, HEALTHY, "{d:?}");
+    assert!(w.ping(&pod, OUTSIDE_IP));
+    // A match doctor cannot evaluate is a warning, not a failure.
+    w.on_node("iptables -I DOCKER-USER 1 -m mark --mark 0x1 -j DROP");
+    let d = w.doctor_pod(&pod, &["--to", OUTSIDE_IP]);
+    assert_eq!(d.code, HEALTHY, "{d:?}");
+    let step = d.step("forward-filter");
+    assert_eq!(step["status"], "warn", "{step:#}");
+    assert!(
+        step["saw"].as_str().unwrap().contains("may drop"),
+        "{step:#}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn forward_policy_drop() {
+    let mut w = World::new("fwpolicy");
+    let pod = w.pod("web-1");
+    // routed-cni's forward chain, jumped to from the top of FORWARD, accepts the pool.
+    w.on_node("iptables -P FORWARD DROP");
+    w.assert_healthy(&pod);
+    let d = w.doctor_pod(&pod, &["--to", OUTSIDE_IP]);
+    let step = d.step("forward-filter");
+    assert_eq!(step["status"], "ok", "{step:#}");
+    assert!(
+        step["saw"]
+            .as_str()
+            .unwrap()
+            .contains("accepted by routed-cni's forward chain ahead of the DROP policy"),
+        "{step:#}"
+    );
+    // Without our jump, nothing accepts a new flow: the policy drops it.
+    w.on_node("iptables -P FORWARD ACCEPT");
+    let d = w.break_and_repair(
+        &pod,
+        &[
+            // Another tool rewriting FORWARD drops routed-cni's jump.
+            "eval iptables $(iptables -S FORWARD | grep 'routed-cni pool' | sed 's/^-A/-D/')"
+                .to_string(),
+            // kube-proxy's and ufw's first rule: replies only, never a new flow.
+            "iptables -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_string(),
+            "iptables -P FORWARD DROP".to_string(),
+        ],
+        &["forward-filter"],
+        &[],
+        &["--to", OUTSIDE_IP],
+    );
+    let step = assert_forward_blocked(&d, "ipv4", &["iptables-nft", "policy DROP"]);
+    let fix = step["fix"].as_array().unwrap();
+    assert!(
+        fix.last()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .starts_with("iptables-nft -I FORWARD 1 -m comment --comment \"routed-cni pool"),
+        "the fix puts routed-cni's jump back at the top: {step:#}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn forward_policy_drop_in_the_legacy_backend() {
+    // An ACCEPT in iptables-nft cannot undo a DROP in iptables-legacy: both hooks run.
+    let mut w = World::new("fwlegacy");
+    let pod = w.pod("web-1");
+    let d = w.break_and_repair(
+        &pod,
+        &["iptables-legacy -P FORWARD DROP".to_string()],
+        &["forward-filter"],
+        &[],
+        &["--to", OUTSIDE_IP],
+    );
+    let step = assert_forward_blocked(&d, "ipv4", &["iptables-legacy", "policy DROP"]);
+    for f in step["fix"].as_array().unwrap() {
+        assert!(
+            f.as_str().unwrap().starts_with("iptables-legacy "),
+            "{step:#}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn ipv6_forward_drop_rule_for_the_pool() {
+    let mut w = World::dual("fwdrop6");
+    let pod = w.pod("web-1");
+    let rule = format!("-s {SUBNET6} -j DROP");
+    let to = OUTSIDE_IP6.to_string();
+    let d = w.break_and_repair6(
+        &pod,
+        &[format!("ip6tables -I FORWARD 1 {rule}")],
+        &["forward-filter"],
+        &[],
+        &["--to", &to],
+    );
+    let step = assert_forward_blocked(&d, "ipv6", &["ip6tables-nft", &rule]);
+    assert_eq!(
+        step["fix"],
+        json!([format!("ip6tables-nft -D FORWARD {rule}")])
+    );
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn firewalld_rejects_forwarded_pod_traffic() {
+    // firewalld's nftables table as firewalld 1.3 writes it with its default zones (loaded
+    // from a fixture: firewalld itself is not run here). No iptables rule can undo its reject.
+    let mut w = World::new("firewalld");
+    let pod = w.pod("web-1");
+    w.assert_healthy(&pod);
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/firewalld-forward.nft"
+    );
+    w.on_node(&format!("nft -f {fixture}"));
+    assert!(
+        !w.ping(&pod, OUTSIDE_IP),
+        "firewalld's reject did not apply"
+    );
+    let d = w.doctor_pod(&pod, &["--to", OUTSIDE_IP]);
+    assert_eq!(d.code, BROKEN, "{d:?}");
+    assert_eq!(d.failed(), ["firewalld"], "{d:?}");
+    let step = d.step("firewalld");
+    let saw = step["saw"].as_str().unwrap();
+    assert!(
+        saw.contains("filter_FWD_public") && saw.contains("reject"),
+        "names the zone chain that rejects: {step:#}"
+    );
+    assert_eq!(
+        step["fix"],
+        json!([
+            format!("firewall-cmd --zone=trusted --add-source={SUBNET}"),
+            format!("firewall-cmd --permanent --zone=trusted --add-source={SUBNET}"),
+        ])
+    );
+    // The iptables FORWARD chain accepts: only firewalld is named.
+    assert_eq!(d.step("forward-filter")["status"], "ok", "{d:?}");
+    // What `firewall-cmd --zone=trusted --add-source=<pool>` does to the table
+    // (build_zone_source_address_rules: the source dispatched to the zone first).
+    w.on_node(&format!(
+        "nft insert rule inet firewalld filter_FORWARD_ZONES ip saddr {SUBNET} goto filter_FWD_trusted"
+    ));
+    w.assert_healthy(&pod);
+    let d = w.doctor_pod(&pod, &[]);
+    let step = d.step("firewalld");
+    assert_eq!(step["status"], "ok", "{step:#}");
+    assert!(
+        step["saw"].as_str().unwrap().contains("filter_FWD_trusted"),
+        "{step:#}"
     );
 }

@@ -5,6 +5,7 @@
 //! veth), `forwarding` (forwarding, rp_filter, masquerade), `destination` (`--to`).
 
 mod destination;
+mod filter;
 mod forwarding;
 mod host;
 mod pod;
@@ -391,6 +392,8 @@ pub fn check(
     w.forwarding();
     w.host_route();
     w.rp_filter();
+    w.forward_filter();
+    w.firewalld();
     w.nat(rules);
     if let Some(d) = w.to {
         w.destination(d, rules);

@@ -5,7 +5,9 @@
 //! veth). A dual-stack pod is walked once per address, each walk in its family's terms.
 
 mod checks;
+pub mod filter;
 pub mod iptables;
+mod nft;
 pub mod report;
 
 use std::collections::HashMap;

@@ -66,6 +66,8 @@ pub struct Listing {
     pub chains: Vec<String>,
     /// Built-in chains and their policy (`-P FORWARD DROP`), in order.
     pub policies: Vec<(String, String)>,
+    /// Built-in chain -> (packets, bytes) its policy decided, when listed with `-v`.
+    pub policy_counters: Vec<(String, u64, u64)>,
     /// Every `-A` line, in order.
     pub rules: Vec<Rule>,
 }
@@ -157,6 +159,17 @@ fn split(line: &str) -> Vec<String> {
     out
 }
 
+/// Takes `-c <pkts> <bytes>` (what `-v -S` adds) out of `args`; zeros when absent.
+fn take_counters(args: &mut Vec<String>) -> (u64, u64) {
+    let at = args.iter().position(|a| a == "-c");
+    let num = |i: usize| args.get(i)?.parse().ok();
+    let counted = at.and_then(|i| Some((num(i + 1)?, num(i + 2)?)));
+    if let (Some(i), Some(_)) = (at, counted) {
+        args.drain(i..i + 3);
+    }
+    counted.unwrap_or((0, 0))
+}
+
 /// Joins arguments into one line that `split` (and `iptables-restore`) reads back as they were.
 fn quote(args: &[String]) -> String {
     args.iter()
@@ -179,31 +192,24 @@ fn quote(args: &[String]) -> String {
 }
 
 impl Listing {
-    /// Reads `-S` (or `-v -S`) output. Policies, comments (iptables-nft prints a warning line
-    /// when legacy tables exist too) and anything else that is not `-N`/`-A` are skipped.
+    /// Reads `-S` (or `-v -S`) output. Comments (iptables-nft prints a warning line when legacy
+    /// tables exist too) and anything else that is not `-N`/`-P`/`-A` are skipped.
     pub fn parse(text: &str) -> Listing {
         let mut listing = Listing::default();
         for line in text.lines() {
             let mut tokens = split(line);
             match tokens.first().map(String::as_str) {
                 Some("-N") if tokens.len() == 2 => listing.chains.push(tokens.remove(1)),
-                Some("-P") if tokens.len() >= 3 => listing
-                    .policies
-                    .push((tokens[1].clone(), tokens[2].clone())),
+                Some("-P") if tokens.len() >= 3 => {
+                    let mut args = tokens.split_off(1);
+                    let (pkts, bytes) = take_counters(&mut args);
+                    listing.policy_counters.push((args[0].clone(), pkts, bytes));
+                    listing.policies.push((args[0].clone(), args[1].clone()));
+                }
                 Some("-A") if tokens.len() >= 2 => {
                     let chain = tokens[1].clone();
                     let mut args = tokens.split_off(2);
-                    let (mut pkts, mut bytes) = (0, 0);
-                    if let Some(i) = args.iter().position(|a| a == "-c") {
-                        let counted = args
-                            .get(i + 1)
-                            .zip(args.get(i + 2))
-                            .and_then(|(p, b)| Some((p.parse().ok()?, b.parse().ok()?)));
-                        if let Some((p, b)) = counted {
-                            (pkts, bytes) = (p, b);
-                            args.drain(i..i + 3);
-                        }
-                    }
+                    let (pkts, bytes) = take_counters(&mut args);
                     let mut rule = Rule::new(&chain, args);
                     (rule.pkts, rule.bytes) = (pkts, bytes);
                     listing.rules.push(rule);
@@ -216,6 +222,14 @@ impl Listing {
 
     pub fn rules_of<'a>(&'a self, chain: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
         self.rules.iter().filter(move |r| r.chain == chain)
+    }
+
+    /// The packets the policy of built-in `chain` decided (`-v` listings; 0 otherwise).
+    pub fn policy_pkts(&self, chain: &str) -> u64 {
+        self.policy_counters
+            .iter()
+            .find(|(c, _, _)| c == chain)
+            .map_or(0, |(_, p, _)| *p)
     }
 
     /// The policy of a built-in chain, as listed.
@@ -584,6 +598,15 @@ mod tests {
         assert_eq!(masq.arg("-d"), None, "a negated -d is no destination");
         assert_eq!(l.rules_of("POSTROUTING").count(), 1);
         assert_eq!(l.rules_of("OUTPUT").count(), 0);
+        assert_eq!(
+            (l.policy("POSTROUTING"), l.policy_pkts("POSTROUTING")),
+            (Some("ACCEPT"), 0)
+        );
+        let l = Listing::parse("-P FORWARD DROP -c 7 420\n");
+        assert_eq!(
+            (l.policy("FORWARD"), l.policy_pkts("FORWARD")),
+            (Some("DROP"), 7)
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - `backend`: which backend(s) the node uses (`iptablesBackend`, detection, the hint of
 //!   where the last install went).
 //! - `forward`: the per-pool FORWARD accepts that keep pods reachable under a DROP policy.
+//! - `inspect`: what others installed in the forward path (both backends' filter tables,
+//!   nftables tables such as firewalld's), read for doctor.
 //! - `masquerade`: what a pool's NAT looks like (chain, rules, jump), and its listing.
 //! - `pool`: a pool's forward and masquerade rules together: probe, install, check, removal.
 //!
@@ -16,6 +18,7 @@
 
 pub mod backend;
 pub mod forward;
+pub mod inspect;
 pub mod iptables;
 pub mod masquerade;
 pub mod pool;
