@@ -29,9 +29,17 @@ stage() { # stage NAME COMMAND...
 
 packages() {
     local need=() pkg
-    for pkg in iproute2 iptables iputils-ping socat jq python3 openssl containernetworking-plugins python3-venv shellcheck; do
+    for pkg in iproute2 iptables iputils-ping socat jq python3 openssl containernetworking-plugins python3-venv shellcheck ufw; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
     done
+    # ufw: e2e/46-firewalls.sh runs it inside a node namespace only; installed, it stays
+    # disabled (ENABLED=no). It Breaks netfilter-persistent, which apt would remove: not here.
+    if [[ " ${need[*]} " == *" ufw "* ]] && dpkg-query -W -f='${Status}' netfilter-persistent 2>/dev/null | grep -q "ok installed"; then
+        echo "not installing ufw: it would remove netfilter-persistent (e2e/46-firewalls.sh will say so)"
+        local keep=()
+        for pkg in "${need[@]}"; do [ "$pkg" = ufw ] || keep+=("$pkg"); done
+        need=("${keep[@]}")
+    fi
     if [ ${#need[@]} -eq 0 ]; then
         echo "all Debian packages present"
         return 0
