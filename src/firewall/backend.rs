@@ -185,6 +185,21 @@ pub fn hint(dir: &Path, family: Family) -> Option<Vec<Backend>> {
     (!backends.is_empty()).then_some(backends)
 }
 
+/// Removes the hint of `family`; one already gone is fine.
+pub fn forget(dir: &Path, family: Family) {
+    let Some(path) = hint_path(dir, family) else {
+        return;
+    };
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            // The directory goes with its last hint; another family's hint keeps it.
+            let _ = std::fs::remove_dir(dir);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => crate::warn!("remove the iptables backend hint {}: {e}", path.display()),
+    }
+}
+
 /// Writes the hint; failing to is logged, not fatal (the next ADD detects again).
 pub fn remember(dir: &Path, family: Family, backends: &[Backend]) {
     let Some(path) = hint_path(dir, family) else {

@@ -193,11 +193,30 @@ impl PoolRules {
     /// backend that holds some. Missing rules are fine.
     pub fn uninstall(&self) -> Result<()> {
         let family = self.family();
+        let mut other_pools = false;
         for (b, tables) in backend::read(family) {
+            other_pools |= self.other_pools_in(&tables);
             let txns = self.uninstall_transactions(&tables);
             Iptables::of(family, b).apply_all(&txns)?;
         }
+        // The family's last pool is gone from the node: so is the hint, like every other file
+        // of ours (the next first pod detects again).
+        if !other_pools {
+            backend::forget(&self.hint_dir, family);
+        }
         Ok(())
+    }
+
+    /// Whether `tables` hold a jump of another pool of ours (in FORWARD or POSTROUTING).
+    fn other_pools_in(&self, tables: &[(String, Listing)]) -> bool {
+        let mine = format!("routed-cni pool {}", self.forward.subnet);
+        tables.iter().any(|(_, listing)| {
+            listing.rules.iter().any(|r| {
+                r.args
+                    .iter()
+                    .any(|a| a.starts_with("routed-cni pool ") && *a != mine)
+            })
+        })
     }
 
     /// Removes the pool's rules once its last address is gone. Call with the pool lock held,
