@@ -1,11 +1,14 @@
 //! /healthz and /readyz for kubelet's probes: a plain HTTP/1.1 listener on its own thread.
 //!
-//! - healthz (liveness): the agent's own loop is alive. Before each step that can block (a
-//!   list, a watch, applying install and routes, a wait before a retry) the loop says what it
-//!   is doing and how long that may take at most; healthz turns 503 only once a step has run
-//!   past its bound (plus a grace). An unreachable API server is not a liveness failure: the
-//!   loop keeps stepping through its retries, and restarting the agent on every node at once
-//!   during a control-plane outage could not help (routes and conflist stay in place anyway).
+//! - healthz (startup and liveness): the agent's own loop is alive. Before each step that can
+//!   block (a list, a watch, applying install and routes, a wait before a retry) the loop says
+//!   what it is doing and how long that may take at most; healthz is 503 once a step has run
+//!   past its bound (plus a grace), and until the loop's first pass is done (the first list
+//!   answered or failed, and after an answer the first install and route sync): that is what
+//!   the startupProbe waits for. An unreachable API server is not a liveness failure: a failed
+//!   list ends the first pass too, the loop keeps stepping through its retries, and restarting
+//!   the agent on every node at once during a control-plane outage could not help (routes and
+//!   conflist stay in place anyway).
 //! - readyz: the API server answered (a list, a watch request, a watch event or a watch that
 //!   ran to its end) within the staleness bound, the conflist is installed, the routes were
 //!   synced within the bound and every route of the last sync is in place. A 503 names why.
@@ -25,6 +28,7 @@ struct Step {
 #[derive(Debug, Default)]
 struct State {
     step: Option<Step>,
+    first_pass_done: bool,
     installed: Option<String>,
     install_problem: Option<String>,
     last_sync: Option<Instant>,
@@ -66,6 +70,11 @@ impl Health {
         });
     }
 
+    /// The first list has failed, or it answered and the first install and sync ran.
+    pub fn first_pass_done(&self) {
+        self.state().first_pass_done = true;
+    }
+
     pub fn installed(&self, what: String) {
         let mut s = self.state();
         s.installed = Some(what);
@@ -104,8 +113,8 @@ impl Health {
     pub fn live(&self) -> (bool, String) {
         let s = self.state();
         let Some(step) = &s.step else {
-            // The listener starts just before the loop; nothing can be late yet.
-            return (true, "ok: starting".into());
+            // The listener starts just before the loop.
+            return (false, "starting".into());
         };
         let took = step.since.elapsed();
         if took > step.within + self.grace {
@@ -117,6 +126,17 @@ impl Health {
                     took.as_secs(),
                     step.within.as_secs(),
                     self.grace.as_secs()
+                ),
+            );
+        }
+        if !s.first_pass_done {
+            return (
+                false,
+                format!(
+                    "starting: first pass (list nodes, install, route sync) not done: {} for {}s (bound {}s)",
+                    step.what,
+                    took.as_secs(),
+                    step.within.as_secs()
                 ),
             );
         }
@@ -256,8 +276,15 @@ mod tests {
     #[test]
     fn live_while_the_loop_keeps_within_its_steps() {
         let h = Health::new(Duration::from_secs(60), MS(50));
-        assert!(h.live().0, "{:?}", h.live());
+        assert!(!h.live().0, "{:?}", h.live());
         h.step("listing nodes", MS(100));
+        // Not started (the startupProbe waits) until the first pass is through.
+        let (ok, why) = h.live();
+        assert!(
+            !ok && why.contains("starting") && why.contains("listing nodes"),
+            "{why}"
+        );
+        h.first_pass_done();
         let (ok, why) = h.live();
         assert!(ok && why.contains("listing nodes"), "{why}");
         std::thread::sleep(MS(200));
@@ -273,6 +300,8 @@ mod tests {
     fn liveness_ignores_the_api_server_readiness_does_not() {
         let h = Health::new(MS(200), MS(50));
         h.step("listing nodes", Duration::from_secs(60));
+        // A failed first list ends the first pass: the agent is alive, retrying.
+        h.first_pass_done();
         let (ready, why) = h.ready();
         assert!(
             !ready && why.contains("no answer from the API server"),
@@ -330,6 +359,8 @@ mod tests {
             out
         };
         h.step("listing nodes", Duration::from_secs(60));
+        assert!(get("/healthz").starts_with("HTTP/1.1 503"));
+        h.first_pass_done();
         assert!(get("/healthz").starts_with("HTTP/1.1 200"));
         let r = get("/readyz");
         assert!(

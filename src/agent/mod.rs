@@ -170,6 +170,7 @@ impl Agent {
             let list = match self.client.list_nodes() {
                 Ok(l) => l,
                 Err(e) => {
+                    self.health.first_pass_done();
                     self.retry_after(&e, None);
                     continue;
                 }
@@ -182,6 +183,7 @@ impl Agent {
                 .map(|n| (n.metadata.name.clone(), NodeInfo::from_node(n)))
                 .collect();
             self.reconcile(true);
+            self.health.first_pass_done();
             let mut version = list.metadata.resource_version;
             loop {
                 let deadline = Instant::now() + self.opts.resync;
