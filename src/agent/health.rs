@@ -121,10 +121,10 @@ impl Health {
             return (
                 false,
                 format!(
-                    "agent loop stuck: {} for {}s, bound {}s (+{}s grace)",
+                    "agent loop stuck: {} for {:.1}s, bound {:.1}s (+{}s grace)",
                     step.what,
-                    took.as_secs(),
-                    step.within.as_secs(),
+                    took.as_secs_f64(),
+                    step.within.as_secs_f64(),
                     self.grace.as_secs()
                 ),
             );
@@ -133,20 +133,20 @@ impl Health {
             return (
                 false,
                 format!(
-                    "starting: first pass (list nodes, install, route sync) not done: {} for {}s (bound {}s)",
+                    "starting: first pass (list nodes, install, route sync) not done: {} for {:.1}s (bound {:.1}s)",
                     step.what,
-                    took.as_secs(),
-                    step.within.as_secs()
+                    took.as_secs_f64(),
+                    step.within.as_secs_f64()
                 ),
             );
         }
         (
             true,
             format!(
-                "ok: agent loop alive: {} for {}s (bound {}s)",
+                "ok: agent loop alive: {} for {:.1}s (bound {:.1}s)",
                 step.what,
-                took.as_secs(),
-                step.within.as_secs()
+                took.as_secs_f64(),
+                step.within.as_secs_f64()
             ),
         )
     }
