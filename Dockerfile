@@ -5,11 +5,25 @@
 # `install` alone still works: run the image with `install --pod-subnet CIDR ...`.
 #
 # Two ways to build:
-#  1. Where a Rust image can be pulled:     podman build -t routed-cni .
-#  2. Offline, with the binary built on the host first (what CI does):
+#  1. Offline, with the binary built on the host first (what CI and e2e/kind/run.sh do):
 #       scripts/build-static.sh && podman build --target prebuilt -t routed-cni .
+#  2. Where a Rust image can be pulled (the last stage is the default target):
+#       podman build -t routed-cni .
+#
+# Stage order matters: `prebuilt` comes FIRST and uses no other stage. Docker's legacy builder
+# (DOCKER_BUILDKIT=0, or a docker without buildx) builds every stage up to the --target in file
+# order, whether the target needs it or not (Docker's multi-stage docs; older buildah versions
+# did too, containers/buildah#2469); with the Rust stages first, `--target prebuilt` would pull
+# rust:1-bookworm and compile everything before copying the prebuilt binary. BuildKit builds
+# only the stages the target depends on; with this order every builder does.
 
-# --- 1: build inside a Rust image ---------------------------------------------------------
+# --- 1: copy a binary built on the host by scripts/build-static.sh -------------------------
+FROM scratch AS prebuilt
+COPY target/x86_64-unknown-linux-gnu/release/routed-cni /routed-cni
+ENTRYPOINT ["/routed-cni"]
+CMD ["agent"]
+
+# --- 2: build inside a Rust image ---------------------------------------------------------
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -19,11 +33,5 @@ RUN RUSTFLAGS="-C target-feature=+crt-static" \
 
 FROM scratch AS image
 COPY --from=builder /src/target/x86_64-unknown-linux-gnu/release/routed-cni /routed-cni
-ENTRYPOINT ["/routed-cni"]
-CMD ["agent"]
-
-# --- 2: copy a binary built on the host by scripts/build-static.sh -------------------------
-FROM scratch AS prebuilt
-COPY target/x86_64-unknown-linux-gnu/release/routed-cni /routed-cni
 ENTRYPOINT ["/routed-cni"]
 CMD ["agent"]

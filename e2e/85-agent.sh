@@ -13,9 +13,13 @@
 #   - a node whose address is on no link of A's: A logs why and routes nothing to it;
 #   - a route deleted by hand comes back at the next resync (from the agent's cache: the agent
 #     lists only at start and after a failed watch); a compacted watch (410) relists;
-#   - /healthz is 200, and 503 once the API server has been gone longer than the bound;
+#   - the API server gone well past the staleness bound: /healthz stays 200 (the agent's own
+#     loop is alive: a kubelet restart could not help), /readyz 503 saying why; the API server
+#     back: /readyz 200 again from the same process;
+#   - an agent pointed at a closed port, or at an address that drops SYNs, says so in its log
+#     within seconds (short connect timeout) and /readyz names the failure;
 #   - SIGTERM: exit 0, routes left in place; a wrong token: the agent says 401 and what to
-#     check, and stays unhealthy.
+#     check, and stays not ready.
 # Nothing outside the namespaces this script creates is touched.
 set -euo pipefail
 # shellcheck disable=SC2034 # read by lib/cluster.sh: the agents make the routes between nodes
@@ -62,13 +66,14 @@ count_ours() { echo $(($(ip -n "$1" -4 route show proto 77 | wc -l) + $(ip -n "$
 
 # health NS [PATH] -> "CODE body" from the agent's health listener in NS (bash's /dev/tcp:
 # no HTTP client needed).
+# HEALTH_PORT picks another agent's listener (default the DaemonSet's 9465).
 health() {
-    ip netns exec "$1" timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9465 && printf "GET %s HTTP/1.0\r\n\r\n" "$0" >&3 && cat <&3' "${2:-/healthz}" 2>/dev/null |
+    ip netns exec "$1" timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/$1 && printf "GET %s HTTP/1.0\r\n\r\n" "$0" >&3 && cat <&3' "${2:-/healthz}" "${HEALTH_PORT:-9465}" 2>/dev/null |
         tr -d '\r' | awk 'NR==1 {code=$2} body {print code, $0} /^$/ {body=1}' || true
 }
 healthy() { [[ "$(health "$1")" == 200* ]]; }
-unhealthy() { [[ "$(health "$1")" == 503* ]]; }
 ready() { [[ "$(health "$1" /readyz)" == 200* ]]; }
+not_ready() { [[ "$(health "$1" /readyz)" == 503* ]]; }
 
 start_server() {
     ip netns exec "$UNDERLAY" $PY "$ROOT/e2e/lib/fake-apiserver.py" --listen $ROUTER_IP:6443 \
@@ -275,26 +280,72 @@ expect_eq "A's agent exits 0 on SIGTERM" "$rc" 0
 expect_same "A's routes after the agent stopped" "$(ip -n "$NODE_A" -4 route show proto 77; ip -n "$NODE_A" -6 route show proto 77)" "$before"
 can_ping "$PA1" "$C1" && ok "pods still talk with the agent stopped" || fail "ping a1 -> c1 without agent"
 
-# ---- the API server goes away: unhealthy after the bound ------------------------------------
-wait_for 5 "C /healthz 200 before the API server stops" healthy "$NODE_C"
+# ---- the API server goes away: live but not ready; back: ready, same process ----------------
+# Liveness is the agent's own loop, not the API server: kubelet restarting every agent during a
+# control-plane outage could not help (routes and conflists stay in place anyway).
+wait_for 5 "C /readyz 200 before the API server stops" ready "$NODE_C"
 kill "$SERVER_PID"
 wait "$SERVER_PID" 2>/dev/null || true
 stopped=$(now_ms)
 sleep 1
-healthy "$NODE_C" && ok "C still healthy 1 s after the API server stopped (bound ${STALE}s)" || fail "C unhealthy too early: $(health "$NODE_C")"
-wait_for $((STALE + RESYNC + 2)) "C /healthz turns 503 without the API server" unhealthy "$NODE_C"
-log "C went unhealthy $(($(now_ms) - stopped)) ms after the API server stopped: $(health "$NODE_C")"
-[[ "$(health "$NODE_C")" == *"cannot reach the API server"* ]] && ok "C's /healthz says why" || fail "C's reason: $(health "$NODE_C")"
+ready "$NODE_C" && ok "C still ready 1 s after the API server stopped (bound ${STALE}s)" || fail "C not ready too early: $(health "$NODE_C" /readyz)"
+wait_for $((STALE + RESYNC + 2)) "C /readyz turns 503 without the API server" not_ready "$NODE_C"
+log "C not ready $(($(now_ms) - stopped)) ms after the API server stopped: $(health "$NODE_C" /readyz)"
+[[ "$(health "$NODE_C" /readyz)" == 503*"last answer from the API server"*"cannot reach the API server"* ]] &&
+    ok "C's /readyz names the reason (stale API answer, the connect error)" || fail "C's /readyz reason: $(health "$NODE_C" /readyz)"
+# Well past the bound: three times it, plus a resync.
+left=$(((3 * STALE + RESYNC) - ($(now_ms) - stopped) / 1000))
+((left <= 0)) || sleep $left
+away=$((($(now_ms) - stopped) / 1000))
+healthy "$NODE_C" && ok "C /healthz 200 with the API server gone ${away}s (stale bound ${STALE}s): $(health "$NODE_C")" ||
+    fail "C /healthz with the API server gone ${away}s: $(health "$NODE_C")"
 expect_eq "C keeps its routes while the API server is away" "$(count_ours "$NODE_C")" 2
+start_server
+wait_for $((RESYNC * 4 + 5)) "API server back: C /readyz 200 again" ready "$NODE_C"
+kill -0 "${AGENT_PID[node-c]}" 2>/dev/null && ok "... from the same agent process (pid ${AGENT_PID[node-c]}, no restart)" || fail "C's agent is gone"
+expect_eq "C's agent started once" "$(grep -c 'agent starting' "$WORK/node-c/agent.log")" 1
+
+# ---- a wrong address: said within seconds ---------------------------------------------------
+# start_lost_agent PORT URL: an agent in A's namespace (A's own agent is stopped) with its own
+# health port and dirs, pointed at URL through ROUTED_CNI_API_SERVER as the manifest sets it.
+start_lost_agent() {
+    local port=$1 url=$2 dir=$WORK/lost-$1
+    mkdir -p "$dir"
+    ip netns exec "$NODE_A" env NODE_NAME=node-a ROUTED_CNI_API_SERVER="$url" ROUTED_CNI_CLUSTER_CIDR="$CLUSTER_CIDR" "$BIN" agent \
+        --token-file "$WORK/token" --ca-file "$WORK/ca.crt" --health-addr 127.0.0.1:"$port" \
+        --resync-seconds $RESYNC --stale-seconds $STALE \
+        --bin-dir "$dir/bin" --conf-dir "$dir/net.d" --log-file "$dir/cni.log" 2>>"$dir/agent.log" &
+    AGENT_PID[lost-$port]=$!
+    BACKGROUND_PIDS+=($!)
+}
+# The router drops SYNs to 6444 (a firewall, or an address that is not there): only the
+# agent's connect timeout ends the attempt. 127.0.0.1:1 is closed: refused at once.
+ip netns exec "$UNDERLAY" iptables -I INPUT -p tcp --dport 6444 -j DROP
+for target in "9471 127.0.0.1:1 closed port" "9472 $ROUTER_IP:6444 SYNs dropped"; do
+    read -r port addr what <<<"$target"
+    started=$(now_ms)
+    start_lost_agent $port "https://$addr"
+    wait_for 12 "agent at https://$addr ($what) logs the connect failure" \
+        grep -q "cannot reach the API server at https://$addr" "$WORK/lost-$port/agent.log"
+    took=$(($(now_ms) - started))
+    ((took < 8000)) && ok "... within ${took} ms (< 8 s)" || fail "connect failure to $addr ($what) took ${took} ms to show"
+    log "its log: $(grep -m1 'cannot reach' "$WORK/lost-$port/agent.log")"
+    r=$(HEALTH_PORT=$port health "$NODE_A" /readyz)
+    [[ "$r" == 503*"cannot reach the API server at https://$addr"* ]] && ok "its /readyz says why: $r" || fail "its /readyz: $r"
+    r=$(HEALTH_PORT=$port health "$NODE_A" /healthz)
+    [[ "$r" == 200* ]] && ok "its /healthz 200: the loop is alive, retrying" || fail "its /healthz: $r"
+    kill -TERM "${AGENT_PID[lost-$port]}"
+    wait "${AGENT_PID[lost-$port]}" || true
+done
+ip netns exec "$UNDERLAY" iptables -D INPUT -p tcp --dport 6444 -j DROP
 
 # ---- a wrong token ------------------------------------------------------------------------
-start_server
 start_agent "$NODE_A" node-a "$WORK/wrong-token"
 wait_for 10 "an agent with a wrong token logs the 401 and what to check" \
     grep -q "HTTP 401.*service account token" "$WORK/node-a/agent.log"
 log "A's log: $(grep -m1 'HTTP 401' "$WORK/node-a/agent.log")"
 sleep 1
-[[ "$(health "$NODE_A")" == 503*401* ]] && ok "A unhealthy with the wrong token: $(health "$NODE_A")" || fail "A health with a wrong token: $(health "$NODE_A")"
+[[ "$(health "$NODE_A" /readyz)" == 503*401* ]] && ok "A not ready with the wrong token: $(health "$NODE_A" /readyz)" || fail "A /readyz with a wrong token: $(health "$NODE_A" /readyz)"
 expect_eq "A's routes untouched by the unauthorized agent" "$(count_ours "$NODE_A")" 2
 kill -TERM "${AGENT_PID[node-a]}"
 wait "${AGENT_PID[node-a]}" || true
@@ -302,7 +353,7 @@ wait "${AGENT_PID[node-a]}" || true
 # A restarted with the right token finds everything in place and changes nothing.
 lines=$(wc -l <"$WORK/node-a/agent.log")
 start_agent "$NODE_A" node-a
-wait_for 10 "A's agent restarted with the right token is healthy" healthy "$NODE_A"
+wait_for 10 "A's agent restarted with the right token is ready" ready "$NODE_A"
 expect_eq "the restarted agent added, replaced or removed nothing" \
     "$(tail -n +$((lines + 1)) "$WORK/node-a/agent.log" | grep -cE 'route (added|replaced|removed)')" 0
 log "agent log lines: A $(wc -l <"$WORK/node-a/agent.log"), B $(wc -l <"$WORK/node-b/agent.log"), C $(wc -l <"$WORK/node-c/agent.log")"

@@ -6,8 +6,9 @@ Usage: check-manifests.py FILE.yaml...   (all files together describe one deploy
 A JSON schema says a field is well-formed; these say the deployment is the one we mean:
 least-privilege RBAC, a host-network agent that is not privileged, lands on every node, mounts
 only the CNI directories and the node's /etc (for the udev .link file and the NetworkManager
-drop-in, without ever creating their directories), runs `routed-cni agent`, and is probed where
-the agent listens.
+drop-in, without ever creating their directories), runs `routed-cni agent`, is probed where the
+agent listens (startup and liveness on /healthz, readiness on /readyz) and has a
+ROUTED_CNI_API_SERVER to set.
 Exit 0 when every check passes, 1 with one line per failed check otherwise.
 """
 import ipaddress
@@ -16,6 +17,9 @@ import sys
 import yaml
 
 HEALTH_PORT = 9465
+# The agent's first pass at worst: the node list (60 s, connect included) plus install and the
+# first route sync (60 s). The startupProbe must wait at least this long before liveness.
+FIRST_PASS_SECONDS = 120
 BIN_DIR = "/opt/cni/bin"
 CONF_DIR = "/etc/cni/net.d"
 # The node's /etc: install writes these two subdirectories of it, only where they exist.
@@ -184,10 +188,26 @@ def check_daemonset(docs):
                 check(got is not None and got.rstrip("/") == f"{base}/{sub}",
                       f"{name}: {var} is {got!r}, want {base}/{sub} (the node's /etc/{sub})")
 
-        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        # The API endpoint that does not need kube-proxy: present for the operator to set,
+        # empty (the Service fallback) or an https:// URL (the agent refuses anything else).
+        api = env.get("ROUTED_CNI_API_SERVER")
+        if check(api is not None and "valueFrom" not in api,
+                 f"{name}: no ROUTED_CNI_API_SERVER value (the control-plane endpoint, empty for the Service)"):
+            value = api.get("value", "")
+            check(value == "" or value.startswith("https://"),
+                  f"{name}: ROUTED_CNI_API_SERVER {value!r} is neither empty nor an https:// URL")
+
+        # Liveness and startup on /healthz (the agent's own loop), never /readyz (the API
+        # server's reachability): an API outage must not restart every agent at once.
+        for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"),
+                            ("readinessProbe", "/readyz")):
             get = (c.get(probe) or {}).get("httpGet") or {}
             check(get.get("host") == "127.0.0.1" and get.get("port") == HEALTH_PORT and get.get("path") == path,
                   f"{name}: {probe} is not httpGet 127.0.0.1:{HEALTH_PORT}{path} ({get})")
+        startup = c.get("startupProbe") or {}
+        window = startup.get("failureThreshold", 3) * startup.get("periodSeconds", 10)
+        check(window >= FIRST_PASS_SECONDS,
+              f"{name}: startupProbe allows {window}s (failureThreshold x periodSeconds), the agent's first pass may take {FIRST_PASS_SECONDS}s")
         res = c.get("resources") or {}
         check("memory" in res.get("limits", {}) and {"cpu", "memory"} <= set(res.get("requests", {})),
               f"{name}: resources need cpu+memory requests and a memory limit")

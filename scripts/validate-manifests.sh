@@ -6,7 +6,9 @@
 #  2. scripts/check-manifests.py: what a schema cannot say (RBAC is read-only on nodes, the
 #     DaemonSet is host-network, not privileged, tolerates every taint, mounts only the CNI
 #     directories and the node's /etc (type Directory, for the udev and NetworkManager files),
-#     runs `routed-cni agent`, probes the agent's health port);
+#     runs `routed-cni agent`, probes the agent's health port: startup and liveness on /healthz,
+#     readiness on /readyz, a startup window for the first sync; has a ROUTED_CNI_API_SERVER
+#     that is empty or https://);
 #  3. negative controls: broken copies of the manifest (a typo'd field, a wrong type, and one
 #     copy per policy rule) must each be rejected, or this script fails.
 # Needs /usr/bin/python3 with venv (Debian: python3-venv) and PyPI on first run; the venv is
@@ -84,5 +86,11 @@ expect_policy_reject bin-dir-env 's|value: /host/opt/cni/bin|value: /opt/cni/bin
 expect_policy_reject probe-port 's/port: 9465/port: 9466/'
 expect_policy_reject etc-created 's/type: Directory$/type: DirectoryOrCreate/'
 expect_policy_reject nm-dir-env 's|value: /host/node-etc/NetworkManager/conf.d|value: /etc/NetworkManager/conf.d|'
+expect_policy_reject liveness-on-readyz '/livenessProbe:/,/failureThreshold/ s|path: /healthz|path: /readyz|'
+expect_policy_reject startup-on-readyz '/startupProbe:/,/failureThreshold/ s|path: /healthz|path: /readyz|'
+expect_policy_reject short-startup '/startupProbe:/,/failureThreshold/ s/failureThreshold: 30/failureThreshold: 6/'
+expect_policy_reject no-startup 's/^\( *\)startupProbe:/\1# startupProbe:/; /# startupProbe:/,/failureThreshold/ s/^\( *\)\([a-z]\)/\1# \2/'
+expect_policy_reject api-server-http '/name: ROUTED_CNI_API_SERVER/{n;s|value: ""|value: "http://10.0.0.1:6443"|}'
+expect_policy_reject no-api-server 's/name: ROUTED_CNI_API_SERVER/name: ROUTED_CNI_API_SERVR/'
 [ $bad = 0 ] || exit 1
 echo "validate-manifests: all checks passed"

@@ -246,6 +246,28 @@ fn agent_asks_for_node_name_and_reads_it_from_the_environment() {
         &[("NODE_NAME", "n1"), ("ROUTED_CNI_API_SERVER", "http://x")],
     );
     assert!(text(&out.stderr).contains("https"), "{out:?}");
+    // The manifest ships ROUTED_CNI_API_SERVER="" as a placeholder: empty is unset, so the
+    // agent falls back to the kubernetes Service and gets as far as the (missing) CA file.
+    let out = cli(
+        &[
+            "agent",
+            "--ca-file",
+            "/nonexistent/ca.crt",
+            "--health-addr",
+            "127.0.0.1:0",
+        ],
+        &[
+            ("NODE_NAME", "n1"),
+            ("ROUTED_CNI_API_SERVER", ""),
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ],
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        err.contains("/nonexistent/ca.crt") && !err.contains("https://"),
+        "{err}"
+    );
 }
 
 #[test]

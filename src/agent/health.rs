@@ -1,18 +1,34 @@
 //! /healthz and /readyz for kubelet's probes: a plain HTTP/1.1 listener on its own thread.
 //!
-//! - healthz: the conflist is installed, the API server answered (a list, a watch request, a
-//!   watch event or a watch that ran to its end) and the routes were synced, both within the
-//!   staleness bound. A liveness probe on it restarts an agent that is stuck or cut off from
-//!   the API server.
-//! - readyz: healthz, and every route of the last sync is in place.
+//! - healthz (startup and liveness): the agent's own loop is alive. Before each step that can
+//!   block (a list, a watch, applying install and routes, a wait before a retry) the loop says
+//!   what it is doing and how long that may take at most; healthz is 503 once a step has run
+//!   past its bound (plus a grace), and until the loop's first pass is done (the first list
+//!   answered or failed, and after an answer the first install and route sync): that is what
+//!   the startupProbe waits for. An unreachable API server is not a liveness failure: a failed
+//!   list ends the first pass too, the loop keeps stepping through its retries, and restarting
+//!   the agent on every node at once during a control-plane outage could not help (routes and
+//!   conflist stay in place anyway).
+//! - readyz: the API server answered (a list, a watch request, a watch event or a watch that
+//!   ran to its end) within the staleness bound, the conflist is installed, the routes were
+//!   synced within the bound and every route of the last sync is in place. A 503 names why.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[derive(Debug)]
+struct Step {
+    what: String,
+    since: Instant,
+    within: Duration,
+}
+
 #[derive(Debug, Default)]
 struct State {
+    step: Option<Step>,
+    first_pass_done: bool,
     installed: Option<String>,
     install_problem: Option<String>,
     last_sync: Option<Instant>,
@@ -27,18 +43,36 @@ struct State {
 pub struct Health {
     state: Mutex<State>,
     stale_after: Duration,
+    /// Slack past a step's own bound before the loop counts as stuck: scheduling delays on a
+    /// busy node, a slow syscall.
+    grace: Duration,
 }
 
 impl Health {
-    pub fn new(stale_after: Duration) -> Arc<Health> {
+    pub fn new(stale_after: Duration, grace: Duration) -> Arc<Health> {
         Arc::new(Health {
             state: Mutex::new(State::default()),
             stale_after,
+            grace,
         })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The loop's heartbeat: it starts `what`, which ends (or fails) within `within`.
+    pub fn step(&self, what: impl Into<String>, within: Duration) {
+        self.state().step = Some(Step {
+            what: what.into(),
+            since: Instant::now(),
+            within,
+        });
+    }
+
+    /// The first list has failed, or it answered and the first install and sync ran.
+    pub fn first_pass_done(&self) {
+        self.state().first_pass_done = true;
     }
 
     pub fn installed(&self, what: String) {
@@ -75,25 +109,58 @@ impl Health {
         self.state().last_sync_error = Some(why);
     }
 
-    /// (healthy, reason) for healthz, or for readyz when `ready`.
-    pub fn check(&self, ready: bool) -> (bool, String) {
+    /// (alive, reason) for healthz: is the loop within the bound of the step it is in?
+    pub fn live(&self) -> (bool, String) {
+        let s = self.state();
+        let Some(step) = &s.step else {
+            // The listener starts just before the loop.
+            return (false, "starting".into());
+        };
+        let took = step.since.elapsed();
+        if took > step.within + self.grace {
+            return (
+                false,
+                format!(
+                    "agent loop stuck: {} for {:.1}s, bound {:.1}s (+{}s grace)",
+                    step.what,
+                    took.as_secs_f64(),
+                    step.within.as_secs_f64(),
+                    self.grace.as_secs()
+                ),
+            );
+        }
+        if !s.first_pass_done {
+            return (
+                false,
+                format!(
+                    "starting: first pass (list nodes, install, route sync) not done: {} for {:.1}s (bound {:.1}s)",
+                    step.what,
+                    took.as_secs_f64(),
+                    step.within.as_secs_f64()
+                ),
+            );
+        }
+        (
+            true,
+            format!(
+                "ok: agent loop alive: {} for {:.1}s (bound {:.1}s)",
+                step.what,
+                took.as_secs_f64(),
+                step.within.as_secs_f64()
+            ),
+        )
+    }
+
+    /// (ready, reason) for readyz.
+    pub fn ready(&self) -> (bool, String) {
         let s = self.state();
         let last_error = [&s.last_api_error, &s.last_sync_error]
             .into_iter()
             .flatten()
             .map(|e| format!("; last error: {e}"))
             .collect::<String>();
-        let Some(installed) = &s.installed else {
-            let why = s
-                .install_problem
-                .clone()
-                .unwrap_or_else(|| "waiting for this node's podCIDR from the API server".into());
-            return (
-                false,
-                format!("CNI config not installed: {why}{last_error}"),
-            );
-        };
         let bound = self.stale_after.as_secs();
+        // The API server first: when it cannot be reached, that is the cause of the rest.
         match s.last_api_answer {
             None => {
                 return (
@@ -108,6 +175,16 @@ impl Health {
             }
             Some(_) => {}
         }
+        let Some(installed) = &s.installed else {
+            let why = s
+                .install_problem
+                .clone()
+                .unwrap_or_else(|| "waiting for this node's podCIDR from the API server".into());
+            return (
+                false,
+                format!("CNI config not installed: {why}{last_error}"),
+            );
+        };
         match s.last_sync {
             None => return (false, format!("no successful sync yet{last_error}")),
             Some(t) if t.elapsed() > self.stale_after => {
@@ -117,7 +194,7 @@ impl Health {
             }
             Some(_) => {}
         }
-        if ready && !s.route_failures.is_empty() {
+        if !s.route_failures.is_empty() {
             return (
                 false,
                 format!(
@@ -166,8 +243,8 @@ fn answer(mut conn: TcpStream, health: &Health) {
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     let (code, body) = match (method, path) {
-        ("GET" | "HEAD", "/healthz" | "/livez") => verdict(health.check(false)),
-        ("GET" | "HEAD", "/readyz") => verdict(health.check(true)),
+        ("GET" | "HEAD", "/healthz" | "/livez") => verdict(health.live()),
+        ("GET" | "HEAD", "/readyz") => verdict(health.ready()),
         ("GET" | "HEAD", _) => ("404 Not Found", "try /healthz or /readyz".to_string()),
         _ => ("405 Method Not Allowed", "GET only".to_string()),
     };
@@ -194,48 +271,82 @@ fn verdict((ok, why): (bool, String)) -> (&'static str, String) {
 mod tests {
     use super::*;
 
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
     #[test]
-    fn healthy_only_when_installed_and_fresh() {
-        let h = Health::new(Duration::from_millis(200));
-        let (ok, why) = h.check(false);
-        assert!(!ok && why.contains("not installed"), "{why}");
-        h.install_problem("node n1 has no podCIDR yet".into());
-        assert!(h.check(false).1.contains("no podCIDR"));
-        h.installed("podCIDR 10.244.1.0/24".into());
-        let (ok, why) = h.check(false);
+    fn live_while_the_loop_keeps_within_its_steps() {
+        let h = Health::new(Duration::from_secs(60), MS(50));
+        assert!(!h.live().0, "{:?}", h.live());
+        h.step("listing nodes", MS(100));
+        // Not started (the startupProbe waits) until the first pass is through.
+        let (ok, why) = h.live();
         assert!(
-            !ok && why.contains("no answer from the API server"),
+            !ok && why.contains("starting") && why.contains("listing nodes"),
             "{why}"
         );
+        h.first_pass_done();
+        let (ok, why) = h.live();
+        assert!(ok && why.contains("listing nodes"), "{why}");
+        std::thread::sleep(MS(200));
+        // 200 ms into a step bounded at 100 + 50: stuck, and named.
+        let (ok, why) = h.live();
+        assert!(!ok && why.contains("stuck: listing nodes"), "{why}");
+        // The next step is the heartbeat: alive again.
+        h.step("waiting 1s before retrying", MS(1000));
+        assert!(h.live().0);
+    }
+
+    #[test]
+    fn liveness_ignores_the_api_server_readiness_does_not() {
+        let h = Health::new(MS(200), MS(50));
+        h.step("listing nodes", Duration::from_secs(60));
+        // A failed first list ends the first pass: the agent is alive, retrying.
+        h.first_pass_done();
+        let (ready, why) = h.ready();
+        assert!(
+            !ready && why.contains("no answer from the API server"),
+            "{why}"
+        );
+        h.api_failed("cannot reach the API server at https://x: timeout: connect".into());
+        let (ready, why) = h.ready();
+        assert!(!ready && why.contains("timeout: connect"), "{why}");
+        assert!(
+            h.live().0,
+            "an unreachable API server is not a liveness failure"
+        );
         h.api_answered();
-        let (ok, why) = h.check(false);
-        assert!(!ok && why.contains("no successful sync"), "{why}");
-        h.api_failed("HTTP 401".into());
-        assert!(h.check(false).1.contains("HTTP 401"));
-        h.api_answered();
+        h.install_problem("node n1 has no podCIDR yet".into());
+        let (ready, why) = h.ready();
+        assert!(!ready && why.contains("no podCIDR"), "{why}");
+        h.installed("podCIDR 10.244.1.0/24".into());
+        let (ready, why) = h.ready();
+        assert!(!ready && why.contains("no successful sync"), "{why}");
         h.synced(vec!["add route x: boom".into()]);
-        assert!(h.check(false).0);
-        let (ready, why) = h.check(true);
+        let (ready, why) = h.ready();
         assert!(!ready && why.contains("boom"), "{why}");
         h.synced(vec![]);
-        assert!(h.check(true).0);
+        assert!(h.ready().0);
+        // The API server goes away; routes re-applied from the cache do not hide it.
         h.api_failed("cannot reach the API server".into());
-        // Routes re-applied from the cache do not hide that the API server is gone.
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(MS(250));
         h.synced(vec![]);
-        let (ok, why) = h.check(false);
+        h.step("waiting 2s before retrying", Duration::from_secs(2));
+        let (ready, why) = h.ready();
         assert!(
-            !ok && why.contains("last answer from the API server"),
+            !ready
+                && why.contains("last answer from the API server")
+                && why.contains("cannot reach"),
             "{why}"
         );
-        assert!(why.contains("cannot reach"), "{why}");
+        assert!(h.live().0, "{:?}", h.live());
+        // Back: ready again, same Health, no restart.
         h.api_answered();
-        assert!(h.check(false).0);
+        assert!(h.ready().0, "{:?}", h.ready());
     }
 
     #[test]
     fn serves_http() {
-        let h = Health::new(Duration::from_secs(60));
+        let h = Health::new(Duration::from_secs(60), Duration::from_secs(10));
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
@@ -247,16 +358,24 @@ mod tests {
             c.read_to_string(&mut out).unwrap();
             out
         };
+        h.step("listing nodes", Duration::from_secs(60));
         assert!(get("/healthz").starts_with("HTTP/1.1 503"));
+        h.first_pass_done();
+        assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+        let r = get("/readyz");
+        assert!(
+            r.starts_with("HTTP/1.1 503") && r.contains("no answer from the API server"),
+            "{r}"
+        );
         h.installed("podCIDR 10.244.1.0/24".into());
         h.api_answered();
         h.synced(vec![]);
-        let ok = get("/healthz");
+        let ok = get("/readyz");
         assert!(
             ok.starts_with("HTTP/1.1 200") && ok.contains("10.244.1.0/24"),
             "{ok}"
         );
-        assert!(get("/readyz").starts_with("HTTP/1.1 200"));
+        assert!(get("/livez").starts_with("HTTP/1.1 200"));
         assert!(get("/nope").starts_with("HTTP/1.1 404"));
     }
 }

@@ -15,12 +15,17 @@ use thiserror::Error;
 const MAX_LIST_BYTES: u64 = 256 << 20;
 /// One watch event is one Node object; kubelet's status updates keep it far below this.
 const MAX_EVENT_BYTES: u64 = 16 << 20;
-/// Connecting plus TLS: an API server that cannot answer in this time is treated as down.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connecting plus TLS (ureq's connect phase covers both). Short on purpose: the API server is
+/// on the node's own network, where a handshake takes milliseconds; an address that drops the
+/// SYN (a wrong ROUTED_CNI_API_SERVER, a Service address kube-proxy has not programmed yet)
+/// must show up in the log and in /readyz within seconds, not after a long wait per attempt.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Looking up a host name in ROUTED_CNI_API_SERVER (kind's `<cluster>-control-plane`).
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The list of a large cluster can take a while to arrive, but not forever.
-const LIST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Slack past the watch's own timeoutSeconds before we stop waiting for the server to end it.
-const WATCH_GRACE: Duration = Duration::from_secs(15);
+pub const WATCH_GRACE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Error)]
 pub enum KubeError {
@@ -31,7 +36,7 @@ pub enum KubeError {
     },
     #[error("read cluster CA {path}: {detail} (check --ca-file)")]
     Ca { path: PathBuf, detail: String },
-    #[error("cannot reach the API server at {url}: {detail} (check --api-server, KUBERNETES_SERVICE_HOST/PORT and the CA in --ca-file)")]
+    #[error("cannot reach the API server at {url}: {detail} (check --api-server/ROUTED_CNI_API_SERVER, or KUBERNETES_SERVICE_HOST/PORT when it is unset, and the CA in --ca-file)")]
     Transport { url: String, detail: String },
     #[error("GET {url}: HTTP {code}: {message}{}", hint(*.code))]
     Status {
@@ -284,6 +289,7 @@ impl ApiClient {
             .proxy(None)
             // The token must never travel in clear, whatever URL we were given.
             .https_only(true)
+            .timeout_resolve(Some(RESOLVE_TIMEOUT))
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .user_agent(concat!("routed-cni-agent/", env!("CARGO_PKG_VERSION")))
             .build();

@@ -6,9 +6,13 @@
 //! hand) without asking the API server again: a full list of every node by every node each
 //! minute would be the heaviest load a large cluster puts on its API server. It relists, like
 //! client-go's reflector, at start, when the watch's version has expired (410) and after any
-//! watch error. On SIGTERM it exits and leaves the routes:
+//! watch error. Retries after API errors wait an exponential, capped, jittered time (backoff.rs).
+//! Before each step that can block, the loop tells `health` what it starts and how long that
+//! may take: that heartbeat is the liveness probe, the API server's state is readiness only.
+//! On SIGTERM it exits and leaves the routes:
 //! pods keep working while the agent restarts or is upgraded.
 
+pub mod backoff;
 pub mod health;
 pub mod kube;
 pub mod routes;
@@ -22,12 +26,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::install::{self, InstallSettings};
+use backoff::Backoff;
 use health::Health;
-use kube::{ApiClient, KubeError, NodeInfo, WatchEvent};
+use kube::{ApiClient, KubeError, NodeInfo, WatchEvent, LIST_TIMEOUT, WATCH_GRACE};
 use routes::{Plan, RouteSync};
 
-/// The first retry after an API error; doubled up to the resync period.
+/// The first retry after an API error; doubled up to the resync period or MAX_BACKOFF.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// However long the API server has been away, an agent tries again at least this often, so
+/// nodes catch up soon after it is back (the jitter keeps them from arriving all at once).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Install (copying the binary, writing the conflist) plus one route sync: local work that
+/// takes milliseconds to a few seconds; beyond this bound the loop is stuck.
+const RECONCILE_BOUND: Duration = Duration::from_secs(60);
+/// Slack past a step's bound before /healthz calls the loop stuck.
+const LIVENESS_GRACE: Duration = Duration::from_secs(15);
 /// A watch that ends sooner than this without an error was refused in effect: back off before
 /// the next one. (A normal watch lasts until its timeout, at least a second.)
 const QUICK_WATCH_END: Duration = Duration::from_millis(200);
@@ -71,7 +84,7 @@ pub fn run(opts: AgentOptions) -> i32 {
         eprintln!("routed-cni agent: start signal thread: {e}");
         return 1;
     }
-    let health = Health::new(opts.stale_after);
+    let health = Health::new(opts.stale_after, LIVENESS_GRACE);
     if let Err(e) = health::serve(opts.health_addr, health.clone()) {
         eprintln!(
             "routed-cni agent: health listener on {}: {e} (is another agent running? change --health-addr)",
@@ -101,7 +114,7 @@ pub fn run(opts: AgentOptions) -> i32 {
         }
     };
     crate::info!(
-        "agent starting: node {}, API server {}, resync every {:?}, unhealthy after {:?} without a sync, health on http://{}/healthz, routes marked proto {}",
+        "agent starting: node {}, API server {}, resync every {:?}, not ready after {:?} without an API answer or a sync, health on http://{}/healthz and /readyz, routes marked proto {}",
         opts.node_name,
         opts.api_server,
         opts.resync,
@@ -118,6 +131,7 @@ pub fn run(opts: AgentOptions) -> i32 {
         routed_for: BTreeMap::new(),
         installed_for: None,
         said: Vec::new(),
+        backoff: Backoff::new(FIRST_BACKOFF, opts.resync.min(MAX_BACKOFF)),
         opts,
     };
     agent.run()
@@ -137,6 +151,8 @@ struct Agent {
     /// The notes of the last reconcile (skipped nodes, install wait), so each is logged once
     /// per change rather than at every resync.
     said: Vec<String>,
+    /// The wait before the next retry of the API server; reset by a success.
+    backoff: Backoff,
 }
 
 /// Why a watch ended.
@@ -149,18 +165,17 @@ enum WatchEnd {
 
 impl Agent {
     fn run(&mut self) -> ! {
-        let mut backoff = FIRST_BACKOFF;
         loop {
+            self.health.step("listing nodes", LIST_TIMEOUT);
             let list = match self.client.list_nodes() {
                 Ok(l) => l,
                 Err(e) => {
-                    self.api_error(&e);
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(self.opts.resync);
+                    self.health.first_pass_done();
+                    self.retry_after(&e, None);
                     continue;
                 }
             };
-            backoff = FIRST_BACKOFF;
+            self.backoff.reset();
             self.health.api_answered();
             self.nodes = list
                 .items
@@ -168,6 +183,7 @@ impl Agent {
                 .map(|n| (n.metadata.name.clone(), NodeInfo::from_node(n)))
                 .collect();
             self.reconcile(true);
+            self.health.first_pass_done();
             let mut version = list.metadata.resource_version;
             loop {
                 let deadline = Instant::now() + self.opts.resync;
@@ -175,7 +191,8 @@ impl Agent {
                     // The periodic resync, from the cache the watch keeps current.
                     WatchEnd::Resync => self.reconcile(true),
                     WatchEnd::Relist => {
-                        std::thread::sleep(FIRST_BACKOFF);
+                        // Jittered: after an API server restart every node relists.
+                        self.pause(None);
                         break;
                     }
                 }
@@ -183,20 +200,49 @@ impl Agent {
         }
     }
 
-    fn api_error(&self, e: &KubeError) {
-        crate::error!("API: {e}");
+    /// Logs and records an API error, then waits the next backoff (at most `at_most`).
+    fn retry_after(&mut self, e: &KubeError, at_most: Option<Duration>) {
+        let wait = self.next_wait(at_most);
+        crate::error!("API: {e}; retrying in {:.1}s", wait.as_secs_f64());
         self.health.api_failed(e.to_string());
+        self.wait(wait);
+    }
+
+    /// Waits the next backoff (at most `at_most`) without an error to report.
+    fn pause(&mut self, at_most: Option<Duration>) {
+        let wait = self.next_wait(at_most);
+        self.wait(wait);
+    }
+
+    fn next_wait(&mut self, at_most: Option<Duration>) -> Duration {
+        let wait = self.backoff.next_delay();
+        at_most.map_or(wait, |m| wait.min(m))
+    }
+
+    fn wait(&self, wait: Duration) {
+        self.health.step(
+            format!(
+                "waiting {:.1}s before retrying the API server",
+                wait.as_secs_f64()
+            ),
+            wait,
+        );
+        std::thread::sleep(wait);
     }
 
     /// Applies watch events until `deadline`, re-watching from the last version seen when the
     /// server ends a stream early.
     fn watch_until(&mut self, deadline: Instant, version: &mut String) -> WatchEnd {
-        let mut backoff = FIRST_BACKOFF;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left < Duration::from_millis(500) {
                 return WatchEnd::Resync;
             }
+            // The request and its stream end by the watch's timeout (rounded up to a second)
+            // plus the grace kube.rs allows the server.
+            let stream_bound = left + Duration::from_secs(1) + WATCH_GRACE;
+            let stream_ends = Instant::now() + stream_bound;
+            self.health.step("watching nodes", stream_bound);
             let stream = match self.client.watch_nodes(version, left) {
                 Ok(s) => {
                     self.health.api_answered();
@@ -207,9 +253,7 @@ impl Agent {
                     return WatchEnd::Relist;
                 }
                 Err(e) => {
-                    self.api_error(&e);
-                    std::thread::sleep(backoff.min(left));
-                    backoff = (backoff * 2).min(self.opts.resync);
+                    self.retry_after(&e, Some(left));
                     continue;
                 }
             };
@@ -250,23 +294,28 @@ impl Agent {
                     }
                     Err(e) => {
                         // A broken stream or an ERROR event: the cache may have missed events.
-                        self.api_error(&e);
+                        crate::error!("API: {e}; relisting");
+                        self.health.api_failed(e.to_string());
                         return WatchEnd::Relist;
                     }
                 };
                 self.health.api_answered();
                 if changed {
                     self.reconcile(false);
+                    // Back to the stream, which still ends by its own bound.
+                    self.health.step(
+                        "watching nodes",
+                        stream_ends.saturating_duration_since(Instant::now()),
+                    );
                 }
             }
             // Ended without an error: the server was there until the end.
             self.health.api_answered();
             // A server that ends every watch at once must not turn this into a busy loop.
             if started.elapsed() < QUICK_WATCH_END {
-                std::thread::sleep(backoff.min(left));
-                backoff = (backoff * 2).min(self.opts.resync);
+                self.pause(Some(left));
             } else {
-                backoff = FIRST_BACKOFF;
+                self.backoff.reset();
             }
         }
     }
@@ -275,6 +324,8 @@ impl Agent {
     /// `full` (after a list) also re-runs an unchanged install, which repairs a conflist or
     /// binary someone removed.
     fn reconcile(&mut self, full: bool) {
+        self.health
+            .step("applying install and routes", RECONCILE_BOUND);
         let _busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
         let mut notes = Vec::new();
         self.install(full, &mut notes);

@@ -22,15 +22,19 @@ fn seconds(s: &str) -> Result<Duration, String> {
 /// changes); keeps a route to every other node's podCIDRs via its InternalIP (both families,
 /// marked `proto 77`; only those are ever changed); re-applies both every resync from its
 /// watch-fed cache (repairing what was removed by hand; it lists again only at start and
-/// after a failed or expired watch); and answers GET /healthz and /readyz. The API server
-/// defaults to https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, token and CA to the
-/// pod's service account. SIGTERM exits; the routes stay.
+/// after a failed or expired watch); and answers GET /healthz (its own loop is alive) and
+/// /readyz (API server reachable, conflist installed, routes in sync; a 503 says why). The API
+/// server is --api-server/ROUTED_CNI_API_SERVER; unset or empty, it defaults to
+/// https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT (the kubernetes Service, which
+/// needs kube-proxy). Token and CA default to the pod's service account. SIGTERM exits; the
+/// routes stay.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// This node's name, as in its Node object [required]
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
     node_name: Option<String>,
-    /// The API server's https:// URL [default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT]
+    /// The API server's https:// URL, e.g. the control plane's own address so the agent does
+    /// not depend on kube-proxy; empty counts as unset [default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT]
     #[arg(long, value_name = "URL", env = "ROUTED_CNI_API_SERVER")]
     api_server: Option<String>,
     /// The bearer token, read again at each request (it is rotated)
@@ -52,7 +56,11 @@ pub struct AgentArgs {
     /// How often everything is re-applied from the cache
     #[arg(long, value_name = "SECONDS", env = "ROUTED_CNI_RESYNC_SECONDS", default_value = "60", value_parser = seconds)]
     resync_seconds: Duration,
-    /// Unhealthy after this long without a sync [default: 3 resyncs]
+    /// Not ready (/readyz 503) after this long without an answer from the API server or a
+    /// route sync [default: 3 resyncs]. Liveness (/healthz) does not depend on it
+    ///
+    /// /healthz only says whether the agent's own loop is alive: an API server outage makes
+    /// every agent not ready, never restarted.
     #[arg(long, value_name = "SECONDS", env = "ROUTED_CNI_STALE_SECONDS", value_parser = seconds)]
     stale_seconds: Option<Duration>,
     /// Where /healthz and /readyz are answered
