@@ -120,7 +120,12 @@ make_scenario() { # make_scenario NAME
     ip link add "o-$RUN_ID" netns "$ROUTER" type veth peer name "f-$RUN_ID" netns "$OUTSIDE"
     ip -n "$ROUTER" link set "o-$RUN_ID" name tofar
     ip -n "$OUTSIDE" link set "f-$RUN_ID" name eth0
+    # No DAD on any fresh link of the path, link-local addresses included, as on links that have
+    # been up a while: a tentative link-local address delays the first forwarded packet's
+    # neighbour solicitation by 1-2 s, which the 2 s connect timeout below would not absorb.
     on_node sysctl -qw net.ipv6.conf.uplink.accept_dad=0
+    ip netns exec "$ROUTER" sysctl -qw net.ipv6.conf.tonode.accept_dad=0 net.ipv6.conf.tofar.accept_dad=0
+    ip netns exec "$OUTSIDE" sysctl -qw net.ipv6.conf.eth0.accept_dad=0
     ip -n "$NODE" addr add "$NODE_UPLINK/24" dev uplink
     ip -n "$NODE" addr add "$NODE_UPLINK6/64" dev uplink nodad
     ip -n "$ROUTER" addr add "$ROUTER_UP/24" dev tonode
