@@ -128,7 +128,6 @@ impl Walk<'_> {
         rep: &Outcome,
         fixes: &dyn Fn(&Outcome) -> Vec<String>,
         policy_drop: bool,
-        ours_here: bool,
     ) -> Judged {
         let ip = self.t.ip;
         let flow = |o: &Outcome| {
@@ -143,12 +142,9 @@ impl Walk<'_> {
             End::Policy { pkts, .. } => format!("policy DROP{}", counted(*pkts)),
             End::Accepted { .. } => String::new(),
         };
-        // routed-cni writes nothing into firewalld's table: a rule there that mentions
-        // "routed-cni" (a zone or policy an operator named so) is not ours.
         let ours = |o: &Outcome| {
             o.ours
                 .as_ref()
-                .filter(|_| ours_here)
                 .map(|h| format!(" (routed-cni's jump is {} rule {})", h.chain, h.position))
                 .unwrap_or_default()
         };
@@ -203,7 +199,7 @@ impl Walk<'_> {
         }
         let saw = match &req.end {
             End::Accepted { by }
-                if ours_here
+                if req.ours.is_some()
                     && (by.chain.starts_with("RCNI-") || by.rule.contains("routed-cni")) =>
             {
                 let ahead = if policy_drop {
@@ -287,7 +283,7 @@ impl Walk<'_> {
                 _ => forward_fix(program, pool, listing),
             };
             let label = format!("{program} FORWARD");
-            judged.push(self.judge(&label, &dst, &r1, &r2, &fixes, policy_drop, true));
+            judged.push(self.judge(&label, &dst, &r1, &r2, &fixes, policy_drop));
             details.push(json!({"program": program, "request": r1, "reply": r2}));
         }
         self.push_judged(
@@ -342,10 +338,13 @@ impl Walk<'_> {
         };
         let (req, rep, dst) = self.packets(self.to_same_family(), oif);
         let set = nft::table(&text);
-        let (r1, r2) = (
+        let (mut r1, mut r2) = (
             filter::evaluate(&set, "filter_FORWARD", &req),
             filter::evaluate(&set, "filter_FORWARD", &rep),
         );
+        // routed-cni writes nothing into firewalld's table: a rule there that mentions
+        // "routed-cni" (a zone or policy an operator named so) is not its jump.
+        (r1.ours, r2.ours) = (None, None);
         let veths = veth_wildcard(self.veth());
         let fixes = |_: &Outcome| firewalld_fix(&veths);
         let policy_drop = set.policies.get("filter_FORWARD").is_some_and(|p| p.0);
@@ -356,7 +355,6 @@ impl Walk<'_> {
             &r2,
             &fixes,
             policy_drop,
-            false,
         );
         if j.status == Status::Fail {
             j.why = Some(format!(
