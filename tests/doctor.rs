@@ -1443,8 +1443,8 @@ fn ipv6_forward_drop_rule_for_the_pool() {
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it"]
 fn firewalld_rejects_forwarded_pod_traffic() {
-    // firewalld's nftables table as firewalld 1.3 writes it with its default zones (loaded
-    // from a fixture: firewalld itself is not run here). No iptables rule can undo its reject.
+    // firewalld's forward chains as firewalld 1.3 writes them with its default zones (a
+    // fixture: e2e/47-firewalld.sh runs the daemon itself). No iptables rule can undo its reject.
     let mut w = World::new("firewalld");
     let pod = w.pod("web-1");
     w.assert_healthy(&pod);
