@@ -29,7 +29,7 @@ stage() { # stage NAME COMMAND...
 
 packages() {
     local need=() pkg
-    for pkg in iproute2 iptables iputils-ping socat jq python3 openssl containernetworking-plugins python3-venv shellcheck ufw nftables; do
+    for pkg in iproute2 iptables iputils-ping socat jq python3 openssl containernetworking-plugins python3-venv shellcheck ufw nftables firewalld; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
     done
     # ufw: e2e/46-firewalls.sh runs it inside a node namespace only; installed, it stays
@@ -39,6 +39,12 @@ packages() {
         local keep=()
         for pkg in "${need[@]}"; do [ "$pkg" = ufw ] || keep+=("$pkg"); done
         need=("${keep[@]}")
+    fi
+    # firewalld: e2e/47-firewalld.sh runs it inside a node namespace only, on a private D-Bus.
+    # Debian's package enables and starts it: masked first (what `systemctl mask` writes, which
+    # the package's scripts respect), so it never runs on this machine.
+    if [[ " ${need[*]} " == *" firewalld "* ]]; then
+        mkdir -p /etc/systemd/system && ln -sf /dev/null /etc/systemd/system/firewalld.service
     fi
     if [ ${#need[@]} -eq 0 ]; then
         echo "all Debian packages present"

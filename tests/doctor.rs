@@ -1443,8 +1443,8 @@ fn ipv6_forward_drop_rule_for_the_pool() {
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it"]
 fn firewalld_rejects_forwarded_pod_traffic() {
-    // firewalld's nftables table as firewalld 1.3 writes it with its default zones (loaded
-    // from a fixture: firewalld itself is not run here). No iptables rule can undo its reject.
+    // firewalld's forward chains as firewalld 1.3 writes them with its default zones (a
+    // fixture: e2e/47-firewalld.sh runs the daemon itself). No iptables rule can undo its reject.
     let mut w = World::new("firewalld");
     let pod = w.pod("web-1");
     w.assert_healthy(&pod);
@@ -1466,20 +1466,37 @@ fn firewalld_rejects_forwarded_pod_traffic() {
         saw.contains("filter_FWD_public") && saw.contains("reject"),
         "names the zone chain that rejects: {step:#}"
     );
+    // The host veths (by prefix), not the pool as a source: a source would also trust a
+    // packet arriving on the uplink with a pod's address.
     assert_eq!(
         step["fix"],
         json!([
-            format!("firewall-cmd --zone=trusted --add-source={SUBNET}"),
-            format!("firewall-cmd --permanent --zone=trusted --add-source={SUBNET}"),
+            "firewall-cmd --zone=trusted --add-interface=rcni+",
+            "firewall-cmd --permanent --zone=trusted --add-interface=rcni+",
         ])
     );
     // The iptables FORWARD chain accepts: only firewalld is named.
     assert_eq!(d.step("forward-filter")["status"], "ok", "{d:?}");
-    // What `firewall-cmd --zone=trusted --add-source=<pool>` does to the table
-    // (build_zone_source_address_rules: the source dispatched to the zone first).
-    w.on_node(&format!(
-        "nft insert rule inet firewalld filter_FORWARD_ZONES ip saddr {SUBNET} goto filter_FWD_trusted"
-    ));
+    // The veths in a zone an operator named "routed-cni" with no policy yet, as
+    // `firewall-cmd --permanent --new-zone=routed-cni --add-interface=rcni+` leaves it
+    // (firewalld 1.3.3): still rejected, and that zone's rules are not routed-cni's jump.
+    w.on_node(
+        "nft 'add chain inet firewalld filter_FWD_routed-cni; \
+         add rule inet firewalld filter_FWD_routed-cni reject with icmpx admin-prohibited; \
+         insert rule inet firewalld filter_FORWARD_ZONES iifname \"rcni*\" goto filter_FWD_routed-cni'",
+    );
+    let d = w.doctor_pod(&pod, &["--to", OUTSIDE_IP]);
+    assert_eq!(d.failed(), ["firewalld"], "{d:?}");
+    let saw = d.step("firewalld")["saw"].as_str().unwrap().to_string();
+    assert!(saw.contains("filter_FWD_routed-cni"), "{saw}");
+    assert!(!saw.contains("routed-cni's jump"), "{saw}");
+    w.on_node("nft flush chain inet firewalld filter_FORWARD_ZONES");
+    w.on_node("nft add rule inet firewalld filter_FORWARD_ZONES goto filter_FWD_public");
+    // What the fix does to the table (firewalld 1.3.3, seen with `nft list table`): the
+    // wildcard dispatched to the trusted zone ahead of the default zone.
+    w.on_node(
+        "nft insert rule inet firewalld filter_FORWARD_ZONES iifname '\"rcni*\"' goto filter_FWD_trusted",
+    );
     w.assert_healthy(&pod);
     let d = w.doctor_pod(&pod, &[]);
     let step = d.step("firewalld");

@@ -8,6 +8,7 @@ use serde_json::json;
 use std::net::IpAddr;
 
 use super::{Dest, Walk};
+use crate::dataplane::owned::HASH_CHARS;
 use crate::dataplane::{route_oif, RouteQuery};
 use crate::doctor::filter::{self, Addr, End, Hit, Outcome, Packet};
 use crate::doctor::nft;
@@ -198,7 +199,8 @@ impl Walk<'_> {
         }
         let saw = match &req.end {
             End::Accepted { by }
-                if by.chain.starts_with("RCNI-") || by.rule.contains("routed-cni") =>
+                if req.ours.is_some()
+                    && (by.chain.starts_with("RCNI-") || by.rule.contains("routed-cni")) =>
             {
                 let ahead = if policy_drop {
                     " ahead of the DROP policy"
@@ -336,12 +338,15 @@ impl Walk<'_> {
         };
         let (req, rep, dst) = self.packets(self.to_same_family(), oif);
         let set = nft::table(&text);
-        let (r1, r2) = (
+        let (mut r1, mut r2) = (
             filter::evaluate(&set, "filter_FORWARD", &req),
             filter::evaluate(&set, "filter_FORWARD", &rep),
         );
-        let pool = self.t.pool;
-        let fixes = |_: &Outcome| firewalld_fix(pool);
+        // routed-cni writes nothing into firewalld's table: a rule there that mentions
+        // "routed-cni" (a zone or policy an operator named so) is not its jump.
+        (r1.ours, r2.ours) = (None, None);
+        let veths = veth_wildcard(self.veth());
+        let fixes = |_: &Outcome| firewalld_fix(&veths);
         let policy_drop = set.policies.get("filter_FORWARD").is_some_and(|p| p.0);
         let mut j = self.judge(
             "firewalld (table inet firewalld)",
@@ -353,7 +358,7 @@ impl Walk<'_> {
         );
         if j.status == Status::Fail {
             j.why = Some(format!(
-                "firewalld rejects forwarded packets that no zone or policy allows, and its nftables table runs after iptables: no iptables rule can accept them for it; putting the pool {pool} in the trusted zone (as a source) lets the pods' traffic through"
+                "firewalld rejects forwarded packets that no zone or policy allows, and its nftables table runs after iptables: no iptables rule can accept them for it; the host veths {veths} in the trusted zone let the pods' traffic and its replies through (connections opened from outside to a pod need a firewalld policy too: see README, \"Nodes with a firewall\")"
             ));
         }
         let details = json!({"request": r1, "reply": r2});
@@ -420,11 +425,41 @@ fn forward_fix(program: &str, pool: IpNetwork, listing: &Listing) -> Vec<String>
     out
 }
 
-/// The firewall-cmd commands that let the pool's traffic through firewalld: the pool as a
-/// source of the trusted zone (target ACCEPT), at once and across reloads.
-pub fn firewalld_fix(pool: IpNetwork) -> Vec<String> {
+/// firewalld's wildcard for every host veth with this one's prefix: `rcni+`. The prefix is
+/// the name without its hash (a hand-made name is taken whole).
+fn veth_wildcard(veth: &str) -> String {
+    let prefix = veth
+        .len()
+        .checked_sub(HASH_CHARS)
+        .filter(|&n| n > 0 && veth.is_char_boundary(n))
+        .map_or(veth, |n| &veth[..n]);
+    format!("{prefix}+")
+}
+
+/// The firewall-cmd commands that let the pods' traffic through firewalld: the host veths
+/// in the trusted zone (target ACCEPT), at once and across restarts, without a `--reload`
+/// (a reload flushes the iptables tables, routed-cni's chains with them).
+///
+/// By interface, not by the pool as a source: firewalld dispatches sources before
+/// interfaces, so a source binding would also trust a packet that arrives on the uplink
+/// with a pod's address, to the node's own ports as well (tried against firewalld 1.3.3).
+fn firewalld_fix(veths: &str) -> Vec<String> {
     vec![
-        format!("firewall-cmd --zone=trusted --add-source={pool}"),
-        format!("firewall-cmd --permanent --zone=trusted --add-source={pool}"),
+        format!("firewall-cmd --zone=trusted --add-interface={veths}"),
+        format!("firewall-cmd --permanent --zone=trusted --add-interface={veths}"),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn firewalld_wildcard_is_the_veth_prefix() {
+        assert_eq!(veth_wildcard("rcni377dabda6bd"), "rcni+");
+        assert_eq!(veth_wildcard("ab1c0123456789a"), "ab1c+");
+        // Not one of ours by shape: the name itself, not an empty or cut prefix.
+        assert_eq!(veth_wildcard("veth0"), "veth0+");
+        assert_eq!(veth_wildcard("0123456789a"), "0123456789a+");
+    }
 }
