@@ -11,6 +11,11 @@
 #   * StopPodSandbox, StopPodSandbox, RemovePodSandbox per pod (kubelet kills the pod, then its
 #     GC stops again and removes): every DEL containerd sends succeeds (one with the netns, the
 #     later ones with CNI_NETNS empty), and nothing is left on the node or in the store.
+#   * the conflist is the one `routed-cni install` writes (routed-cni, then portmap); install
+#     warns while portmap is missing from the bin dir.
+#   * hostPort: a sandbox with PortMapping 18080 -> 8000/TCP is reached on the node's address
+#     from outside (the pod sees the client) and by the pod itself (hairpin, masqueraded); its
+#     DEL leaves no portmap rule for it in iptables-nft or iptables-legacy, IPv4 or IPv6.
 #   * crash: a 4th pod's pause is SIGKILLed and containerd is SIGKILLed and started again; Stop
 #     and Remove through the new containerd still remove the pod's veth and address.
 # Fully offline except Debian's archive (packages and the containerd source for the CRI proto,
@@ -172,27 +177,30 @@ log "--- $(containerd --version | awk '{print $1, $3}'), $(runc --version | head
 gcc -Os -static -s -o "$WORK/pause" "$LIB/cri-pause.c"
 $PY "$LIB/cri-image.py" "$WORK/pause" "$PAUSE_IMAGE" "$WORK/pause-oci.tar" >/dev/null
 
-# ---- CNI: bin dir with our plugin (+ loopback, which containerd always runs itself), conf dir
-# with only our conflist
-mkdir -p "$WORK/cni-bin" "$WORK/net.d" "$WORK/pod-logs"
-ln -s "$(realpath "$BIN")" "$WORK/cni-bin/routed-cni"
+# ---- CNI: the bin dir and conflist `routed-cni install` writes (as the agent does on a node),
+# with loopback (containerd always runs it itself) and portmap from containernetworking-plugins.
+# install runs first without portmap in the bin dir: it must say that the conflist names a
+# plugin the runtime cannot find.
+mkdir -p "$WORK/cni-bin" "$WORK/net.d" "$WORK/staging" "$WORK/pod-logs"
 ln -s /usr/lib/cni/loopback "$WORK/cni-bin/loopback"
-cat >"$WORK/net.d/.10-routed-cni.conflist" <<JSON
-{
-  "cniVersion": "1.0.0",
-  "name": "$NET",
-  "plugins": [
-    {
-      "type": "routed-cni",
-      "ipam": {"subnet": "$SUBNET", "dataDir": "$STORE"},
-      "nonMasqueradeCIDRs": ["10.205.0.0/16"],
-      "logFile": "$CNI_LOG",
-      "logLevel": "debug"
-    }
-  ]
+install_cni() { # the install flags a DaemonSet would give, pointed at this run's dirs
+    env -u ROUTED_CNI_NO_PORTMAP "$BIN" install --bin-dir "$WORK/cni-bin" --conf-dir "$WORK/staging" \
+        --pod-subnet $SUBNET --cluster-cidr 10.205.0.0/16 --network-name "$NET" --log-file "$CNI_LOG" \
+        --systemd-network-dir "$WORK/absent" --networkmanager-conf-dir "$WORK/absent" "$@"
 }
-JSON
-# containerd watches conf_dir: only a complete file may ever appear there.
+said=$(install_cni 2>&1) || die "routed-cni install failed: $said"
+grep -q 'portmap.*missing\|missing.*portmap' <<<"$said" && ok "install warns that portmap is not in the bin dir" ||
+    fail "install did not warn about the missing portmap: $said"
+ln -s /usr/lib/cni/portmap "$WORK/cni-bin/portmap"
+said=$(install_cni 2>&1) || die "routed-cni install failed: $said"
+grep -qi 'missing' <<<"$said" && fail "install still warns with portmap present: $said" ||
+    ok "no warning once portmap is there"
+expect_eq "conflist chain" "$(jq -c '[.plugins[] | [.type, .capabilities.portMappings // false, .snat // false]]' "$WORK/staging/10-routed-cni.conflist")" \
+    '[["routed-cni",false,false],["portmap",true,true]]'
+# This run's store and debug log; the rest is install's. containerd watches conf_dir: only a
+# complete file may ever appear there.
+jq --arg store "$STORE" '.plugins[0].ipam.dataDir = $store | .plugins[0].logLevel = "debug"' \
+    "$WORK/staging/10-routed-cni.conflist" >"$WORK/net.d/.10-routed-cni.conflist"
 mv "$WORK/net.d/.10-routed-cni.conflist" "$WORK/net.d/10-routed-cni.conflist"
 
 cat >"$WORK/containerd.toml" <<TOML
@@ -326,6 +334,50 @@ expect_eq "no sandbox listed" "$(cri list | jq -c 'map(.id)')" "[]"
 expect_clean_node "$STORE"
 expect_eq "no failed call in the plugin log" "$(grep -c ' failed network=' "$CNI_LOG" || true)" 0
 expect_eq "libcni result cache emptied" "$(ls /var/lib/cni/results/ 2>/dev/null | grep -c "^$NET-" || true)" 0
+
+# ---- hostPort: kubelet sends the pod's hostPorts as PortMappings, containerd passes them to the
+# conflist's plugins that declare the portMappings capability (portmap), portmap DNATs the node's
+# port to the pod. DEL (StopPodSandbox) must take its per-pod chain away in both backends.
+portmap_rules() { # every portmap chain and rule in the node namespace, both backends, both families
+    local save
+    for save in iptables-nft-save ip6tables-nft-save iptables-legacy-save ip6tables-legacy-save; do
+        # Without -t: legacy-save then lists only tables that exist, and never creates one.
+        on_node "$save" 2>/dev/null | grep -E '^(:|-A )CNI-(DN|HOSTPORT)-|-j CNI-(DN|HOSTPORT)-' | sed "s/^/$save: /"
+    done
+    return 0
+}
+log "--- hostPort: RunPodSandbox with PortMapping 18080 -> 8000/TCP"
+name=web-hp
+sb=$(cri run "$name" "$K8S_NS" "$(uid_of 5)" "$WORK/pod-logs" "$CGROUP_PARENT/pod$(uid_of 5)" 18080:8000/tcp) ||
+    die "RunPodSandbox $name failed (CRI error above)"
+remember "$sb"
+id=$(jq -r .id <<<"$sb") ip=$(jq -r .ip <<<"$sb") netns=$(jq -r .netns <<<"$sb")
+# The pause image has no server: one in the sandbox's netns stands in for the pod's container.
+ip netns exec "$(basename "$netns")" timeout 120 socat -T5 TCP-LISTEN:8000,reuseaddr,fork SYSTEM:'echo $SOCAT_PEERADDR' &
+hp_server=$!
+BACKGROUND_PIDS+=($hp_server)
+for _ in $(seq 50); do in_pod "$netns" ss -ltn 'sport = :8000' | grep -q LISTEN && break; sleep 0.1; done
+expect_eq "$name: outside -> node $NODE_UPLINK:18080 reaches the pod (which sees the client)" \
+    "$(seen_by "$OUTSIDE" $NODE_UPLINK 18080)" "$OUTSIDE_ADDR"
+# snat: the pod reaching its own hostPort gets the reply from the node, not from itself.
+got=$(seen_by "$(basename "$netns")" $NODE_UPLINK 18080) || true
+[ "$got" = "$NODE_UPLINK" ] && [ "$got" != "$ip" ] && ok "$name: hairpin pod -> node:18080 -> pod, masqueraded to the node's $got" ||
+    fail "$name: hairpin through its own hostPort: got '$got'"
+expect_eq "$name: portmap's per-pod chain while it runs" \
+    "$(portmap_rules | grep -c '^iptables-nft-save: :CNI-DN-' || true)" 1
+kill "$hp_server" 2>/dev/null; wait "$hp_server" 2>/dev/null || true
+cri stop "$id" || fail "$name: StopPodSandbox failed"
+cri stop "$id" || fail "$name: second StopPodSandbox failed"
+cri remove "$id" || fail "$name: RemovePodSandbox failed"
+expect_eq "$name: DELs that failed" "$(dels_of "$id" | grep -c ' DEL failed ' || true)" 0
+# portmap's DEL removes the pod's CNI-DN-<hash> chain and its jump; the shared CNI-HOSTPORT-*
+# chains (and their jumps from PREROUTING, OUTPUT, POSTROUTING, and the mark and masquerade
+# rules) are portmap's for every pod and stay, as portmap never removes them.
+left=$(portmap_rules | grep -E 'CNI-DN-|^[^:]*: -A CNI-HOSTPORT-DNAT ' || true)
+[ -z "$left" ] && ok "$name: no portmap rule for the pod left (nft and legacy, IPv4 and IPv6)" ||
+    fail "$name: portmap rules left: $left"
+expect_eq "$name: outside -> node:18080 after the pod is gone" "$(seen_by "$OUTSIDE" $NODE_UPLINK 18080)" ""
+expect_clean_node "$STORE"
 
 # ---- crash: the pod's pause dies and containerd dies; a new containerd must still clean up
 log "--- crash: SIGKILL the pause process and containerd, start containerd again"

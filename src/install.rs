@@ -4,14 +4,18 @@
 //! inode stays intact for processes still running it). Re-running it is harmless. Where the
 //! node has them, it also writes a systemd `.link` file and a NetworkManager drop-in that keep
 //! udev and NetworkManager off our interfaces (`node_files`); `uninstall` removes all four.
+//! The conflist chains the reference `portmap` plugin after routed-cni (hostPort) unless told
+//! not to, and install says when a chained plugin is not in the bin dir (`plugins`).
 
 mod node_files;
+pub mod plugins;
 mod uninstall;
 
 pub use node_files::{
     link_file, nm_drop_in, DEFAULT_NETWORKMANAGER_CONF_DIR, DEFAULT_SYSTEMD_NETWORK_DIR,
     LINK_FILE_NAME, NM_DROP_IN_NAME,
 };
+pub use plugins::MissingPlugin;
 pub use uninstall::{run as run_uninstall, uninstall, Removal, UninstallOptions};
 
 use ipnetwork::IpNetwork;
@@ -42,6 +46,8 @@ pub struct InstallOptions {
     pub cluster_cidrs: Vec<IpNetwork>,
     pub mtu: Option<u32>,
     pub log_file: Option<String>,
+    /// Chain `portmap` after routed-cni, so that runtimes pass pods' hostPorts.
+    pub portmap: bool,
 }
 
 /// What install did, for the caller's log.
@@ -51,6 +57,8 @@ pub struct Installed {
     pub config_changed: bool,
     /// The .link file and the NetworkManager drop-in, in that order.
     pub node_files: Vec<NodeFileDone>,
+    /// Plugins the conflist chains that the bin dir cannot run: every pod's ADD fails.
+    pub missing_plugins: Vec<MissingPlugin>,
 }
 
 /// What install did with one of the optional node files.
@@ -117,7 +125,19 @@ pub fn conflist(o: &InstallOptions) -> Value {
     if let Some(l) = &o.log_file {
         plugin["logFile"] = json!(l);
     }
-    json!({ "cniVersion": "1.0.0", "name": o.network_name, "plugins": [plugin] })
+    let mut plugins = vec![plugin];
+    if o.portmap {
+        // As kindnet and Calico chain it: the capability makes the runtime pass the pod's
+        // hostPorts as runtimeConfig.portMappings (it passes them to no plugin without it);
+        // snat masquerades a pod reaching its own hostPort (hairpin) and connections to it
+        // from the node's 127.0.0.1. The reference portmap 1.1.x speaks cniVersion up to 1.0.0.
+        plugins.push(json!({
+            "type": plugins::PORTMAP,
+            "capabilities": { "portMappings": true },
+            "snat": true,
+        }));
+    }
+    json!({ "cniVersion": "1.0.0", "name": o.network_name, "plugins": plugins })
 }
 
 /// Replaces `dest` with `data` unless it already holds exactly that. Returns whether it changed.
@@ -198,6 +218,7 @@ pub fn install(o: &InstallOptions) -> Result<Installed, String> {
         binary_changed,
         config_changed,
         node_files: done,
+        missing_plugins: plugins::missing(&doc, &o.bin_dir),
     })
 }
 
@@ -238,6 +259,7 @@ pub struct InstallSettings {
     pub cluster_cidrs: Vec<IpNetwork>,
     pub mtu: Option<u32>,
     pub log_file: Option<String>,
+    pub portmap: bool,
 }
 
 impl InstallSettings {
@@ -254,6 +276,7 @@ impl InstallSettings {
             cluster_cidrs: self.cluster_cidrs.clone(),
             mtu: self.mtu,
             log_file: self.log_file.clone(),
+            portmap: self.portmap,
         }
     }
 }
@@ -272,6 +295,11 @@ pub fn run(o: &InstallOptions) -> i32 {
             );
             for f in &done.node_files {
                 println!("{}", f.line());
+            }
+            // Installed all the same: the plugin may be on its way (another DaemonSet, a
+            // package), and the conflist is right for a node that has it.
+            for m in &done.missing_plugins {
+                eprintln!("routed-cni install: warning: {}", m.line());
             }
             0
         }
@@ -298,6 +326,7 @@ mod tests {
             cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
             mtu: Some(1450),
             log_file: Some("/var/log/routed-cni.log".into()),
+            portmap: true,
         }
     }
 
@@ -359,6 +388,47 @@ mod tests {
             changes(install(&changed).unwrap()),
             (false, true, vec![Unchanged, Unchanged])
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn portmap_is_chained_after_routed_cni_unless_turned_off() {
+        let mut o = opts(Path::new("/nonexistent"));
+        let c = conflist(&o);
+        assert_eq!(c["plugins"][0]["type"], "routed-cni");
+        assert_eq!(
+            c["plugins"][1],
+            json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true})
+        );
+        assert_eq!(c["plugins"].as_array().unwrap().len(), 2);
+        // portmap 1.1.1 (Debian 12) answers only up to 1.0.0: a newer cniVersion fails its ADD.
+        assert_eq!(c["cniVersion"], "1.0.0");
+        o.portmap = false;
+        let c = conflist(&o);
+        assert_eq!(plugins::chained(&c), vec!["routed-cni".to_string()]);
+    }
+
+    #[test]
+    fn install_names_chained_plugins_missing_from_the_bin_dir() {
+        let dir = std::env::temp_dir().join(format!("rcni-install-pm-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let mut o = opts(&dir);
+        let missing = |o: &InstallOptions| -> Vec<String> {
+            install(o)
+                .unwrap()
+                .missing_plugins
+                .into_iter()
+                .map(|m| m.plugin)
+                .collect()
+        };
+        // routed-cni itself is there: install just put it there.
+        assert_eq!(missing(&o), vec!["portmap".to_string()]);
+        o.portmap = false;
+        assert!(missing(&o).is_empty());
+        o.portmap = true;
+        fs::write(o.bin_dir.join("portmap"), b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(o.bin_dir.join("portmap"), fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(missing(&o).is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -4,6 +4,7 @@
 //! counts as unset, and a flag beats its variable; CNI mode never parses argv. No root needed.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -12,7 +13,7 @@ mod common;
 use common::{bin, unique, TempDir};
 
 /// Every variable the cli layer reads, so the caller's environment cannot leak into a test.
-const OURS: [&str; 18] = [
+const OURS: [&str; 19] = [
     "CNI_COMMAND",
     "NODE_NAME",
     "KUBERNETES_SERVICE_HOST",
@@ -31,6 +32,7 @@ const OURS: [&str; 18] = [
     "ROUTED_CNI_RESYNC_SECONDS",
     "ROUTED_CNI_STALE_SECONDS",
     "ROUTED_CNI_HEALTH_ADDR",
+    "ROUTED_CNI_NO_PORTMAP",
 ];
 
 fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -229,6 +231,70 @@ fn install_reads_its_environment() {
 }
 
 #[test]
+fn install_chains_portmap_unless_told_not_to_and_warns_when_it_is_missing() {
+    let tmp = TempDir::new(&unique("rcni-cli-portmap"));
+    let bin_dir = tmp.path.join("bin");
+    let conf_dir = tmp.path.join("net.d");
+    let env = [
+        ("ROUTED_CNI_POD_SUBNET", "10.250.1.0/24"),
+        ("ROUTED_CNI_BIN_DIR", bin_dir.to_str().unwrap()),
+        ("ROUTED_CNI_CONF_DIR", conf_dir.to_str().unwrap()),
+    ];
+    let types = || -> Vec<String> {
+        conflist(&tmp.path)["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Default: portmap chained; the bin dir has none, so install says so (exit 0 all the same:
+    // the plugin may arrive later, and the conflist is right for a node that has it).
+    let out = cli(&["install"], &env);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(types(), ["routed-cni", "portmap"]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("warning") && err.contains("\"portmap\"") && err.contains("--no-portmap"),
+        "{out:?}"
+    );
+    assert!(
+        !text(&out.stdout).contains("warning"),
+        "warnings go to stderr: {out:?}"
+    );
+    // With portmap in the bin dir: no warning.
+    fs::write(bin_dir.join("portmap"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(bin_dir.join("portmap"), fs::Permissions::from_mode(0o755)).unwrap();
+    let out = cli(&["install"], &env);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!text(&out.stderr).contains("warning"), "{out:?}");
+    fs::remove_file(bin_dir.join("portmap")).unwrap();
+    // The flag, and the variable (any of clap's boolish words), drop it: no warning either.
+    for (args, var) in [
+        (&["install", "--no-portmap"][..], None),
+        (&["install"][..], Some("true")),
+        (&["install"][..], Some("1")),
+    ] {
+        let mut e = env.to_vec();
+        e.extend(var.map(|v| ("ROUTED_CNI_NO_PORTMAP", v)));
+        let out = cli(args, &e);
+        assert_eq!(out.status.code(), Some(0), "{args:?} {var:?}: {out:?}");
+        assert_eq!(types(), ["routed-cni"], "{args:?} {var:?}");
+        assert!(!text(&out.stderr).contains("warning"), "{out:?}");
+    }
+    let mut e = env.to_vec();
+    e.push(("ROUTED_CNI_NO_PORTMAP", "false"));
+    assert_eq!(cli(&["install"], &e).status.code(), Some(0));
+    assert_eq!(types(), ["routed-cni", "portmap"]);
+    // Not a yes or a no: a usage error naming the flag, not a silent guess.
+    e.pop();
+    e.push(("ROUTED_CNI_NO_PORTMAP", "maybe"));
+    let out = cli(&["install"], &e);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("--no-portmap"), "{out:?}");
+}
+
+#[test]
 fn agent_asks_for_node_name_and_reads_it_from_the_environment() {
     let out = cli(&["agent"], &[]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
@@ -283,6 +349,55 @@ fn doctor_keeps_its_exit_codes() {
     let out = cli(&["doctor", "--data-dir", store, "--to", "example.com"], &[]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(text(&out.stderr).contains("example.com"), "{out:?}");
+}
+
+#[test]
+fn doctor_fails_the_node_when_a_chained_plugin_is_missing() {
+    let tmp = TempDir::new(&unique("rcni-cli-doctor-plugins"));
+    let store = tmp.path.join("store");
+    fs::create_dir_all(&store).unwrap();
+    let (bin_dir, conf_dir) = (tmp.path.join("bin"), tmp.path.join("net.d"));
+    let env = [
+        ("ROUTED_CNI_POD_SUBNET", "10.250.1.0/24"),
+        ("ROUTED_CNI_BIN_DIR", bin_dir.to_str().unwrap()),
+        ("ROUTED_CNI_CONF_DIR", conf_dir.to_str().unwrap()),
+    ];
+    assert_eq!(cli(&["install"], &env).status.code(), Some(0));
+    // The same variables point doctor at what install wrote (as in the agent's container).
+    let doctor = || {
+        let out = cli(
+            &["doctor", "--data-dir", store.to_str().unwrap(), "--json"],
+            &env[1..],
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("no JSON ({e}): {out:?}"));
+        (out.status.code(), doc["node"][0].clone())
+    };
+    // No pod at all, and still broken: no pod can start on this node.
+    let (code, step) = doctor();
+    assert_eq!(code, Some(1), "{step}");
+    assert_eq!(
+        (&step["id"], &step["status"]),
+        (&"cni-plugins".into(), &"fail".into())
+    );
+    assert_eq!(step["details"]["missing"][0]["plugin"], "portmap", "{step}");
+    fs::write(bin_dir.join("portmap"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(bin_dir.join("portmap"), fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, step) = doctor();
+    assert_eq!((code, &step["status"]), (Some(0), &"ok".into()), "{step}");
+    // The flags name other dirs; without a conflist the step is skipped, not failed.
+    let out = cli(
+        &[
+            "doctor",
+            "--data-dir",
+            store.to_str().unwrap(),
+            "--conf-dir",
+            tmp.path.join("absent").to_str().unwrap(),
+        ],
+        &env[1..],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("no conflist at"), "{out:?}");
 }
 
 #[test]

@@ -6,9 +6,11 @@ CRI api.proto in Debian's containerd source package.
 usage: cri-client.py --socket SOCK --stubs DIR COMMAND [ARGS]
 
   ready [SECONDS]          wait until the runtime reports RuntimeReady and NetworkReady
-  run NAME NAMESPACE UID LOGROOT CGROUP_PARENT
+  run NAME NAMESPACE UID LOGROOT CGROUP_PARENT [HOSTPORT:CONTAINERPORT[/tcp|/udp],...]
                            RunPodSandbox with a config shaped like kubelet's
-                           generatePodSandboxConfig, then print the sandbox as `status` does
+                           generatePodSandboxConfig, then print the sandbox as `status` does;
+                           the port mappings are those kubelet sends for a container's
+                           hostPort (containerd passes them to CNI as portMappings)
   status ID                one JSON object: id, name, namespace, uid, state, ip, netns, pid
   stop ID                  StopPodSandbox (kubelet calls it again before removing)
   remove ID                RemovePodSandbox
@@ -51,10 +53,26 @@ class Runtime:
         return lambda timeout=60, **fields: rpc(request(**fields), timeout=timeout)
 
 
-def sandbox_config(pb, name, namespace, uid, logroot, cgroup_parent):
+def port_mappings(pb, spec):
+    """`8080:80,5353:53/udp` -> PortMapping messages, as kubelet builds them from the
+    containers' ports that have a hostPort (host_ip empty: every node address)."""
+    out = []
+    for item in filter(None, spec.split(",")):
+        ports, _, proto = item.partition("/")
+        host, _, container = ports.partition(":")
+        out.append(pb.PortMapping(
+            protocol=pb.Protocol.Value((proto or "tcp").upper()),
+            container_port=int(container),
+            host_port=int(host),
+        ))
+    return out
+
+
+def sandbox_config(pb, name, namespace, uid, logroot, cgroup_parent, ports=""):
     """What kubelet (pkg/kubelet/kuberuntime/kuberuntime_sandbox.go) sends for a plain pod with
     the pod network: metadata, hostname, log directory, DNS, pod labels and annotations, the
-    cgroup parent, and a pod network namespace (PID per container, IPC per pod)."""
+    cgroup parent, a pod network namespace (PID per container, IPC per pod), and the port
+    mappings of its hostPorts."""
     labels = {
         "io.kubernetes.pod.name": name,
         "io.kubernetes.pod.namespace": namespace,
@@ -76,6 +94,7 @@ def sandbox_config(pb, name, namespace, uid, logroot, cgroup_parent):
             "kubernetes.io/config.source": "api",
             "kubernetes.io/config.seen": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
+        port_mappings=port_mappings(pb, ports),
         linux=pb.LinuxPodSandboxConfig(
             cgroup_parent=cgroup_parent,
             security_context=pb.LinuxSandboxSecurityContext(
@@ -136,7 +155,7 @@ def main():
     a = p.parse_args()
     rt = Runtime(a.socket, a.stubs)
     cmd, args = a.command, a.args
-    want = {"ready": (0, 1), "run": (5, 5), "status": (1, 1), "stop": (1, 1), "remove": (1, 1), "list": (0, 0)}
+    want = {"ready": (0, 1), "run": (5, 6), "status": (1, 1), "stop": (1, 1), "remove": (1, 1), "list": (0, 0)}
     if cmd not in want or not want[cmd][0] <= len(args) <= want[cmd][1]:
         p.error("bad command or arguments: %s %s" % (cmd, " ".join(args)))
     try:

@@ -384,11 +384,19 @@ impl Agent {
             }
             Some(n) => n.install_subnets(),
         };
+        let opts = self.opts.install.for_subnets(subnets.clone());
+        // A chained plugin missing from the bin dir is a note on every pass, so the warning
+        // stands (logged once) until it is there: the runtime fails every pod's ADD meanwhile.
         if !full && self.installed_for.as_ref() == Some(&subnets) {
+            let chain = install::conflist(&opts);
+            notes.extend(
+                install::plugins::missing(&chain, &opts.bin_dir)
+                    .iter()
+                    .map(|m| m.line()),
+            );
             return;
         }
         let cidr = join(&subnets);
-        let opts = self.opts.install.for_subnets(subnets.clone());
         match install::install(&opts) {
             Ok(done) => {
                 if done.binary_changed
@@ -418,6 +426,7 @@ impl Agent {
                 {
                     crate::info!("{}", f.line());
                 }
+                notes.extend(done.missing_plugins.iter().map(|m| m.line()));
                 self.installed_for = Some(subnets);
                 self.health
                     .installed(format!("conflist for podCIDR {cidr}"));

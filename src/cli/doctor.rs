@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::config::DEFAULT_DATA_DIR;
 use crate::doctor::{Dest, Options, Select};
+use crate::install::{DEFAULT_BIN_DIR, DEFAULT_CONF_DIR, DEFAULT_CONF_NAME};
 
 /// `IP`, `IPv4:PORT` or `[IPv6]:PORT`; port 0 is no port.
 fn parse_dest(s: &str) -> Result<Dest, String> {
@@ -50,7 +51,8 @@ fn parse_container(v: &str) -> Result<String, String> {
 ///
 /// Run it in the node's network namespace. It checks the pod interface, address, routes and
 /// gateway neighbour; the host veth, its sysctls, ip_forward, the /32 route, rp_filter; the
-/// NAT rules and counters; and the allocation record. IPv6 addresses get their own walk (the
+/// NAT rules and counters; and the allocation record. First, for the node: that every plugin
+/// the conflist chains is in the CNI bin dir (a missing one fails every pod's ADD). IPv6 addresses get their own walk (the
 /// /128, fe80::ecee:eeff:feee:eeee on the host veth, IPv6 sysctls and forwarding, the /128
 /// route, ip6tables). --to adds the route each side takes to IP and whether it is
 /// masqueraded. Each step prints ✓ or ✗, what it saw and the command that fixes it. No
@@ -79,6 +81,15 @@ pub struct DoctorArgs {
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
+    /// The CNI config dir the runtime reads (install's --conf-dir)
+    #[arg(long, value_name = "DIR", env = "ROUTED_CNI_CONF_DIR", default_value = DEFAULT_CONF_DIR)]
+    conf_dir: PathBuf,
+    /// Our conflist's name in it (install's --conf-name)
+    #[arg(long, value_name = "NAME", env = "ROUTED_CNI_CONF_NAME", default_value = DEFAULT_CONF_NAME)]
+    conf_name: String,
+    /// The CNI bin dir the runtime runs plugins from (install's --bin-dir)
+    #[arg(long, value_name = "DIR", env = "ROUTED_CNI_BIN_DIR", default_value = DEFAULT_BIN_DIR)]
+    bin_dir: PathBuf,
 }
 
 impl DoctorArgs {
@@ -94,6 +105,8 @@ impl DoctorArgs {
             to: self.to,
             data_dir: self.data_dir,
             json: self.json,
+            conflist: self.conf_dir.join(self.conf_name),
+            bin_dir: self.bin_dir,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `install`'s and `uninstall`'s flags, and the install settings `agent` shares with them.
 //! Every flag falls back to a `ROUTED_CNI_<FLAG>` variable, for a DaemonSet.
 
+use clap::builder::BoolishValueParser;
 use clap::Args;
 use ipnetwork::IpNetwork;
 use std::path::PathBuf;
@@ -75,6 +76,12 @@ pub struct SettingsArgs {
     /// The plugin's log file, a path on the node [default: stderr only]
     #[arg(long, value_name = "PATH", env = "ROUTED_CNI_LOG_FILE")]
     log_file: Option<String>,
+    /// Chain routed-cni alone: no portmap, so pods' hostPorts are ignored (for nodes without
+    /// the reference CNI plugins in the bin dir)
+    // Boolish: the variable may say true/false, yes/no, on/off, 1/0; anything else is an error
+    // naming it rather than a silent "set".
+    #[arg(long, env = "ROUTED_CNI_NO_PORTMAP", value_parser = BoolishValueParser::new())]
+    no_portmap: bool,
 }
 
 impl SettingsArgs {
@@ -90,6 +97,7 @@ impl SettingsArgs {
             cluster_cidrs: self.cluster_cidr.map(|c| c.0).unwrap_or_default(),
             mtu: self.mtu,
             log_file: self.log_file,
+            portmap: !self.no_portmap,
         }
     }
 }
@@ -185,6 +193,12 @@ mod tests {
         );
         assert_eq!(o.network_name, "k8s-pod-network");
         assert_eq!((o.mtu, o.log_file), (Some(1400), None));
+        assert!(o.portmap, "portmap is chained by default");
+        assert!(
+            !install(&["--pod-subnet", "10.1.2.0/24", "--no-portmap"])
+                .unwrap()
+                .portmap
+        );
         assert!(o.cluster_cidrs.is_empty());
         assert!(install(&["--pod-subnet", "10.1.2.3/24"])
             .unwrap_err()

@@ -8,6 +8,7 @@ mod destination;
 mod filter;
 mod forwarding;
 mod host;
+pub mod plugins;
 mod pod;
 
 use ipnetwork::IpNetwork;

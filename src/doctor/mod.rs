@@ -53,6 +53,10 @@ pub struct Options {
     pub to: Option<Dest>,
     pub data_dir: PathBuf,
     pub json: bool,
+    /// The conflist the runtime loads and its CNI bin dir: whether every chained plugin is
+    /// there is checked once for the node, before the pods.
+    pub conflist: PathBuf,
+    pub bin_dir: PathBuf,
 }
 
 /// (device, inode) of a namespace file, to match `--netns /proc/<pid>/ns/net` against the
@@ -217,6 +221,8 @@ pub fn run(o: Options) -> i32 {
         eprintln!("routed-cni doctor: {msg}");
         return EXIT_NOT_FOUND;
     }
+    let node_steps = [checks::plugins::step(&o.conflist, &o.bin_dir)];
+    let node_ok = node_steps.iter().all(|s| s.status != report::Status::Fail);
     let rt = match crate::dataplane::runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(e.msg),
@@ -245,19 +251,17 @@ pub fn run(o: Options) -> i32 {
             checks::check(&node, t, o.to, rules)
         })
         .collect();
-    let ok = reports.iter().all(|r| r.ok) && !unreadable_broken;
+    let ok = reports.iter().all(|r| r.ok) && !unreadable_broken && node_ok;
     if o.json {
-        let doc =
-            json!({"ok": ok, "dataDir": o.data_dir, "pods": reports, "unreadable": unreadable});
+        let doc = json!({"ok": ok, "dataDir": o.data_dir, "node": node_steps, "pods": reports, "unreadable": unreadable});
         println!(
             "{}",
             serde_json::to_string_pretty(&doc).expect("serializes")
         );
     } else {
-        for (i, r) in reports.iter().enumerate() {
-            if i > 0 {
-                println!();
-            }
+        print!("{}", report::node_text(&node_steps));
+        for r in &reports {
+            println!();
             print!("{}", r.text());
         }
         if reports.is_empty() && unreadable.is_empty() {

@@ -178,3 +178,23 @@ impl PodReport {
         out
     }
 }
+
+/// The node-wide steps (before any pod), for people: same marks, reasons and fixes as a pod's.
+pub fn node_text(steps: &[Step]) -> String {
+    let mut out = String::from("node\n");
+    let width = steps.iter().map(|s| s.title.len()).max().unwrap_or(0);
+    let pad = " ".repeat(width + 5);
+    for s in steps {
+        let _ = writeln!(out, "  {} {:<width$} {}", s.status.mark(), s.title, s.saw);
+        if s.status == Status::Ok || s.status == Status::Skip {
+            continue;
+        }
+        for line in s.why.iter().flat_map(|w| w.lines()) {
+            let _ = writeln!(out, "{pad}{line}");
+        }
+        for f in &s.fix {
+            let _ = writeln!(out, "{pad}fix: {f}");
+        }
+    }
+    out
+}
