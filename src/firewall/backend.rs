@@ -114,15 +114,20 @@ pub fn legacy_tables(family: Family) -> bool {
     std::fs::read_to_string(file).is_ok_and(|s| !s.trim().is_empty())
 }
 
-/// What each backend holds, read with one `iptables-save` per backend present: nft always,
-/// legacy only when it has tables here. A backend whose save fails (no nf_tables in the
-/// kernel) is left out.
+/// The backends that can hold rules here: nft always, legacy only when it has tables in this
+/// network namespace.
+pub fn present(family: Family) -> Vec<Backend> {
+    Backend::ALL
+        .into_iter()
+        .filter(|&b| b == Backend::Nft || legacy_tables(family))
+        .collect()
+}
+
+/// What each backend holds, read with one `iptables-save` per backend present. A backend
+/// whose save fails (no nf_tables in the kernel) is left out.
 pub fn read(family: Family) -> Vec<(Backend, Tables)> {
     let mut out = Vec::new();
-    for backend in Backend::ALL {
-        if backend == Backend::Legacy && !legacy_tables(family) {
-            continue;
-        }
+    for backend in present(family) {
         match Iptables::of(family, backend).save() {
             Ok(tables) => out.push((backend, tables)),
             Err(e) => crate::debug!("{} not readable: {e}", backend.name()),
@@ -165,8 +170,9 @@ pub const HINT_DIR: &str = "iptables-backend";
 
 /// Where the last install of this family put the rules, one file per network namespace (the
 /// node's, or a test's), under the config's `dataDir` (/run by default: gone on reboot, like
-/// the rules themselves). A stale or missing hint costs one failed probe and a detection,
-/// never a wrong answer.
+/// the rules themselves). A stale or missing hint costs one failed probe and a detection, or
+/// at a pool's removal a failed blind restore and a listing, never a wrong answer or a rule
+/// left behind (`PoolRules::start_uninstall` lists every present backend the hint omits).
 fn hint_path(dir: &Path, family: Family) -> Option<PathBuf> {
     let ns = std::fs::read_link("/proc/thread-self/ns/net").ok()?;
     let ns = ns.to_string_lossy();
