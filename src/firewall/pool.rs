@@ -270,7 +270,9 @@ impl PoolRules {
         match self.setting {
             IptablesBackend::Nft => vec![Backend::Nft],
             IptablesBackend::Legacy => vec![Backend::Legacy],
-            IptablesBackend::Auto => backend::hint(&self.hint_dir, self.family()).unwrap_or_default(),
+            IptablesBackend::Auto => {
+                backend::hint(&self.hint_dir, self.family()).unwrap_or_default()
+            }
         }
     }
 
