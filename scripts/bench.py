@@ -805,9 +805,10 @@ def main():
 
 
 def cold_pool(a, routed, ptp, pods):
-    """The first ADD into an empty pool and the DEL of its last pod: routed-cni installs and
-    removes its per-pool forward and masquerade rules there (one iptables-save and one
-    iptables-restore each), ptp its per-pod rules as always. Stores on tmpfs, as on a node;
+    """The first ADD into an empty pool and the DEL of its last pod: routed-cni installs its
+    per-pool forward and masquerade rules there (one iptables-save and one iptables-restore,
+    on a thread beside the netlink work) and removes them (one blind iptables-restore while
+    the veth is deleted), ptp its per-pod rules as always. Stores on tmpfs, as on a node;
     no resident pod in these pools, so every ADD is a first and every DEL a last."""
     n = max(10, a.runs // 2)
     log(f"cold pool: first ADD / last DEL, {n} runs each, stores on tmpfs ({a.shm})")

@@ -35,6 +35,9 @@ struct Leased {
     store: Option<Store>,
     /// Held until the ADD returns, so a GC with an older list of attachments leaves it alone.
     in_flight: Option<AddInFlight>,
+    /// The store found the pool empty under the lock that allocated this address: the pool's
+    /// rules are to be installed, not probed.
+    first: bool,
 }
 
 /// Where the pod's addresses came from.
@@ -85,11 +88,14 @@ fn allocate_builtin(
     for pool in pools {
         let taken = Store::open(pool).and_then(|store| {
             let mark = inflight::begin_add(&store, &att.container_id, &att.ifname)?;
-            let (record, reused) = store.lock(LOCK_TIMEOUT)?.allocate(template)?;
-            Ok((store, mark, record, reused))
+            let lock = store.lock(LOCK_TIMEOUT)?;
+            let first = lock.is_empty()?;
+            let (record, reused) = lock.allocate(template)?;
+            drop(lock);
+            Ok((store, mark, record, reused, first))
         });
         match taken {
-            Ok((store, mark, record, reused)) => {
+            Ok((store, mark, record, reused, first)) => {
                 crate::debug!(
                     "allocated {} for {}/{} from pool {}{}",
                     record.ip,
@@ -107,6 +113,7 @@ fn allocate_builtin(
                     subnet: pool.subnet,
                     store: Some(store),
                     in_flight: Some(mark),
+                    first,
                 });
                 // Dual-stack: the IPv4 address is held, the IPv6 one not yet.
                 if pools.len() > 1 && lease.addrs.len() == 1 {
@@ -173,6 +180,7 @@ fn allocate_delegated(
                 subnet: attachments::subnet_of(net),
                 store: None,
                 in_flight: None,
+                first: false,
             })
             .collect(),
         delegated: Some(Delegated {
@@ -204,17 +212,36 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
         .iter()
         .map(|a| PoolRules::for_pool(conf, a.subnet))
         .collect();
-    // Every probe of the pool's rules runs while the netlink work does.
-    let probes: Vec<Result<Probe>> = nats.iter().map(PoolRules::probe).collect();
     let ips: Vec<IpAddr> = lease.addrs.iter().map(|a| a.ip).collect();
-    let wired = rt
-        .block_on(wire(conf, att, &netns, &host_veth, &ips))
-        .and_then(|w| {
-            for ((nat, probe), leased) in nats.iter().zip(probes).zip(&lease.addrs) {
-                ensure_nat(nat, probe, leased, lease.delegated.as_ref())?;
-            }
-            Ok(w)
-        });
+    // The pool's rules are seen to while the netlink work runs: the first pod's installed on
+    // a thread of their own, anyone else's probed by one iptables run.
+    let wired = std::thread::scope(|s| {
+        let pending: Vec<Pending> = nats
+            .iter()
+            .zip(&lease.addrs)
+            .map(|(nat, leased)| match &leased.store {
+                Some(store) if leased.first => {
+                    Pending::Installing(s.spawn(move || install_first(nat, store)))
+                }
+                _ => Pending::Probing(nat.probe()),
+            })
+            .collect();
+        let wired = rt.block_on(wire(conf, att, &netns, &host_veth, &ips));
+        // Every install is waited for, even when the wiring failed: the rollback must not
+        // race one.
+        let mut nat_result = Ok(());
+        for ((nat, p), leased) in nats.iter().zip(pending).zip(&lease.addrs) {
+            let done = match p {
+                Pending::Installing(h) => h.join().expect("the install thread does not panic"),
+                Pending::Probing(probe) if wired.is_ok() && nat_result.is_ok() => {
+                    ensure_nat(nat, probe, leased, lease.delegated.as_ref())
+                }
+                Pending::Probing(_) => Ok(()),
+            };
+            nat_result = nat_result.and(done);
+        }
+        wired.and_then(|w| nat_result.map(|()| w))
+    });
     let wired = match wired {
         Ok(w) => w,
         Err(e) => {
@@ -387,6 +414,21 @@ async fn wire(
             .unwrap_or_default(),
         mtu,
     })
+}
+
+/// What ADD does about a pool's rules while it wires the pod.
+enum Pending<'s> {
+    Installing(std::thread::ScopedJoinHandle<'s, Result<()>>),
+    Probing(Result<Probe>),
+}
+
+/// The first pod of a pool: its rules are installed under the pool lock (so a second ADD that
+/// probes meanwhile and finds nothing waits here, then finds them in the listing; and no DEL
+/// can empty the pool under us), with no probe first.
+fn install_first(nat: &PoolRules, store: &Store) -> Result<()> {
+    crate::crashpoint::here("add:before-nat");
+    let _lock = store.lock(LOCK_TIMEOUT)?;
+    nat.install()
 }
 
 /// `probe` is the check of the pool's forward (and nat) jumps started before the netlink work.

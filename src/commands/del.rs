@@ -3,6 +3,10 @@
 //! veth (a DEL killed before it leaves a record that audit and GC find), and with it the
 //! masquerade of any subnet no other record uses. Everything already gone counts as done;
 //! other problems are collected and reported together after every step has been tried.
+//!
+//! The last pod of a pool takes the pool's rules with it: their removal (iptables-restore, a
+//! kernel commit that waits out an RCU grace period) is started under the pool lock and runs
+//! while the veth is deleted (which waits for its own), and the lock is kept until it is done.
 
 use crate::cni::env::{Attachment, Command};
 use crate::cni::error::{self, Result};
@@ -19,33 +23,38 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
         &attachment_hash(&att.container_id, &att.ifname),
     );
     let mut errors = Vec::new();
-    match &conf.ipam {
-        // IPv4 pool first, the order ADD locks them in.
-        Ipam::Builtin(pools) => {
-            for pool in pools {
-                let Some(store) = Store::open_existing(pool)? else {
-                    continue;
-                };
-                // A lock timeout is a real fault: fail with code 11 so the runtime retries DEL.
-                let lock = store.lock(LOCK_TIMEOUT)?;
-                inflight::forget(&store, &att.container_id, &att.ifname);
-                match lock.release(&att.container_id, &att.ifname) {
-                    Ok(Some(r)) => {
-                        crate::debug!("released {} of {}/{}", r.ip, att.container_id, att.ifname)
-                    }
-                    Ok(None) => {}
-                    Err(e) => errors.push(e),
-                }
-                if let Err(e) = PoolRules::for_pool(conf, pool.subnet).remove_if_pool_empty(&lock) {
-                    errors.push(e);
-                }
-            }
-        }
+    // Opened first: they outlive their locks, which the pools' rule removals keep until done.
+    let stores = match &conf.ipam {
+        Ipam::Builtin(pools) => pools
+            .iter()
+            .filter_map(|pool| Store::open_existing(pool).transpose())
+            .collect::<Result<Vec<Store>>>()?,
         // The delegated plugin keeps its own state; it must succeed on repeated DELs too.
         Ipam::Delegated { plugin } => {
             if let Err(e) = delegate::exec(plugin, Command::Del, &conf.raw) {
                 errors.push(e);
             }
+            Vec::new()
+        }
+    };
+    let mut removals = Vec::new();
+    // IPv4 pool first, the order ADD locks them in.
+    for store in &stores {
+        // A lock timeout is a real fault: fail with code 11 so the runtime retries DEL.
+        let lock = store.lock(LOCK_TIMEOUT)?;
+        inflight::forget(store, &att.container_id, &att.ifname);
+        match lock.release(&att.container_id, &att.ifname) {
+            Ok(Some(r)) => {
+                crate::debug!("released {} of {}/{}", r.ip, att.container_id, att.ifname)
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+        let rules = PoolRules::for_pool(conf, store.pool().subnet);
+        match rules.start_removal_if_pool_empty(&lock) {
+            Ok(Some(removal)) => removals.push((removal, lock)),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
         }
     }
     crate::crashpoint::here("del:released");
@@ -54,6 +63,12 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
         Ok(true) => crate::debug!("deleted host veth {host_veth}"),
         Ok(false) => {}
         Err(e) => errors.push(e),
+    }
+    for (removal, lock) in removals {
+        if let Err(e) = removal.finish() {
+            errors.push(e);
+        }
+        drop(lock);
     }
     // Only once the plugin gave the addresses back and the veth is gone: until then the record
     // is what explains them, and a retried DEL or GC still finds it.

@@ -15,6 +15,7 @@
 //! pod of a pool, or a repair). Where it put the rules is written down (the hint) so the
 //! steady-state ADD checks the right backend with one exec and no detection.
 
+use ipnetwork::IpNetwork;
 use std::path::{Path, PathBuf};
 
 use super::iptables::{Backend, Iptables, Listing, Tables};
@@ -114,15 +115,20 @@ pub fn legacy_tables(family: Family) -> bool {
     std::fs::read_to_string(file).is_ok_and(|s| !s.trim().is_empty())
 }
 
-/// What each backend holds, read with one `iptables-save` per backend present: nft always,
-/// legacy only when it has tables here. A backend whose save fails (no nf_tables in the
-/// kernel) is left out.
+/// The backends that can hold rules here: nft always, legacy only when it has tables in this
+/// network namespace.
+pub fn present(family: Family) -> Vec<Backend> {
+    Backend::ALL
+        .into_iter()
+        .filter(|&b| b == Backend::Nft || legacy_tables(family))
+        .collect()
+}
+
+/// What each backend holds, read with one `iptables-save` per backend present. A backend
+/// whose save fails (no nf_tables in the kernel) is left out.
 pub fn read(family: Family) -> Vec<(Backend, Tables)> {
     let mut out = Vec::new();
-    for backend in Backend::ALL {
-        if backend == Backend::Legacy && !legacy_tables(family) {
-            continue;
-        }
+    for backend in present(family) {
         match Iptables::of(family, backend).save() {
             Ok(tables) => out.push((backend, tables)),
             Err(e) => crate::debug!("{} not readable: {e}", backend.name()),
@@ -163,36 +169,35 @@ pub fn choose(setting: IptablesBackend, saved: &[(Backend, Tables)]) -> Choice {
 /// The hints' directory under the config's `dataDir`.
 pub const HINT_DIR: &str = "iptables-backend";
 
-/// Where the last install of this family put the rules, one file per network namespace (the
-/// node's, or a test's), under the config's `dataDir` (/run by default: gone on reboot, like
-/// the rules themselves). A stale or missing hint costs one failed probe and a detection,
-/// never a wrong answer.
-fn hint_path(dir: &Path, family: Family) -> Option<PathBuf> {
+/// Where the last install of a pool put its rules: one file per network namespace (the node's,
+/// or a test's) and pool, under the config's `dataDir` (/run by default: gone on reboot, like
+/// the rules themselves), written by the pool's install and removed with the pool's rules. A
+/// stale or missing hint costs one failed probe and a detection, or at a pool's removal a
+/// failed blind restore and a listing, never a wrong answer or a rule left behind
+/// (`PoolRules::start_uninstall` lists every present backend the hint omits).
+fn hint_path(dir: &Path, pool: &IpNetwork) -> Option<PathBuf> {
     let ns = std::fs::read_link("/proc/thread-self/ns/net").ok()?;
     let ns = ns.to_string_lossy();
     let ino = ns.trim_start_matches("net:[").trim_end_matches(']');
-    let fam = match family {
-        Family::V4 => "v4",
-        Family::V6 => "v6",
-    };
-    Some(dir.join(format!("{ino}.{fam}")))
+    let pool = pool.to_string().replace('/', "-");
+    Some(dir.join(format!("{ino}.{pool}")))
 }
 
 /// The backends the last install chose for this family, primary first.
-pub fn hint(dir: &Path, family: Family) -> Option<Vec<Backend>> {
-    let text = std::fs::read_to_string(hint_path(dir, family)?).ok()?;
+pub fn hint(dir: &Path, pool: &IpNetwork) -> Option<Vec<Backend>> {
+    let text = std::fs::read_to_string(hint_path(dir, pool)?).ok()?;
     let backends: Vec<Backend> = text.split_whitespace().filter_map(Backend::parse).collect();
     (!backends.is_empty()).then_some(backends)
 }
 
-/// Removes the hint of `family`; one already gone is fine.
-pub fn forget(dir: &Path, family: Family) {
-    let Some(path) = hint_path(dir, family) else {
+/// Removes the hint of `pool`; one already gone is fine.
+pub fn forget(dir: &Path, pool: &IpNetwork) {
+    let Some(path) = hint_path(dir, pool) else {
         return;
     };
     match std::fs::remove_file(&path) {
         Ok(()) => {
-            // The directory goes with its last hint; another family's hint keeps it.
+            // The directory goes with its last hint; another pool's hint keeps it.
             let _ = std::fs::remove_dir(dir);
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -201,8 +206,8 @@ pub fn forget(dir: &Path, family: Family) {
 }
 
 /// Writes the hint; failing to is logged, not fatal (the next ADD detects again).
-pub fn remember(dir: &Path, family: Family, backends: &[Backend]) {
-    let Some(path) = hint_path(dir, family) else {
+pub fn remember(dir: &Path, pool: &IpNetwork, backends: &[Backend]) {
+    let Some(path) = hint_path(dir, pool) else {
         return;
     };
     let text: Vec<&str> = backends.iter().map(|b| b.name()).collect();

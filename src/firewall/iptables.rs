@@ -412,18 +412,20 @@ impl Iptables {
     /// Every table of this backend and family, one `iptables-save` run. Legacy save dumps only
     /// the tables that exist (it never creates one); nft save reads them from the kernel.
     pub fn save(&self) -> Result<Tables> {
+        self.spawn_save()?.wait()
+    }
+
+    /// Starts `iptables-save` without waiting for it: a removal lists the backends it has no
+    /// hint for while the others' restores run.
+    pub fn spawn_save(&self) -> Result<Saving> {
         let program = self.save_program();
-        let out = Command::new(program)
+        let child = Command::new(program)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| self.spawn_error(program, e))?;
-        if !out.status.success() {
-            return Err(self.error(format_args!(
-                "`{program}` failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(Listing::parse_save(&String::from_utf8_lossy(&out.stdout)))
+        Ok(Saving { ipt: *self, child })
     }
 
     /// Starts one `iptables-restore` that only checks (`-C`) every line of `txns`, without
@@ -530,9 +532,18 @@ impl Iptables {
     /// Each table commits on its own; a failing table stops the run before the tables after
     /// it, so callers put the one that matters most (filter: forwarding) first.
     pub fn apply_all(&self, txns: &[Transaction]) -> Result<()> {
+        match self.spawn_apply(txns)? {
+            Some(applying) => applying.wait(),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the restore of `apply_all` without waiting for it (`None`: nothing to change),
+    /// so that the caller's own work (a veth's deletion) overlaps the kernel's commit.
+    pub fn spawn_apply(&self, txns: &[Transaction]) -> Result<Option<Applying>> {
         let text = restore_text(txns);
         if text.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let program = self.restore_program();
         let mut child = Command::new(program)
@@ -542,157 +553,76 @@ impl Iptables {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| self.spawn_error(program, e))?;
+        // A few hundred bytes: the pipe takes them without blocking.
         let written = child
             .stdin
             .take()
             .expect("stdin is piped")
             .write_all(text.as_bytes());
-        let out = child
+        Ok(Some(Applying {
+            ipt: *self,
+            child,
+            text,
+            written,
+        }))
+    }
+}
+
+/// A running `iptables-save`.
+pub struct Saving {
+    ipt: Iptables,
+    child: Child,
+}
+
+impl Saving {
+    pub fn wait(self) -> Result<Tables> {
+        let (ipt, program) = (self.ipt, self.ipt.save_program());
+        let out = self
+            .child
             .wait_with_output()
-            .map_err(|e| self.error(format_args!("wait for {program}: {e}")))?;
-        if let Err(e) = written {
-            return Err(self.error(format_args!("write to {program}: {e}")));
+            .map_err(|e| ipt.error(format_args!("wait for {program}: {e}")))?;
+        if !out.status.success() {
+            return Err(ipt.error(format_args!(
+                "`{program}` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(Listing::parse_save(&String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// A running `iptables-restore --noflush` of one change.
+pub struct Applying {
+    ipt: Iptables,
+    child: Child,
+    text: String,
+    written: std::io::Result<()>,
+}
+
+impl Applying {
+    /// Waits for the restore; an error says that nothing of the failing table changed.
+    pub fn wait(self) -> Result<()> {
+        let (ipt, program) = (self.ipt, self.ipt.restore_program());
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|e| ipt.error(format_args!("wait for {program}: {e}")))?;
+        if let Err(e) = self.written {
+            return Err(ipt.error(format_args!("write to {program}: {e}")));
         }
         if !out.status.success() {
-            return Err(self
+            return Err(ipt
                 .error(format_args!(
                     "`{program} --noflush` failed, nothing was changed: {}",
                     String::from_utf8_lossy(&out.stderr).trim()
                 ))
-                .with_details(format!("{program} input:\n{text}")));
+                .with_details(format!("{program} input:\n{}", self.text)));
         }
-        crate::debug!("{program}: applied\n{text}");
+        crate::debug!("{program}: applied\n{}", self.text);
         Ok(())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(s: &[&str]) -> Vec<String> {
-        s.iter().map(|a| a.to_string()).collect()
-    }
-
-    #[test]
-    fn parses_rules_chains_and_counters() {
-        let text = "# Warning: iptables-legacy tables present, use iptables-legacy to see them\n\
-            -P POSTROUTING ACCEPT -c 0 0\n\
-            -N RCNI-14F68DE1BD076ADC\n\
-            -A POSTROUTING -s 10.244.1.0/24 -m comment --comment \"routed-cni pool 10.244.1.0/24\" -c 12 840 -j RCNI-14F68DE1BD076ADC\n\
-            -A RCNI-14F68DE1BD076ADC ! -d 224.0.0.0/4 -m comment --comment \"routed-cni masquerade 10.244.1.0/24\" -j MASQUERADE\n";
-        let l = Listing::parse(text);
-        assert_eq!(l.chains, ["RCNI-14F68DE1BD076ADC"]);
-        assert_eq!(l.rules.len(), 2);
-        let jump = &l.rules[0];
-        assert_eq!(jump.chain, "POSTROUTING");
-        assert_eq!((jump.pkts, jump.bytes), (12, 840));
-        assert_eq!(jump.target.as_deref(), Some("RCNI-14F68DE1BD076ADC"));
-        assert_eq!(jump.arg("--comment"), Some("routed-cni pool 10.244.1.0/24"));
-        assert_eq!(
-            jump.spec,
-            "-s 10.244.1.0/24 -m comment --comment \"routed-cni pool 10.244.1.0/24\" -j RCNI-14F68DE1BD076ADC"
-        );
-        let masq = &l.rules[1];
-        assert_eq!((masq.pkts, masq.bytes), (0, 0));
-        assert_eq!(masq.arg("-d"), None, "a negated -d is no destination");
-        assert_eq!(l.rules_of("POSTROUTING").count(), 1);
-        assert_eq!(l.rules_of("OUTPUT").count(), 0);
-        assert_eq!(
-            (l.policy("POSTROUTING"), l.policy_pkts("POSTROUTING")),
-            (Some("ACCEPT"), 0)
-        );
-        let l = Listing::parse("-P FORWARD DROP -c 7 420\n");
-        assert_eq!(
-            (l.policy("FORWARD"), l.policy_pkts("FORWARD")),
-            (Some("DROP"), 7)
-        );
-    }
-
-    #[test]
-    fn quoting_round_trips() {
-        let a = args(&[
-            "-m",
-            "comment",
-            "--comment",
-            "say \"hi\" \\ there",
-            "-j",
-            "X",
-        ]);
-        let r = Rule::new("C", a.clone());
-        assert_eq!(
-            r.spec,
-            "-m comment --comment \"say \\\"hi\\\" \\\\ there\" -j X"
-        );
-        assert_eq!(split(&r.spec), a);
-        assert_eq!(
-            Listing::parse(&format!("-A C {}", r.spec)).rules[0],
-            r,
-            "what we write reads back as the same rule"
-        );
-    }
-
-    #[test]
-    fn transaction_text_declares_chains_first_and_commits() {
-        let mut t = Transaction::new("nat");
-        t.declare("RCNI-A");
-        t.append(&Rule::new("RCNI-A", args(&["-j", "MASQUERADE"])));
-        t.append(&Rule::new(
-            "POSTROUTING",
-            args(&["-s", "10.0.0.0/24", "-j", "RCNI-A"]),
-        ));
-        t.delete(&Rule::new(
-            "POSTROUTING",
-            args(&["-s", "10.0.0.0/24", "-j", "RCNI-B"]),
-        ));
-        t.remove_chain("RCNI-B");
-        t.remove_chain("RCNI-A");
-        t.remove_chain("RCNI-B");
-        assert_eq!(
-            t.text(),
-            "*nat\n:RCNI-A - [0:0]\n:RCNI-B - [0:0]\n\
-             -A RCNI-A -j MASQUERADE\n-A POSTROUTING -s 10.0.0.0/24 -j RCNI-A\n\
-             -D POSTROUTING -s 10.0.0.0/24 -j RCNI-B\n-X RCNI-B\n-X RCNI-A\nCOMMIT\n"
-        );
-    }
-
-    #[test]
-    fn reads_save_output_by_table_with_policies() {
-        let text = "# Generated by iptables-save v1.8.9 on Thu\n*filter\n:INPUT ACCEPT [0:0]\n\
-            :FORWARD DROP [12:840]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n\
-            -A DOCKER-USER -j RETURN\nCOMMIT\n*nat\n:POSTROUTING ACCEPT [0:0]\n\
-            -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\nCOMMIT\n";
-        let tables = Listing::parse_save(text);
-        assert_eq!(tables.len(), 2);
-        let (name, filter) = &tables[0];
-        assert_eq!(name, "filter");
-        assert_eq!(filter.chains, ["DOCKER-USER"]);
-        assert_eq!(filter.policy("FORWARD"), Some("DROP"));
-        assert_eq!(filter.policy("INPUT"), Some("ACCEPT"));
-        assert_eq!(filter.rules.len(), 2);
-        assert_eq!(tables[1].1.rules[0].arg("-s"), Some("172.17.0.0/16"));
-        assert_eq!(tables[1].1.rules_of("FORWARD").count(), 0);
-    }
-
-    #[test]
-    fn programs_follow_the_family_and_backend() {
-        assert_eq!(
-            Iptables::of(Family::V4, Backend::Nft).program(),
-            "iptables-nft"
-        );
-        assert_eq!(
-            Iptables::of(Family::V6, Backend::Legacy).restore_program(),
-            "ip6tables-legacy-restore"
-        );
-        assert_eq!(
-            Iptables::of(Family::V4, Backend::Legacy).save_program(),
-            "iptables-legacy-save"
-        );
-        assert_eq!(Iptables::new(Family::V4).program(), "iptables");
-        assert_eq!(Iptables::new(Family::V6).program(), "ip6tables");
-        assert_eq!(
-            Iptables::new(Family::V6).restore_program(),
-            "ip6tables-restore"
-        );
-    }
-}
+#[path = "iptables_tests.rs"]
+mod tests;

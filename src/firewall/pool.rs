@@ -9,8 +9,14 @@
 //! - first pod of a pool, or a repair: one `iptables-save` per backend present (detection and
 //!   the listing both come from it), then one `iptables-restore` per chosen backend that holds
 //!   filter and nat changes together;
-//! - last pod: one `iptables-save` per backend present and one restore per backend that holds
-//!   anything of the pool, whatever detection would choose today.
+//! - first pod, known as such (the store found the pool empty under its lock): the same
+//!   listing and restore, but ADD runs them on a thread of their own during its netlink work
+//!   and probes nothing;
+//! - last pod: in each backend the hint names, one blind restore that deletes the jumps and the
+//!   chains (it fails whole when anything is missing or stays referenced, and then that
+//!   backend is listed and cleaned as below); every other backend present is listed
+//!   (`iptables-save`) and gets one restore only when it holds something of the pool, whatever
+//!   detection would choose today. DEL starts these and deletes the veth while they run.
 
 use ipnetwork::IpNetwork;
 use std::net::IpAddr;
@@ -18,7 +24,7 @@ use std::process::Child;
 
 use super::backend::{self, Choice};
 use super::forward::{self, Forward};
-use super::iptables::{Backend, Iptables, Listing, Tables, Transaction};
+use super::iptables::{Applying, Backend, Iptables, Listing, Saving, Tables, Transaction};
 use super::masquerade::Masquerade;
 use super::Family;
 use crate::cni::error::{CniError, Result};
@@ -63,6 +69,51 @@ impl Probe {
     }
 }
 
+/// A removal of a pool's rules under way (`PoolRules::start_uninstall`).
+pub struct Removal {
+    rules: PoolRules,
+    steps: Vec<(Backend, Step)>,
+}
+
+enum Step {
+    /// The blind removal, in a backend the hint names.
+    Blind(Applying),
+    /// The listing of a backend the hint does not name (or of every backend, see
+    /// `blind_backends`).
+    Listing(Saving),
+}
+
+impl Removal {
+    /// Waits for every step; a blind removal that failed (something missing, or a second
+    /// jump still holding a chain) falls back to listing that backend and removing what is
+    /// left, so a partial state (jump gone, chain still there) is cleaned too.
+    pub fn finish(self) -> Result<()> {
+        let family = self.rules.family();
+        for (b, step) in self.steps {
+            let ipt = Iptables::of(family, b);
+            let saved = match step {
+                Step::Blind(applying) => match applying.wait() {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        crate::debug!("blind removal in {} failed, listing: {e}", b.name());
+                        ipt.spawn_save().and_then(Saving::wait)
+                    }
+                },
+                Step::Listing(saving) => saving.wait(),
+            };
+            match saved {
+                Ok(tables) => ipt.apply_all(&self.rules.uninstall_transactions(&tables))?,
+                // As `backend::read`: a backend that cannot be listed holds nothing of ours.
+                Err(e) => crate::debug!("{} not readable: {e}", b.name()),
+            }
+        }
+        // The pool's rules are gone from the node: so is its hint, like every other file of
+        // ours (the pool's next first pod detects again).
+        backend::forget(&self.rules.hint_dir, &self.rules.forward.subnet);
+        Ok(())
+    }
+}
+
 fn table<'a>(tables: &'a [(String, Listing)], name: &str) -> Option<&'a Listing> {
     tables.iter().find(|(t, _)| t == name).map(|(_, l)| l)
 }
@@ -88,7 +139,7 @@ impl PoolRules {
         match self.setting {
             IptablesBackend::Nft => Backend::Nft,
             IptablesBackend::Legacy => Backend::Legacy,
-            IptablesBackend::Auto => backend::hint(&self.hint_dir, self.family())
+            IptablesBackend::Auto => backend::hint(&self.hint_dir, &self.forward.subnet)
                 .and_then(|b| b.first().copied())
                 .unwrap_or(Backend::Nft),
         }
@@ -183,56 +234,99 @@ impl PoolRules {
             let txns = self.install_transactions(tables);
             Iptables::of(family, *b).apply_all(&txns)?;
         }
-        backend::remember(&self.hint_dir, family, &choice.backends);
+        backend::remember(&self.hint_dir, &self.forward.subnet, &choice.backends);
         // Chains, rules and jumps are in; the ADD has not answered yet.
         crate::crashpoint::here("nat:chain-filled");
         Ok(())
     }
 
-    /// Removes every rule of this pool (any config) from both backends, in one restore per
-    /// backend that holds some. Missing rules are fine.
+    /// Removes every rule of this pool (any config) from both backends. Missing rules are fine.
     pub fn uninstall(&self) -> Result<()> {
-        let family = self.family();
-        let mut other_pools = false;
-        for (b, tables) in backend::read(family) {
-            other_pools |= self.other_pools_in(&tables);
-            let txns = self.uninstall_transactions(&tables);
-            Iptables::of(family, b).apply_all(&txns)?;
-        }
-        // The family's last pool is gone from the node: so is the hint, like every other file
-        // of ours (the next first pod detects again).
-        if !other_pools {
-            backend::forget(&self.hint_dir, family);
-        }
-        Ok(())
-    }
-
-    /// Whether `tables` hold a jump of another pool of ours (in FORWARD or POSTROUTING).
-    fn other_pools_in(&self, tables: &[(String, Listing)]) -> bool {
-        let mine = format!("routed-cni pool {}", self.forward.subnet);
-        tables.iter().any(|(_, listing)| {
-            listing.rules.iter().any(|r| {
-                r.args
-                    .iter()
-                    .any(|a| a.starts_with("routed-cni pool ") && *a != mine)
-            })
-        })
+        self.start_uninstall()?.finish()
     }
 
     /// Removes the pool's rules once its last address is gone. Call with the pool lock held,
     /// so no ADD can allocate in between.
     pub fn remove_if_pool_empty(&self, lock: &PoolLock) -> Result<()> {
-        if lock.is_empty()? {
-            self.uninstall()?;
+        match self.start_removal_if_pool_empty(lock)? {
+            Some(removal) => removal.finish(),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// `remove_if_pool_empty` without waiting for the iptables programs: hold the pool lock
+    /// until `Removal::finish` returns.
+    pub fn start_removal_if_pool_empty(&self, lock: &PoolLock) -> Result<Option<Removal>> {
+        if lock.is_empty()? {
+            return self.start_uninstall().map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Where a blind removal may run: the backends the last install chose (the hint; the
+    /// forced one when `iptablesBackend` forces it). None without masquerade: the nat table
+    /// may still hold the chain of a config that had it, which only a listing finds.
+    fn blind_backends(&self) -> Vec<Backend> {
+        if !self.masquerade {
+            return Vec::new();
+        }
+        match self.setting {
+            IptablesBackend::Nft => vec![Backend::Nft],
+            IptablesBackend::Legacy => vec![Backend::Legacy],
+            IptablesBackend::Auto => {
+                backend::hint(&self.hint_dir, &self.forward.subnet).unwrap_or_default()
+            }
+        }
+    }
+
+    /// The blind removal of one backend: delete the jumps of this config, then the chains.
+    /// The restore fails (and changes nothing in that table) when a jump is missing, or a
+    /// chain is still referenced by a second jump, an older config's, or someone else's.
+    fn blind_transactions(&self) -> Vec<Transaction> {
+        let mut filter = Transaction::new(forward::TABLE);
+        filter.delete(&self.forward.jump());
+        filter.remove_chain(&self.forward.chain());
+        let mut nat = Transaction::new("nat");
+        nat.delete(&self.nat.jump());
+        nat.remove_chain(&self.nat.chain());
+        vec![filter, nat]
+    }
+
+    /// Starts removing every rule of this pool from every backend present: a blind removal
+    /// where the hint says the rules went, a listing elsewhere (finished by `Removal::finish`).
+    pub fn start_uninstall(&self) -> Result<Removal> {
+        let family = self.family();
+        let blind = self.blind_backends();
+        let mut steps = Vec::new();
+        for b in backend::present(family) {
+            let ipt = Iptables::of(family, b);
+            let step = if blind.contains(&b) {
+                ipt.spawn_apply(&self.blind_transactions())?
+                    .map(Step::Blind)
+                    .expect("a blind removal changes something")
+            } else {
+                match ipt.spawn_save() {
+                    Ok(saving) => Step::Listing(saving),
+                    // As `backend::read`: a backend that cannot be listed holds nothing of ours.
+                    Err(e) => {
+                        crate::debug!("{} not readable: {e}", b.name());
+                        continue;
+                    }
+                }
+            };
+            steps.push((b, step));
+        }
+        Ok(Removal {
+            rules: self.clone(),
+            steps,
+        })
     }
 
     /// The backends CHECK looks in: the forced one, else where the last install put the
     /// rules, else what an install would choose now.
     fn installed_backends(&self) -> Result<(Vec<Backend>, Saved)> {
         if let Some(hinted) = (self.setting == IptablesBackend::Auto)
-            .then(|| backend::hint(&self.hint_dir, self.family()))
+            .then(|| backend::hint(&self.hint_dir, &self.forward.subnet))
             .flatten()
         {
             return Ok((hinted, Vec::new()));

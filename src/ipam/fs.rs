@@ -212,6 +212,21 @@ impl TrustedDir {
     }
 
     /// The names in the directory (without `.` and `..`), read through the checked descriptor.
+    /// True when some entry's name satisfies `f`; stops reading the directory at the first,
+    /// so asking a full pool costs one `getdents` rather than a list of every record.
+    pub fn any_name(&self, f: impl Fn(&str) -> bool) -> Result<bool> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let mut dir = Dir::openat(&*self.fd, ".", flags, Mode::empty())
+            .map_err(|e| io_err("read store directory", &self.path, e))?;
+        for entry in dir.iter() {
+            let entry = entry.map_err(|e| io_err("read store directory", &self.path, e))?;
+            if f(&entry.file_name().to_string_lossy()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     pub fn names(&self) -> Result<Vec<String>> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let mut dir = Dir::openat(&*self.fd, ".", flags, Mode::empty())

@@ -287,14 +287,10 @@ impl PoolLock<'_> {
         Ok(ips)
     }
 
-    /// True when no address of the pool is allocated (its NAT rules may go).
+    /// True when no address of the pool is allocated: before an allocation, the pod is the
+    /// pool's first (ADD installs its rules); after a release, its last (they may go).
     pub fn is_empty(&self) -> Result<bool> {
-        Ok(!self
-            .store
-            .dir
-            .names()?
-            .iter()
-            .any(|n| n.parse::<IpAddr>().is_ok()))
+        Ok(!self.store.dir.any_name(|n| n.parse::<IpAddr>().is_ok())?)
     }
 }
 
