@@ -2,7 +2,8 @@
 //! by its key and value (code 7), unknown keys ignored as CNI requires.
 //!
 //! Here: decoding stdin, the version check and the top-level keys; `ipam` parses the `ipam`
-//! section (pools or a delegated plugin); `fuzz` throws hostile documents at both.
+//! section (pools or a delegated plugin); `veth_prefix` what `hostVethPrefix` may be; `fuzz`
+//! throws hostile documents at both.
 
 use ipnetwork::IpNetwork;
 use serde_json::{Map, Value};
@@ -14,6 +15,7 @@ use crate::cni::types::{Dns, Version, SUPPORTED_VERSIONS};
 use crate::log::Level;
 
 mod ipam;
+mod veth_prefix;
 use ipam::{parse_ipam, parse_subnet};
 pub use ipam::{Ipam, PoolConfig};
 
@@ -168,72 +170,6 @@ pub(super) fn str_field<'a>(
     }
 }
 
-/// Name prefixes other software gives its interfaces (kernel naming, container runtimes, other
-/// CNI plugins, tunnels, cloud VPC plugins).
-const FOREIGN_IFNAME_PREFIXES: &[&str] = &[
-    "eth",
-    "en",
-    "wl",
-    "ww",
-    "ib",
-    "lo",
-    "bond",
-    "team",
-    "br",
-    "virbr",
-    "vlan",
-    "vxlan",
-    "veth",
-    "tun",
-    "tap",
-    "dummy",
-    "gre",
-    "sit",
-    "ip6",
-    "wg",
-    "docker",
-    "podman",
-    "cni",
-    "cbr",
-    "cali",
-    "cilium",
-    "lxc",
-    "flannel",
-    "weave",
-    "kube",
-    "nodelocaldns",
-    "genev",
-    "ovs",
-    "gke",
-    "eni",
-    "azv",
-    "vmnet",
-    "tailscale",
-    "zt",
-];
-
-/// Refuses a hostVethPrefix that shares a beginning with a common interface name: GC, audit and
-/// the host-route takeover treat `<prefix><11 hex>` veths as ours, so the prefix must not be one
-/// other software may use (calico's `cali` + 11 hex is exactly such a name). The rule is
-/// symmetric: `e` would overlap `eth` as much as `ethx` would.
-fn check_prefix_collision(prefix: &str) -> Result<()> {
-    let lower = prefix.to_ascii_lowercase();
-    match FOREIGN_IFNAME_PREFIXES
-        .iter()
-        .find(|f| f.starts_with(lower.as_str()) || lower.starts_with(**f))
-    {
-        None => Ok(()),
-        Some(f) => Err(CniError::invalid_config(
-            "hostVethPrefix",
-            format!(
-                "{prefix:?} overlaps {f:?}, a name prefix other interfaces on a node use, and \
-                 routed-cni deletes and reports veths named <prefix><11 hex> as its own; \
-                 use the default {DEFAULT_HOST_VETH_PREFIX:?} or another prefix no interface name starts with"
-            ),
-        )),
-    }
-}
-
 /// Parses and validates a plugin config that already passed `check_version`.
 pub fn parse(v: Value) -> Result<NetConf> {
     let cni_version = check_version(&v)?;
@@ -325,16 +261,7 @@ pub fn parse(v: Value) -> Result<NetConf> {
     let host_veth_prefix = str_field(o, "hostVethPrefix", "hostVethPrefix")?
         .unwrap_or(DEFAULT_HOST_VETH_PREFIX)
         .to_string();
-    if host_veth_prefix.is_empty()
-        || host_veth_prefix.len() > 4
-        || !host_veth_prefix.chars().all(|c| c.is_ascii_alphanumeric())
-    {
-        return Err(CniError::invalid_config(
-            "hostVethPrefix",
-            format!("{host_veth_prefix:?} must be 1 to 4 letters or digits (11 hash characters follow, and names have at most 15)"),
-        ));
-    }
-    check_prefix_collision(&host_veth_prefix)?;
+    veth_prefix::check(&host_veth_prefix)?;
     let data_dir = match str_field(o, "dataDir", "dataDir")? {
         // Beside the built-in store when its dataDir is set: one directory holds all the
         // plugin's state on the node (and a test's scratch store keeps a test's state).
