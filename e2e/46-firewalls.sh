@@ -32,6 +32,8 @@
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib/world.sh
 . "$(dirname "$0")/lib/world.sh"
+# shellcheck source-path=SCRIPTDIR source=lib/peer.sh
+. "$(dirname "$0")/lib/peer.sh"
 
 [ -x "$BIN" ] || die "no plugin binary at $BIN (cargo build --release, or set ROUTED_CNI_BIN)"
 for tool in iptables-legacy-restore iptables-nft ip6tables-legacy-save ufw; do
@@ -49,33 +51,7 @@ FAR=203.0.113.2
 FAR6=fd00:203:0:113::2
 BACKENDS=(iptables-legacy iptables-nft ip6tables-legacy ip6tables-nft)
 
-# socat prints [0000:…:0001]; IPv4 clients of an IPv6 socket appear as ::ffff:a.b.c.d.
-norm() {
-    /usr/bin/python3 -c 'import ipaddress,sys; a = ipaddress.ip_address(sys.argv[1].strip("[]")); print(getattr(a, "ipv4_mapped", None) or a)' "$1" 2>/dev/null || echo "$1"
-}
-pod_ip6() { ip -n "$1" -6 -o addr show dev eth0 scope global | awk '{print $4}' | cut -d/ -f1; }
 
-# A server in NS on PORT (both families) answering each connection with the peer's address.
-serve() {
-    local ns=$1 i
-    # shellcheck disable=SC2016 # $SOCAT_PEERADDR is for the shell socat starts
-    ip netns exec "$ns" timeout 600 socat -T5 TCP6-LISTEN:"$PORT",reuseaddr,fork,ipv6only=0 \
-        SYSTEM:'echo $SOCAT_PEERADDR' &
-    BACKGROUND_PIDS+=($!)
-    for i in $(seq 50); do
-        ip netns exec "$ns" ss -ltn "sport = :$PORT" | grep -q LISTEN && return 0
-        sleep 0.1
-    done
-    die "server on $ns:$PORT did not start"
-}
-# seen CLIENT_NS ADDR: the client's address as the server at ADDR saw it; empty when the
-# connection failed (a dropped SYN gives up after 2 s).
-seen() {
-    local to="TCP4:$2:$PORT,connect-timeout=2" got
-    [[ $2 == *:* ]] && to="TCP6:[$2]:$PORT,connect-timeout=2"
-    got=$(ip netns exec "$1" timeout 4 socat -T3 - "$to" </dev/null 2>/dev/null | tr -d '\r\n' || true)
-    [ -n "$got" ] && norm "$got"
-}
 check() { # check WHAT COMMAND...: ok when COMMAND succeeds
     local what=$1
     shift

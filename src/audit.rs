@@ -168,20 +168,7 @@ mod tests {
     use std::net::IpAddr;
 
     fn rec(ip: &str, veth: &str) -> (String, Record) {
-        (
-            "10.244.1.0/24".into(),
-            Record {
-                ip: ip.parse().unwrap(),
-                container_id: "c".into(),
-                ifname: "eth0".into(),
-                host_veth: veth.into(),
-                pod_namespace: None,
-                pod_name: None,
-                network: "n".into(),
-                netns: String::new(),
-                created: 0,
-            },
-        )
+        crate::leaks::test_record(ip, veth)
     }
 
     /// Links named rcni<11 hex> are ours here, as `is_our_veth` says of veths named so.

@@ -224,25 +224,32 @@ pub fn live_pools(records: &[(String, Record)]) -> HashSet<&str> {
     records.iter().map(|(p, _)| p.as_str()).collect()
 }
 
+/// A record in pool 10.244.1.0/24 for `ip` and its host veth, for the tests of this module
+/// and of audit.
+#[cfg(test)]
+pub(crate) fn test_record(ip: &str, veth: &str) -> (String, Record) {
+    (
+        "10.244.1.0/24".into(),
+        Record {
+            ip: ip.parse().unwrap(),
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            host_veth: veth.into(),
+            pod_namespace: None,
+            pod_name: None,
+            network: "n".into(),
+            netns: String::new(),
+            created: 0,
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn rec(ip: &str, veth: &str) -> (String, Record) {
-        (
-            "10.244.1.0/24".into(),
-            Record {
-                ip: ip.parse().unwrap(),
-                container_id: "c".into(),
-                ifname: "eth0".into(),
-                host_veth: veth.into(),
-                pod_namespace: None,
-                pod_name: None,
-                network: "n".into(),
-                netns: String::new(),
-                created: 0,
-            },
-        )
+        test_record(ip, veth)
     }
 
     fn node(links: &[(u32, &str, bool)], routes: &[(&str, u32)]) -> NodeState {

@@ -27,26 +27,8 @@ pub use iptables::{Backend, Rule};
 pub use masquerade::{Installed, Masquerade};
 pub use pool::{PoolRules, Probe};
 
-use std::net::IpAddr;
-
-/// The address family a rule set is for: IPv4 and IPv6 have separate tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
-
-    pub fn of(ip: IpAddr) -> Family {
-        if ip.is_ipv6() {
-            Family::V6
-        } else {
-            Family::V4
-        }
-    }
-}
+/// IPv4 and IPv6 have separate tables; the project's one family type says which.
+pub use crate::dataplane::Family;
 
 /// The rules of one chain of the nat table, with counters; `None` when the chain does not
 /// exist. For chains others own (kube-proxy's), which doctor reads to explain a path.

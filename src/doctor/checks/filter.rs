@@ -9,6 +9,7 @@ use std::net::IpAddr;
 
 use super::{Dest, Walk};
 use crate::dataplane::owned::HASH_CHARS;
+use crate::dataplane::Family;
 use crate::dataplane::{route_oif, RouteQuery};
 use crate::doctor::filter::{self, Addr, End, Hit, Outcome, Packet};
 use crate::doctor::nft;
@@ -16,7 +17,6 @@ use crate::doctor::report::{Status, Step};
 use crate::firewall::forward::Forward;
 use crate::firewall::inspect;
 use crate::firewall::iptables::Listing;
-use crate::firewall::Family as FwFamily;
 
 /// One filter's say on both directions.
 struct Judged {
@@ -241,9 +241,9 @@ impl Walk<'_> {
         };
         let (req, rep, dst) = self.packets(self.to_same_family(), oif.clone());
         let fam = if self.fam.is_v6() {
-            FwFamily::V6
+            Family::V6
         } else {
-            FwFamily::V4
+            Family::V4
         };
         let pool = self.t.pool;
         let mut judged = Vec::new();
