@@ -36,6 +36,8 @@ struct State {
     last_api_answer: Option<Instant>,
     last_api_error: Option<String>,
     route_failures: Vec<String>,
+    /// Pools whose firewall rules the last resync found missing and could not restore.
+    firewall_failures: Vec<String>,
 }
 
 /// Shared between the agent loop (writer) and the listener (reader).
@@ -92,6 +94,12 @@ impl Health {
         s.last_sync = Some(Instant::now());
         s.last_sync_error = None;
         s.route_failures = route_failures;
+    }
+
+    /// The last resync's firewall check: what it could not check or restore (a restored rule
+    /// is logged, not counted: the node is right again).
+    pub fn firewall_checked(&self, failures: Vec<String>) {
+        self.state().firewall_failures = failures;
     }
 
     /// The API server answered: the cache the routes come from is current.
@@ -201,6 +209,16 @@ impl Health {
                     "{} route(s) failed: {}",
                     s.route_failures.len(),
                     s.route_failures.join("; ")
+                ),
+            );
+        }
+        if !s.firewall_failures.is_empty() {
+            return (
+                false,
+                format!(
+                    "{} pool(s) without their firewall rules: {}",
+                    s.firewall_failures.len(),
+                    s.firewall_failures.join("; ")
                 ),
             );
         }
