@@ -344,6 +344,14 @@ mod tests {
         assert!(!ready && why.contains("boom"), "{why}");
         h.synced(vec![]);
         assert!(h.ready().0);
+        // A pool whose missing rules could not be restored: not ready until a resync fixes it.
+        h.firewall_checked(vec![
+            "firewall rules of pool 10.244.1.0/24 are missing: boom".into(),
+        ]);
+        let (ready, why) = h.ready();
+        assert!(!ready && why.contains("10.244.1.0/24"), "{why}");
+        h.firewall_checked(vec![]);
+        assert!(h.ready().0);
         // The API server goes away; routes re-applied from the cache do not hide it.
         h.api_failed("cannot reach the API server".into());
         std::thread::sleep(MS(250));

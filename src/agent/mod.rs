@@ -4,8 +4,9 @@
 //! sync from a list + watch of all nodes, and answers kubelet's probes. Every resync period it
 //! re-applies everything from the watch-fed cache (repairing routes or a conflist removed by
 //! hand, and the firewall rules of populated pools that a firewalld/ufw reload or a flush
-//! removed: firewall.rs) without asking the API server again: a full list of every node by every node each
-//! minute would be the heaviest load a large cluster puts on its API server. It relists, like
+//! removed: firewall.rs) without asking the API server again: a full list of every node by
+//! every node each minute would be the heaviest load a large cluster puts on its API server.
+//! It relists, like
 //! client-go's reflector, at start, when the watch's version has expired (410) and after any
 //! watch error. Retries after API errors wait an exponential, capped, jittered time (backoff.rs).
 //! Before each step that can block, the loop tells `health` what it starts and how long that
