@@ -13,6 +13,8 @@
 #   - a node whose address is on no link of A's: A logs why and routes nothing to it;
 #   - a route deleted by hand comes back at the next resync (from the agent's cache: the agent
 #     lists only at start and after a failed watch); a compacted watch (410) relists;
+#   - a pod's pool rules (FORWARD and POSTROUTING jumps) flushed by hand, as a firewalld reload
+#     leaves them: back by the next resync and logged; none put back once the pool is empty;
 #   - the API server gone well past the staleness bound: /healthz stays 200 (the agent's own
 #     loop is alive: a kubelet restart could not help), /readyz 503 saying why; the API server
 #     back: /readyz 200 again from the same process;
@@ -358,6 +360,75 @@ start_agent "$NODE_A" node-a
 wait_for 10 "A's agent restarted with the right token is ready" ready "$NODE_A"
 expect_eq "the restarted agent added, replaced or removed nothing" \
     "$(tail -n +$((lines + 1)) "$WORK/node-a/agent.log" | grep -cE 'route (added|replaced|removed)')" 0
+# ---- firewall rules flushed by hand (firewalld/ufw reload, an admin's flush) ----------------
+# The agent re-checks, at every resync, the rules of each pool of its conflist that holds an
+# allocation. For it to see the pod's allocation, the agent and the pod's ADD share the
+# conflist's own dataDir (/run/routed-cni): a tmpfs in a mount namespace of their own, slave to
+# the host's so the pod namespaces made later under /run/netns show up in it.
+kill -TERM "${AGENT_PID[node-a]}"
+wait "${AGENT_PID[node-a]}" || true
+if [ ! -d /run/routed-cni ]; then
+    mkdir /run/routed-cni
+    # The mount point only: the tmpfs is mounted in the agent's namespace alone.
+    trap 'cleanup_world; rmdir /run/routed-cni 2>/dev/null || true' EXIT
+fi
+# shellcheck disable=SC2016 # "$@" is the inner shell's
+ip netns exec "$NODE_A" unshare -m --propagation slave sh -c 'mount -t tmpfs -o mode=0755 tmpfs /run/routed-cni && exec "$@"' sh \
+    env NODE_NAME=node-a ROUTED_CNI_CLUSTER_CIDR="$CLUSTER_CIDR,$CLUSTER_CIDR6" "$BIN" agent \
+    --api-server $API --token-file "$WORK/token" --ca-file "$WORK/ca.crt" \
+    --resync-seconds $RESYNC --stale-seconds $STALE \
+    --bin-dir "$WORK/node-a/bin" --conf-dir "$WORK/node-a/net.d" --log-file "$WORK/node-a/cni.log" \
+    --systemd-network-dir "$WORK/node-a/systemd/network" --networkmanager-conf-dir "$WORK/node-a/NetworkManager/conf.d" \
+    2>>"$WORK/node-a/agent.log" &
+AGENT_PID[node-a]=$!
+BACKGROUND_PIDS+=($!)
+wait_for 10 "A's agent (own /run/routed-cni) is ready" ready "$NODE_A"
+PA2=rcn-a2-$RUN_ID
+make_pod "$PA2"
+# The ADD as the runtime would run it: the conflist's plugin config unchanged, in A's network
+# namespace and the agent's mount namespace.
+jq '.plugins[0] + {name: .name, cniVersion: .cniVersion}' "$(conflist node-a)" >"$WORK/node-a/as-installed.json"
+out=$(nsenter -t "${AGENT_PID[node-a]}" -m -n env CNI_COMMAND=ADD CNI_CONTAINERID=a2 CNI_NETNS=/run/netns/$PA2 \
+    CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=e2e;K8S_POD_NAME=a2" \
+    "$WORK/node-a/bin/routed-cni" <"$WORK/node-a/as-installed.json") || fail "ADD a2 with the installed conflist: $out"
+A2=$(jq -r '.ips[0].address' <<<"$out" | cut -d/ -f1)
+log "pod a2 from the installed conflist (dataDir /run/routed-cni): $A2"
+# our_jumps SAVE: the FORWARD and POSTROUTING jumps of ours to 10.244.1.0/24's chains, as -A lines
+our_jumps() { ip netns exec "$NODE_A" "$1" 2>/dev/null | grep -E '^-A (FORWARD|POSTROUTING) .*-j RCNI-' | grep -F '10.244.1.0/24' || true; }
+jumps_both() { [ "$(our_jumps "$1" | wc -l)" -eq 2 ]; }
+SAVE=
+for s in iptables-nft-save iptables-legacy-save; do
+    command -v $s >/dev/null && jumps_both $s && SAVE=$s && break
+done
+if [ -z "$SAVE" ]; then
+    fail "after ADD a2, no backend holds both jumps of 10.244.1.0/24: $(ip netns exec "$NODE_A" iptables-save 2>&1)"
+else
+    log "A's jumps ($SAVE):"
+    our_jumps $SAVE | sed 's/^/    /'
+    lines=$(wc -l <"$WORK/node-a/agent.log")
+    # As a firewalld reload or an admin's `iptables -F FORWARD` would leave them: both jumps gone.
+    while read -r rule; do
+        table=filter
+        [[ "$rule" == "-A POSTROUTING"* ]] && table=nat
+        eval "ip netns exec \"\$NODE_A\" ${SAVE%-save} -t $table -D ${rule#-A }"
+    done < <(our_jumps $SAVE)
+    expect_eq "both jumps flushed by hand" "$(our_jumps $SAVE | wc -l)" 0
+    wait_for $((RESYNC * 2 + 2)) "the agent restores A's FORWARD and POSTROUTING jumps by the next resync" jumps_both $SAVE
+    restored() { tail -n +$((lines + 1)) "$WORK/node-a/agent.log" | grep -q "firewall rules of pool 10.244.1.0/24.*restored"; }
+    wait_for 3 "A's log says the pool's rules were missing and restored" restored
+    log "its log: $(tail -n +$((lines + 1)) "$WORK/node-a/agent.log" | grep -m1 'firewall rules of pool')"
+    wait_for 5 "A /readyz 200 after the repair" ready "$NODE_A"
+    n=$(grep -c 'firewall rules of pool' "$WORK/node-a/agent.log" || true)
+    sleep $((RESYNC + 1))
+    expect_eq "rules in place: the next resync logs nothing" "$(grep -c 'firewall rules of pool' "$WORK/node-a/agent.log" || true)" "$n"
+fi
+out=$(nsenter -t "${AGENT_PID[node-a]}" -m -n env CNI_COMMAND=DEL CNI_CONTAINERID=a2 CNI_NETNS=/run/netns/$PA2 \
+    CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni "$WORK/node-a/bin/routed-cni" <"$WORK/node-a/as-installed.json") || fail "DEL a2: $out"
+sleep $((RESYNC + 1))
+[ -n "$SAVE" ] && expect_eq "a2 deleted (pool empty): the agent does not put its rules back" "$(our_jumps $SAVE | wc -l)" 0
+kill -TERM "${AGENT_PID[node-a]}"
+wait "${AGENT_PID[node-a]}" || true
+
 log "agent log lines: A $(wc -l <"$WORK/node-a/agent.log"), B $(wc -l <"$WORK/node-b/agent.log"), C $(wc -l <"$WORK/node-c/agent.log")"
 log "API requests: $(grep -c ' -> ' "$WORK/apiserver.log") ($(grep -c 'watch=1' "$WORK/apiserver.log") watches, $(grep -c ' -> 401' "$WORK/apiserver.log") unauthorized)"
 if [ "$FAILURES" -ne 0 ]; then

@@ -36,6 +36,8 @@ struct State {
     last_api_answer: Option<Instant>,
     last_api_error: Option<String>,
     route_failures: Vec<String>,
+    /// Pools whose firewall rules the last resync found missing and could not restore.
+    firewall_failures: Vec<String>,
 }
 
 /// Shared between the agent loop (writer) and the listener (reader).
@@ -92,6 +94,12 @@ impl Health {
         s.last_sync = Some(Instant::now());
         s.last_sync_error = None;
         s.route_failures = route_failures;
+    }
+
+    /// The last resync's firewall check: what it could not check or restore (a restored rule
+    /// is logged, not counted: the node is right again).
+    pub fn firewall_checked(&self, failures: Vec<String>) {
+        self.state().firewall_failures = failures;
     }
 
     /// The API server answered: the cache the routes come from is current.
@@ -201,6 +209,16 @@ impl Health {
                     "{} route(s) failed: {}",
                     s.route_failures.len(),
                     s.route_failures.join("; ")
+                ),
+            );
+        }
+        if !s.firewall_failures.is_empty() {
+            return (
+                false,
+                format!(
+                    "{} pool(s) without their firewall rules: {}",
+                    s.firewall_failures.len(),
+                    s.firewall_failures.join("; ")
                 ),
             );
         }
@@ -325,6 +343,14 @@ mod tests {
         let (ready, why) = h.ready();
         assert!(!ready && why.contains("boom"), "{why}");
         h.synced(vec![]);
+        assert!(h.ready().0);
+        // A pool whose missing rules could not be restored: not ready until a resync fixes it.
+        h.firewall_checked(vec![
+            "firewall rules of pool 10.244.1.0/24 are missing: boom".into(),
+        ]);
+        let (ready, why) = h.ready();
+        assert!(!ready && why.contains("10.244.1.0/24"), "{why}");
+        h.firewall_checked(vec![]);
         assert!(h.ready().0);
         // The API server goes away; routes re-applied from the cache do not hide it.
         h.api_failed("cannot reach the API server".into());

@@ -3,8 +3,10 @@
 //! installs the plugin with it, keeps `<other node's podCIDR> via <its InternalIP>` routes in
 //! sync from a list + watch of all nodes, and answers kubelet's probes. Every resync period it
 //! re-applies everything from the watch-fed cache (repairing routes or a conflist removed by
-//! hand) without asking the API server again: a full list of every node by every node each
-//! minute would be the heaviest load a large cluster puts on its API server. It relists, like
+//! hand, and the firewall rules of populated pools that a firewalld/ufw reload or a flush
+//! removed: firewall.rs) without asking the API server again: a full list of every node by
+//! every node each minute would be the heaviest load a large cluster puts on its API server.
+//! It relists, like
 //! client-go's reflector, at start, when the watch's version has expired (410) and after any
 //! watch error. Retries after API errors wait an exponential, capped, jittered time (backoff.rs).
 //! Before each step that can block, the loop tells `health` what it starts and how long that
@@ -13,6 +15,7 @@
 //! pods keep working while the agent restarts or is upgraded.
 
 pub mod backoff;
+pub mod firewall;
 pub mod health;
 pub mod kube;
 pub mod routes;
@@ -320,7 +323,8 @@ impl Agent {
         }
     }
 
-    /// Brings the node in line with `self.nodes`: install for our podCIDR, then the routes.
+    /// Brings the node in line with `self.nodes`: install for our podCIDR (and, at a full pass,
+    /// the firewall rules of its populated pools), then the routes.
     /// `full` (after a list) also re-runs an unchanged install, which repairs a conflist or
     /// binary someone removed.
     fn reconcile(&mut self, full: bool) {
@@ -329,6 +333,9 @@ impl Agent {
         let _busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
         let mut notes = Vec::new();
         self.install(full, &mut notes);
+        if full {
+            self.repair_firewall();
+        }
         let plan: Plan = routes::plan(&self.nodes, &self.opts.node_name);
         for n in self.nodes.values() {
             notes.extend(n.problems.iter().map(|p| format!("node {}: {p}", n.name)));
@@ -365,6 +372,29 @@ impl Agent {
             .into_iter()
             .map(|(dst, r)| (dst, r.node))
             .collect();
+    }
+
+    /// Puts back the rules of the installed conflist's populated pools that a firewall reload
+    /// or a flush removed (firewall.rs); only at full passes (start, resync, relist).
+    fn repair_firewall(&self) {
+        if self.installed_for.is_none() {
+            return;
+        }
+        let install = &self.opts.install;
+        let done = match firewall::installed_conf(&install.conf_dir.join(&install.conf_name)) {
+            Ok(conf) => firewall::repair(&conf),
+            Err(e) => firewall::Repairs {
+                restored: Vec::new(),
+                failures: vec![format!("firewall check: {e}")],
+            },
+        };
+        for r in &done.restored {
+            crate::warn!("{r}");
+        }
+        for f in &done.failures {
+            crate::error!("{f}");
+        }
+        self.health.firewall_checked(done.failures);
     }
 
     fn install(&mut self, full: bool, notes: &mut Vec<String>) {
