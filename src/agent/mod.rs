@@ -1,7 +1,9 @@
 //! `routed-cni agent`: the DaemonSet's long-running side, kept out of the CNI verbs (which
 //! never talk to the API server). It learns this node's podCIDR from its Node object and
-//! installs the plugin with it, keeps `<other node's podCIDR> via <its InternalIP>` routes in
-//! sync from a list + watch of all nodes, and answers kubelet's probes. Every resync period it
+//! installs the plugin with it, keeps a route to every other node's podCIDRs in sync from a
+//! list + watch of all nodes (`via <its InternalIP>` where the nodes share a link, through the
+//! VXLAN device where they do not: routes.rs decides, tunnel.rs keeps the device and its
+//! entries), and answers kubelet's probes. Every resync period it
 //! re-applies everything from the watch-fed cache (repairing routes or a conflist removed by
 //! hand, and the firewall rules of populated pools that a firewalld/ufw reload or a flush
 //! removed: firewall.rs) without asking the API server again: a full list of every node by

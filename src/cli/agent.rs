@@ -29,8 +29,9 @@ fn seconds(s: &str) -> Result<Duration, String> {
 /// other nodes, answer health probes
 ///
 /// Reads this node's podCIDR from the API server and runs install with it (again when it
-/// changes); keeps a route to every other node's podCIDRs via its InternalIP (both families,
-/// marked `proto 77`; only those are ever changed); re-applies both every resync from its
+/// changes); keeps a route to every other node's podCIDRs (both families, marked `proto 77`;
+/// only those are ever changed): via its InternalIP where the nodes share a link, through the
+/// VXLAN device rcni.vxlan where they do not (--encapsulation); re-applies both every resync from its
 /// watch-fed cache (repairing what was removed by hand; it lists again only at start and
 /// after a failed or expired watch); and answers GET /healthz (its own loop is alive) and
 /// /readyz (API server reachable, conflist installed, routes in sync; a 503 says why). The API
