@@ -184,8 +184,8 @@ impl TunnelSync {
     }
 
     /// Makes the device what `local` says (re-creating it when its VNI, port, local address
-    /// or MAC differ; fixing MTU and state in place) with exactly our tunnel addresses, or
-    /// removes it when `local` is `None`. Returns its index.
+    /// or MAC differ; fixing MTU and state in place) with exactly our tunnel addresses, and
+    /// returns its index; in `never` mode removes it.
     pub async fn device(&self, local: Option<&Local>, report: &mut TunnelReport) -> Option<u32> {
         let found = match self.nl.vxlan_device(VXLAN_DEVICE).await {
             Ok(f) => f,
@@ -195,21 +195,18 @@ impl TunnelSync {
             }
         };
         let Some(local) = local else {
-            if let Some((link, _)) = found {
+            // Only `never` removes the device. Without an address of our own (a Node object
+            // not yet complete, or briefly missing) the device stays as it is, so nodes that
+            // tunnel to this one keep reaching its pods.
+            if let (Encapsulation::Never, Some((link, _))) = (self.opts.mode, found) {
                 match self
                     .nl
                     .delete_link_index(link.header.index, VXLAN_DEVICE)
                     .await
                 {
-                    Ok(()) => report.changed(format!(
-                        "{VXLAN_DEVICE} removed (encapsulation {}{})",
-                        self.opts.mode,
-                        if self.opts.mode == Encapsulation::Never {
-                            ""
-                        } else {
-                            ", and this node has no InternalIP"
-                        }
-                    )),
+                    Ok(()) => {
+                        report.changed(format!("{VXLAN_DEVICE} removed (encapsulation never)"))
+                    }
                     Err(e) => report.failed(e.msg),
                 }
             }
