@@ -233,8 +233,8 @@ MTU[direct]=$(mtu "$PREFIX-never-a-pod" eth0)
 VXLAN_DEV="not measured: this build's agent has no --encapsulation"
 if has_vxlan; then
     MTU[vxlan]=$(mtu "$PREFIX-vxlan-a-pod" eth0)
-    VXLAN_DEV=$(ip -n "$PREFIX-vxlan-a" -d -o link show dev rcni.vxlan |
-        grep -oE 'mtu [0-9]+|vxlan id [0-9]+|local [0-9.]+|dstport [0-9]+|nolearning' | paste -sd' ' -)
+    VXLAN_DEV=$(ip -n "$PREFIX-vxlan-a" -d -j link show dev rcni.vxlan | jq -r '.[0] | .linkinfo.info_data as $v
+        | "VNI \($v.id), UDP port \($v.port), local \($v.local), learning \(if $v.learning then "on" else "off" end), MTU \(.mtu)"')
 fi
 log "routes on A: ${VIA[*]}; rcni.vxlan: $VXLAN_DEV"
 
