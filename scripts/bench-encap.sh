@@ -198,8 +198,15 @@ for mode in "${MODES[@]}"; do
     POD_A[$mode]=$(add_pod "$mode" node-a)
     POD_B[$mode]=$(add_pod "$mode" node-b)
     log "$mode: pod a ${POD_A[$mode]}, pod b ${POD_B[$mode]}"
-    ip netns exec "$PREFIX-$mode-a-pod" ping -c1 -W2 -q "${POD_B[$mode]}" >/dev/null ||
+    if ! ip netns exec "$PREFIX-$mode-a-pod" ping -c1 -W2 -q "${POD_B[$mode]}" >/dev/null; then
+        for n in a b; do   # what the agents made, to see which part is missing
+            log "node $n: $(ip -n "$PREFIX-$mode-$n" -4 route show proto 77 | paste -sd';' -)"
+            [ "$mode" = never ] && continue
+            log "node $n: fdb: $(ip netns exec "$PREFIX-$mode-$n" bridge fdb show dev rcni.vxlan | paste -sd';' -)"
+            log "node $n: neighbours: $(ip -n "$PREFIX-$mode-$n" neigh show dev rcni.vxlan | paste -sd';' -)"
+        done
         die "$mode: pod a cannot ping pod b (${POD_B[$mode]})"
+    fi
 done
 
 # The paths: name, client namespace, server namespace, server address, the source the server
