@@ -4,7 +4,7 @@
 #   (1) node -> node over the uplink (the reference: no CNI in the path),
 #   (2) pod -> pod across the two nodes with `agent --encapsulation never` (direct routes),
 #   (3) pod -> pod across the two nodes with `agent --encapsulation vxlan` (rcni.vxlan).
-# Each path is measured BENCH_ENCAP_RUNS times (default 3) for BENCH_ENCAP_SECONDS each (default
+# Each path is measured BENCH_ENCAP_RUNS times (default 5) for BENCH_ENCAP_SECONDS each (default
 # 5), one TCP stream; the paths take turns, the order rotated every round, so load drift on the
 # machine hits all three alike. Reported: the median, the spread and the ratio to (1).
 #
@@ -25,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 DOC=${1:-$REPO/docs/benchmarks.md}
-RUNS=${BENCH_ENCAP_RUNS:-3}
+RUNS=${BENCH_ENCAP_RUNS:-5}
 SECS=${BENCH_ENCAP_SECONDS:-5}
 PY=/usr/bin/python3 # the stand-in API server needs only the standard library
 FIXTURES=$REPO/e2e/lib/fixtures
@@ -286,25 +286,33 @@ done
     die "rcni.vxlan sent $((TX_AFTER - TX_BEFORE)) bytes during the runs, less than the vxlan runs' $VXLAN_SENT"
 
 # ------------------------------------------------------------------ report
+JQ_MED='def med: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;'
 # stats PATH -> median, min and max Gbit/s, retransmits of all runs, median CPU % of the sender
 # and of the receiver (tab-separated)
 stats() {
     local p=$1 r
     for ((r = 0; r < RUNS; r++)); do cat "$TMP/run-$r-$p.json"; done |
-        jq -rs 'def med: sort | .[length / 2 | floor];
+        jq -rs "$JQ_MED"' 
                 [.[].end.sum_received.bits_per_second / 1e9] as $g
                 | [($g | med), ($g | min), ($g | max), ([.[].end.sum_sent.retransmits] | add),
                    ([.[].end.cpu_utilization_percent.host_total] | med),
                    ([.[].end.cpu_utilization_percent.remote_total] | med)] | @tsv'
 }
-declare -A MED ROW
+# ratio PATH REF -> the median over the rounds of PATH's throughput / REF's in the same round:
+# the machine's load drifts between rounds (other work shares it), far less within one.
+ratio() {
+    local r
+    for ((r = 0; r < RUNS; r++)); do
+        jq -s '.[0].end.sum_received.bits_per_second / .[1].end.sum_received.bits_per_second' \
+            "$TMP/run-$r-$1.json" "$TMP/run-$r-$2.json"
+    done | jq -s "$JQ_MED"' med'
+}
+declare -A ROW
 for p in "${PATHS[@]}"; do
     IFS=$'\t' read -r med lo hi retr cpu_s cpu_r <<<"$(stats "$p")"
-    MED[$p]=$med
-    ROW[$p]=$(awk -v m="$med" -v lo="$lo" -v hi="$hi" -v rt="$retr" -v cs="$cpu_s" -v cr="$cpu_r" -v ref="${MED[node]}" \
-        'BEGIN { printf "%.2f | %.2f-%.2f | %d | %.0f%% / %.0f%% | %.2f", m, lo, hi, rt, cs, cr, m / ref }')
+    ROW[$p]=$(awk -v m="$med" -v lo="$lo" -v hi="$hi" -v rt="$retr" -v cs="$cpu_s" -v cr="$cpu_r" -v q="$(ratio "$p" node)" \
+        'BEGIN { printf "%.2f | %.2f-%.2f | %d | %.0f%% / %.0f%% | %.2f", m, lo, hi, rt, cs, cr, q }')
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1 | awk '{print $1, $2}')
 REPORT=$TMP/report.md
@@ -319,14 +327,14 @@ REPORT=$TMP/report.md
     echo "receiver got; the server checked each connection's source (pods keep their addresses)."
     echo "rcni.vxlan on A: $VXLAN_DEV."
     echo
-    echo "| path | MTU (sender's interface) | route on node A | median Gbit/s | min-max | retransmits (all runs) | CPU sender / receiver (median) | ratio to node → node |"
+    echo "| path | MTU (sender's interface) | route on node A | median Gbit/s | min-max | retransmits (all runs) | CPU sender / receiver (median) | ratio to node → node (median of the rounds' ratios) |"
     echo "|---|---|---|---|---|---|---|---|"
     for p in "${PATHS[@]}"; do
         echo "| ${LABEL[$p]} | ${MTU[$p]} | \`${VIA[$p]}\` | ${ROW[$p]} |"
     done
     echo
     if has_vxlan; then
-        echo "VXLAN / direct pod → pod: $(ratio "${MED[vxlan]}" "${MED[direct]}")."
+        echo "VXLAN / direct pod → pod, median of the rounds' ratios: $(printf %.2f "$(ratio vxlan direct)")."
     else
         echo "VXLAN pod → pod: not measured (this build's agent has no \`--encapsulation\`)."
     fi
