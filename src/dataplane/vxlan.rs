@@ -197,6 +197,12 @@ fn neighbour_ip(n: &NeighbourMessage) -> Option<IpAddr> {
     n.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => Some(IpAddr::V4(*d)),
         NeighbourAttribute::Destination(NeighbourAddress::Inet6(d)) => Some(IpAddr::V6(*d)),
+        // An FDB entry (AF_BRIDGE) carries its outer destination as raw bytes.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
+            4 => <[u8; 4]>::try_from(&b[..]).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(&b[..]).ok().map(IpAddr::from),
+            _ => None,
+        },
         _ => None,
     })
 }
@@ -407,6 +413,18 @@ mod tests {
         assert_eq!(tunnel_address(&v6).to_string(), "fd00:10:244:3::");
         assert_eq!(overhead("100.64.0.1".parse().unwrap()), 50);
         assert_eq!(overhead("fd00::1".parse().unwrap()), 70);
+    }
+
+    #[test]
+    fn fdb_destinations_are_read_from_raw_bytes() {
+        let mut m = NeighbourMessage::default();
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Other(
+                vec![100, 64, 0, 2],
+            )));
+        assert_eq!(neighbour_ip(&m), Some("100.64.0.2".parse().unwrap()));
+        m.attributes[0] = NeighbourAttribute::Destination(NeighbourAddress::Other(vec![1, 2, 3]));
+        assert_eq!(neighbour_ip(&m), None);
     }
 
     #[test]
