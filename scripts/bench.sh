@@ -17,6 +17,9 @@
 # Usage: sudo scripts/bench.sh [--quick]     (--quick: fewer samples, ~1 min)
 #        sudo scripts/bench.sh --cold       only the cold-pool rows (first ADD into an empty
 #                                            pool, last DEL); prints them, leaves the docs alone
+#        sudo scripts/bench.sh --encap      pod -> pod throughput (iperf3) direct vs VXLAN vs
+#                                            node -> node, in scripts/bench-encap.sh; writes its
+#                                            own section of the docs (separate markers), ~2 min
 #        BENCH_KEEP=dir keeps the raw results (JSON) and strace profiles there
 #        BENCH_DOC=file writes the report there instead of docs/benchmarks.md
 set -euo pipefail
@@ -33,7 +36,9 @@ command -v cargo >/dev/null || { echo "bench.sh: cargo not found; install Rust (
 
 # ------------------------------------------------------------------ packages
 need=()
-for pkg in containernetworking-plugins time strace python3 iproute2 iptables; do
+pkgs=(containernetworking-plugins time strace python3 iproute2 iptables)
+[ "${1:-}" = "--encap" ] && pkgs=(iperf3 python3 iproute2 iptables openssl jq)
+for pkg in "${pkgs[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -41,6 +46,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+[ "${1:-}" = "--encap" ] && exec "$REPO/scripts/bench-encap.sh" "$DOC"
 for f in /usr/lib/cni/ptp /usr/lib/cni/host-local /usr/bin/time; do
     [ -x "$f" ] || { echo "bench.sh: $f missing after install" >&2; exit 1; }
 done
