@@ -56,7 +56,7 @@ PY=/usr/bin/python3
 ID=$$-$RANDOM
 NODE=rcbench-node-$ID
 NPODS=720                       # 1+100+250 per plugin for the scaling test, plus probes
-TMP= SHM= PODS_FILE=/dev/null NODES_FILE=/dev/null HARNESS=
+TMP='' SHM='' PODS_FILE=/dev/null NODES_FILE=/dev/null HARNESS=''
 
 cleanup() {
     set +e
