@@ -23,3 +23,4 @@ pub mod ipam;
 pub mod leaks;
 pub mod list;
 pub mod netns;
+pub mod policy;
