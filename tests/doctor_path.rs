@@ -18,6 +18,7 @@ mod common;
 use common::{run, BIN, OUTSIDE_IP};
 
 const SUBNET: &str = "10.244.1.0/24";
+const SUBNET6: &str = "fd00:10:244:1::/64";
 const REMOTE_NODE: &str = "203.0.113.3";
 const REMOTE_MAC: &str = "02:aa:bb:cc:dd:03";
 const NEAR_NODE: &str = "198.51.100.3";
@@ -41,15 +42,25 @@ impl std::fmt::Debug for Doctor {
 
 impl Doctor {
     fn step(&self, id: &str) -> Value {
+        self.step_in("ipv4", id)
+    }
+
+    /// A step of the report for the pod's address in `family` (`ipv4`, `ipv6`).
+    fn step_in(&self, family: &str, id: &str) -> Value {
         let doc: Value = serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("no JSON ({e}): {self:?}"));
-        doc["pods"][0]["steps"]
+        doc["pods"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .find(|p| p["family"] == family)
+            .unwrap_or_else(|| panic!("no {family} report: {self:?}"))["steps"]
             .as_array()
             .expect("steps")
             .iter()
             .find(|s| s["id"] == id)
             .cloned()
-            .unwrap_or_else(|| panic!("no step {id}: {self:?}"))
+            .unwrap_or_else(|| panic!("no {family} step {id}: {self:?}"))
     }
 
     fn saw(&self, id: &str) -> String {
@@ -60,16 +71,29 @@ impl Doctor {
 impl World {
     /// A node with one pod (MTU 1500, the plugin's default) wired by ADD.
     fn new(test: &str) -> World {
+        World::with_ipam(test, json!({"subnet": SUBNET}))
+    }
+
+    /// `new` with a dual-stack pod: one IPv4 and one IPv6 address.
+    fn dual(test: &str) -> World {
+        World::with_ipam(
+            test,
+            json!({"ranges": [[{"subnet": SUBNET}], [{"subnet": SUBNET6}]]}),
+        )
+    }
+
+    fn with_ipam(test: &str, mut ipam: Value) -> World {
         let mut base = common::World::new("rcnip", test);
         let ns = base.pod_ns("web-1");
         let netns = format!("/run/netns/{ns}");
         let store = base.dir.join("store");
+        ipam["dataDir"] = json!(store);
         let config = json!({
             "cniVersion": "1.0.0",
             "name": "test",
             "type": "routed-cni",
-            "ipam": {"subnet": SUBNET, "dataDir": store},
-            "nonMasqueradeCIDRs": ["10.244.0.0/16"],
+            "ipam": ipam,
+            "nonMasqueradeCIDRs": ["10.244.0.0/16", "fd00:10:244::/48"],
             "logFile": base.dir.join("cni.log"),
         });
         let id = format!("web-1-{}", base.prefix);
@@ -298,4 +322,34 @@ fn direct_path_names_the_node_address_and_whose_route_it_is() {
             .contains("larger than the 1400 that fit uplink"),
         "{d:?}"
     );
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn ipv6_pods_share_the_ipv4_tunnel() {
+    let w = World::dual("vxlan6");
+    w.remote_nodes();
+    // The agent's IPv6 entries for the same remote node: its IPv6 tunnel address, same MAC.
+    w.base.on_node(&format!(
+        "ip -6 neigh add fd00:10:244:3:: lladdr {REMOTE_MAC} dev rcni.vxlan nud permanent \
+         && ip -6 route add fd00:10:244:3::/64 via fd00:10:244:3:: dev rcni.vxlan onlink proto 77"
+    ));
+    let d = w.doctor_to("fd00:10:244:3::7");
+    let step = d.step_in("ipv6", "path-to");
+    assert_eq!(step["status"], "ok", "{d:?}");
+    let saw = step["saw"].as_str().unwrap();
+    for needle in [
+        "VXLAN via fd00:10:244:3:: dev rcni.vxlan (VNI 77, port 4789, local 198.51.100.1)",
+        &format!("neighbour fd00:10:244:3:: -> {REMOTE_MAC} (permanent)"),
+        &format!("FDB {REMOTE_MAC} -> node address {REMOTE_NODE}"),
+        &format!("underlay: {REMOTE_NODE} via router {OUTSIDE_IP} dev uplink"),
+    ] {
+        assert!(saw.contains(needle), "{needle:?} not in {saw:?}");
+    }
+    // The headers are the IPv4 underlay's, whatever the pod's family.
+    let mtu = d.step_in("ipv6", "path-mtu");
+    assert_eq!(mtu["details"]["underlay"]["overhead"], 50, "{mtu:#}");
+    assert_eq!(mtu["status"], "warn", "{mtu:#}");
+    // The IPv4 walk skips the IPv6 destination's path steps.
+    assert_eq!(d.step_in("ipv4", "path-to")["status"], "skip", "{d:?}");
 }

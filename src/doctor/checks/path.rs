@@ -466,3 +466,37 @@ impl Walk<'_> {
         Step::ok(MTU_ID, MTU_TITLE, format!("{saw}: the pod's packets fit")).details(details)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_say_whose_they_are() {
+        let m = MatchedRoute {
+            dst: "10.244.3.0".parse().unwrap(),
+            prefix: 24,
+            protocol: ROUTE_PROTOCOL,
+            table: 254,
+            gateway: Some("10.244.3.0".parse().unwrap()),
+            oif: Some(7),
+            onlink: true,
+        };
+        assert_eq!(
+            route_text(&m),
+            "10.244.3.0/24 proto 77 (routed-cni agent's)"
+        );
+        assert_eq!(route_json(&Some(m.clone()))["ours"], true);
+        let default = MatchedRoute {
+            dst: "0.0.0.0".parse().unwrap(),
+            prefix: 0,
+            protocol: 3,
+            ..m
+        };
+        assert_eq!(
+            route_text(&default),
+            "default proto boot (not routed-cni's)"
+        );
+        assert_eq!(protocol_name(80), "80");
+    }
+}
