@@ -466,6 +466,8 @@ fn healthy_pod_passes_every_step_found_by_pod_container_or_netns() {
             "nat",
             "pod-route-to",
             "node-route-to",
+            "path-to",
+            "path-mtu",
             "masquerade-to",
             "allocation"
         ],
@@ -854,6 +856,8 @@ fn dual_stack_pod_gets_both_walks() {
             "nat",
             "pod-route-to",
             "node-route-to",
+            "path-to",
+            "path-mtu",
             "masquerade-to",
             "allocation"
         ],
@@ -880,7 +884,7 @@ fn dual_stack_pod_gets_both_walks() {
     assert!(masq["pkts"].as_u64().unwrap() >= 1, "{nat:#}");
     // The IPv4 walk is the IPv4 walk, its --to steps skipped for an IPv6 destination.
     let v4 = d.report("ipv4");
-    assert_eq!(v4["steps"].as_array().unwrap().len(), 18, "{v4:#}");
+    assert_eq!(v4["steps"].as_array().unwrap().len(), 20, "{v4:#}");
     assert_eq!(d.step_in("ipv4", "pod-route-to")["status"], "skip");
     assert_eq!(d.step_in("ipv4", "rp-filter")["status"], "ok");
 

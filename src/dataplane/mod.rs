@@ -22,7 +22,7 @@ pub mod vxlan;
 
 pub use family::*;
 pub use links::*;
-pub use lookup::{RouteLookup, RouteQuery};
+pub use lookup::{MatchedRoute, RouteLookup, RouteQuery};
 pub use netlink::{errno, error_text, runtime, Netlink};
 pub use routes::*;
 pub use uplink::{Uplink, UplinkFault};

@@ -2,12 +2,14 @@
 //! packet meets it, each judged by what the kernel actually does with it (route lookups,
 //! neighbour resolution), not only by whether an object exists. One walk serves both families;
 //! the steps live by what they walk: `pod` (the pod's side), `host` (the node's side of the
-//! veth), `forwarding` (forwarding, rp_filter, masquerade), `destination` (`--to`).
+//! veth), `forwarding` (forwarding, rp_filter, masquerade), `destination` (`--to`), `path`
+//! (`--to` off the node: direct or VXLAN, and the MTU that path carries).
 
 mod destination;
 mod filter;
 mod forwarding;
 mod host;
+mod path;
 pub mod plugins;
 mod pod;
 

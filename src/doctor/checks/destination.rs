@@ -28,6 +28,8 @@ impl Walk<'_> {
             for (id, title) in [
                 (POD_ID, POD_TITLE),
                 ("node-route-to", "node route to"),
+                ("path-to", "path to"),
+                ("path-mtu", "path MTU"),
                 ("masquerade-to", "masquerade to"),
             ] {
                 self.steps.push(Step::skip(id, title, why.clone()));
@@ -84,6 +86,7 @@ impl Walk<'_> {
             format!("{dst} is a Service IP ({s}): kube-proxy rewrites it to an endpoint before this lookup, so the endpoint's route is the one that counts; ")
         });
         let mut local = false;
+        let mut node_lookup = None;
         match self.host_index() {
             None => self.steps.push(Step::skip(
                 NODE_ID,
@@ -98,6 +101,7 @@ impl Walk<'_> {
                     tcp_dport: d.port,
                 };
                 let res = self.block(self.node.net.route_get(q));
+                node_lookup = res.as_ref().ok().and_then(|r| r.as_ref().ok()).cloned();
                 let note = svc_note.clone().unwrap_or_default();
                 let step = match &res {
                     Err(e) => Step::fail(NODE_ID, NODE_TITLE, e.msg.clone()),
@@ -157,6 +161,8 @@ impl Walk<'_> {
                 self.steps.push(step.details(details));
             }
         }
+        // Which way the node sends it: direct, or VXLAN and what that relies on.
+        self.path_to(d, node_lookup.as_ref());
 
         // What the pool's NAT does to it.
         const NAT_ID: &str = "masquerade-to";
