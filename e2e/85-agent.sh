@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# routed-cni agent against a stand-in API server (e2e/lib/fake-apiserver.py: HTTPS with a CA
+# routed-cni agent with --encapsulation never (direct routes only, the behaviour before VXLAN;
+# e2e/87-crosssubnet.sh covers crosssubnet and vxlan) against a stand-in API server (e2e/lib/fake-apiserver.py: HTTPS with a CA
 # made here, bearer token, list + watch of the Node objects in a directory). Nodes are network
 # namespaces on one switch (lib/cluster.sh, without its hand-made routes: the agents make them).
 # Checks, as an operator would:
@@ -99,7 +100,7 @@ start_agent() {
     mkdir -p "$dir"
     ip netns exec "$ns" env NODE_NAME="$name" ROUTED_CNI_CLUSTER_CIDR="$CLUSTER_CIDR,$CLUSTER_CIDR6" "$BIN" agent \
         --api-server $API --token-file "$token" --ca-file "$WORK/ca.crt" \
-        --resync-seconds $RESYNC --stale-seconds $STALE \
+        --resync-seconds $RESYNC --stale-seconds $STALE --encapsulation never \
         --bin-dir "$dir/bin" --conf-dir "$dir/net.d" --log-file "$dir/cni.log" \
         --systemd-network-dir "$dir/systemd/network" --networkmanager-conf-dir "$dir/NetworkManager/conf.d" \
         2>>"$dir/agent.log" &
@@ -317,7 +318,7 @@ start_lost_agent() {
     mkdir -p "$dir"
     ip netns exec "$NODE_A" env NODE_NAME=node-a ROUTED_CNI_API_SERVER="$url" ROUTED_CNI_CLUSTER_CIDR="$CLUSTER_CIDR" "$BIN" agent \
         --token-file "$WORK/token" --ca-file "$WORK/ca.crt" --health-addr 127.0.0.1:"$port" \
-        --resync-seconds $RESYNC --stale-seconds $STALE \
+        --resync-seconds $RESYNC --stale-seconds $STALE --encapsulation never \
         --bin-dir "$dir/bin" --conf-dir "$dir/net.d" --log-file "$dir/cni.log" 2>>"$dir/agent.log" &
     AGENT_PID[lost-$port]=$!
     BACKGROUND_PIDS+=($!)

@@ -1,7 +1,9 @@
 //! `routed-cni agent`: the DaemonSet's long-running side, kept out of the CNI verbs (which
 //! never talk to the API server). It learns this node's podCIDR from its Node object and
-//! installs the plugin with it, keeps `<other node's podCIDR> via <its InternalIP>` routes in
-//! sync from a list + watch of all nodes, and answers kubelet's probes. Every resync period it
+//! installs the plugin with it, keeps a route to every other node's podCIDRs in sync from a
+//! list + watch of all nodes (`via <its InternalIP>` where the nodes share a link, through the
+//! VXLAN device where they do not: routes.rs decides, tunnel.rs keeps the device and its
+//! entries), and answers kubelet's probes. Every resync period it
 //! re-applies everything from the watch-fed cache (repairing routes or a conflist removed by
 //! hand, and the firewall rules of populated pools that a firewalld/ufw reload or a flush
 //! removed: firewall.rs) without asking the API server again: a full list of every node by
@@ -19,6 +21,7 @@ pub mod firewall;
 pub mod health;
 pub mod kube;
 pub mod routes;
+pub mod tunnel;
 
 use ipnetwork::IpNetwork;
 use nix::sys::signal::{SigSet, Signal};
@@ -32,7 +35,8 @@ use crate::install::{self, InstallSettings};
 use backoff::Backoff;
 use health::Health;
 use kube::{ApiClient, KubeError, NodeInfo, WatchEvent, LIST_TIMEOUT, WATCH_GRACE};
-use routes::{Plan, RouteSync};
+use routes::{Plan, Reach, RouteSync};
+use tunnel::{Encapsulation, Local, TunnelOptions, TunnelReport, TunnelSync};
 
 /// The first retry after an API error; doubled up to the resync period or MAX_BACKOFF.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -62,6 +66,7 @@ pub struct AgentOptions {
     pub stale_after: Duration,
     pub health_addr: SocketAddr,
     pub install: InstallSettings,
+    pub tunnel: TunnelOptions,
 }
 
 /// Runs the agent until SIGTERM/SIGINT. Returns the exit code for a start-up failure.
@@ -125,7 +130,22 @@ pub fn run(opts: AgentOptions) -> i32 {
         opts.health_addr,
         routes::ROUTE_PROTOCOL
     );
+    crate::info!(
+        "encapsulation {}{}",
+        opts.tunnel.mode,
+        match opts.tunnel.mode {
+            Encapsulation::Never =>
+                " (direct routes only: every node must share a link)".to_string(),
+            _ => format!(
+                ": device {}, VNI {}, UDP port {}",
+                crate::dataplane::vxlan::VXLAN_DEVICE,
+                opts.tunnel.vni,
+                opts.tunnel.port
+            ),
+        }
+    );
     let mut agent = Agent {
+        tunnel: TunnelSync::new(netlink.clone(), opts.tunnel.clone()),
         routes: RouteSync::new(netlink.handle),
         rt,
         client,
@@ -145,12 +165,13 @@ struct Agent {
     client: ApiClient,
     rt: tokio::runtime::Runtime,
     routes: RouteSync,
+    tunnel: TunnelSync,
     health: Arc<Health>,
     nodes: BTreeMap<String, NodeInfo>,
     /// Destination → node it was last routed for, to name the node when its route goes.
     routed_for: BTreeMap<IpNetwork, String>,
-    /// The pod subnets of the last successful install.
-    installed_for: Option<Vec<IpNetwork>>,
+    /// The pod subnets and MTU of the last successful install.
+    installed_for: Option<(Vec<IpNetwork>, Option<u32>)>,
     /// The notes of the last reconcile (skipped nodes, install wait), so each is logged once
     /// per change rather than at every resync.
     said: Vec<String>,
@@ -332,11 +353,17 @@ impl Agent {
             .step("applying install and routes", RECONCILE_BOUND);
         let _busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
         let mut notes = Vec::new();
-        self.install(full, &mut notes);
+        let local = self.local_side(&mut notes);
+        self.install(full, local.as_ref(), &mut notes);
         if full {
             self.repair_firewall();
         }
-        let plan: Plan = routes::plan(&self.nodes, &self.opts.node_name);
+        let mut tunnel = TunnelReport::default();
+        let device = self
+            .rt
+            .block_on(self.tunnel.device(local.as_ref(), &mut tunnel));
+        let reach = self.reach(local.as_ref());
+        let plan: Plan = routes::plan(&self.nodes, &self.opts.node_name, &reach);
         for n in self.nodes.values() {
             notes.extend(n.problems.iter().map(|p| format!("node {}: {p}", n.name)));
         }
@@ -345,21 +372,42 @@ impl Agent {
             crate::warn!("{n}");
         }
         self.said = notes;
-        match self.rt.block_on(self.routes.sync(&plan, &self.routed_for)) {
-            Ok(report) => {
+        // The entries a new route through the tunnel needs go in before the route; those no
+        // route needs any more go after the routes that used them.
+        if let Some(index) = device {
+            self.rt.block_on(
+                self.tunnel
+                    .add_entries(index, &plan.vxlan_peers, &mut tunnel),
+            );
+        }
+        match self
+            .rt
+            .block_on(self.routes.sync(&plan, &self.routed_for, device))
+        {
+            Ok(mut report) => {
+                if let Some(index) = device {
+                    self.rt.block_on(self.tunnel.remove_stale(
+                        index,
+                        &plan.vxlan_peers,
+                        &mut tunnel,
+                    ));
+                }
                 if report.added + report.replaced + report.removed > 0
                     || !report.failures.is_empty()
+                    || !tunnel.changes.is_empty()
                 {
                     crate::info!(
-                        "routes synced: {} added, {} replaced, {} removed, {} failed; {} route(s) to {} other node(s)",
+                        "routes synced: {} added, {} replaced, {} removed, {} failed; {} route(s) to {} other node(s), {} of them through VXLAN",
                         report.added,
                         report.replaced,
                         report.removed,
                         report.failures.len(),
                         plan.routes.len(),
-                        self.nodes.len().saturating_sub(1)
+                        self.nodes.len().saturating_sub(1),
+                        plan.vxlan_peers.len()
                     );
                 }
+                report.failures.append(&mut tunnel.failures);
                 self.health.synced(report.failures);
             }
             Err(e) => {
@@ -372,6 +420,57 @@ impl Agent {
             .into_iter()
             .map(|(dst, r)| (dst, r.node))
             .collect();
+    }
+
+    /// This node's side of the tunnel (`None` in never mode, or before its Node object has an
+    /// InternalIP); a note when its uplink MTU is unknown.
+    fn local_side(&self, notes: &mut Vec<String>) -> Option<Local> {
+        let own = self.nodes.get(&self.opts.node_name)?;
+        let local = self.rt.block_on(self.tunnel.local(
+            &self.opts.node_name,
+            &own.internal_ips,
+            &own.pod_cidrs,
+        ));
+        match &local {
+            None if self.opts.tunnel.mode != Encapsulation::Never => notes.push(format!(
+                "node {} has no InternalIP: no VXLAN device until it has one (nodes on other subnets are unreachable meanwhile)",
+                self.opts.node_name
+            )),
+            Some(l) => {
+                if let Err(why) = &l.uplink_mtu {
+                    notes.push(format!(
+                        "{why}: assuming a {} byte uplink, so pods and {} get MTU {}",
+                        crate::dataplane::DEFAULT_MTU,
+                        crate::dataplane::vxlan::VXLAN_DEVICE,
+                        l.spec.mtu
+                    ));
+                }
+            }
+            None => {}
+        }
+        local
+    }
+
+    /// What decides each node's path: the mode, our outer address and, in crosssubnet mode,
+    /// which node addresses the kernel reaches without a gateway (asked again at every sync,
+    /// so a node that moves, or a change in this node's own routes, re-decides it).
+    fn reach(&self, local: Option<&Local>) -> Reach {
+        let mode = self.opts.tunnel.mode;
+        let on_link = if mode == Encapsulation::CrossSubnet {
+            let ips = self
+                .nodes
+                .values()
+                .filter(|n| n.name != self.opts.node_name)
+                .flat_map(|n| n.internal_ips.iter().copied());
+            self.rt.block_on(self.tunnel.on_link(ips))
+        } else {
+            Default::default()
+        };
+        Reach {
+            mode,
+            local: local.map(|l| l.address),
+            on_link,
+        }
     }
 
     /// Puts back the rules of the installed conflist's populated pools that a firewall reload
@@ -397,7 +496,9 @@ impl Agent {
         self.health.firewall_checked(done.failures);
     }
 
-    fn install(&mut self, full: bool, notes: &mut Vec<String>) {
+    /// `local`: with encapsulation, the pods' MTU leaves room for the VXLAN headers (unless
+    /// --mtu says otherwise).
+    fn install(&mut self, full: bool, local: Option<&Local>, notes: &mut Vec<String>) {
         let name = &self.opts.node_name;
         let subnets = match self.nodes.get(name) {
             None => {
@@ -414,10 +515,14 @@ impl Agent {
             }
             Some(n) => n.install_subnets(),
         };
-        let opts = self.opts.install.for_subnets(subnets.clone());
+        let mut opts = self.opts.install.for_subnets(subnets.clone());
+        if opts.mtu.is_none() {
+            opts.mtu = local.map(|l| l.spec.mtu);
+        }
+        let target = (subnets.clone(), opts.mtu);
         // A chained plugin missing from the bin dir is a note on every pass, so the warning
         // stands (logged once) until it is there: the runtime fails every pod's ADD meanwhile.
-        if !full && self.installed_for.as_ref() == Some(&subnets) {
+        if !full && self.installed_for.as_ref() == Some(&target) {
             let chain = install::conflist(&opts);
             notes.extend(
                 install::plugins::missing(&chain, &opts.bin_dir)
@@ -431,7 +536,7 @@ impl Agent {
             Ok(done) => {
                 if done.binary_changed
                     || done.config_changed
-                    || self.installed_for.as_ref() != Some(&subnets)
+                    || self.installed_for.as_ref() != Some(&target)
                 {
                     crate::info!(
                         "install for podCIDR {cidr}: {} {}, {} {}",
@@ -457,7 +562,7 @@ impl Agent {
                     crate::info!("{}", f.line());
                 }
                 notes.extend(done.missing_plugins.iter().map(|m| m.line()));
-                self.installed_for = Some(subnets);
+                self.installed_for = Some(target);
                 self.health
                     .installed(format!("conflist for podCIDR {cidr}"));
             }

@@ -6,12 +6,14 @@ use futures_util::TryStreamExt;
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, RouteMessageBuilder};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
 use super::kube::NodeInfo;
-use crate::dataplane::{errno, error_text, route_table};
+use super::tunnel::Encapsulation;
+use crate::dataplane::vxlan::{tunnel_address, vtep_mac, VXLAN_DEVICE};
+use crate::dataplane::{errno, error_text, route_oif, route_table};
 
 /// rtm_protocol of every route the agent makes (`ip route show proto 77`). Not in iproute2's
 /// rt_protos nor the kernel's RTPROT_* list (0-18, 42, 99, 186-192), and not one the
@@ -30,19 +32,52 @@ pub enum RouteError {
     List(String),
 }
 
+/// How a route reaches the other node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// `via` is the node's InternalIP, on a link this node shares with it.
+    Direct,
+    /// `via` is the node's tunnel address, on our VXLAN device (onlink); the outer packets go
+    /// to `underlay`, the node's InternalIP.
+    Vxlan { underlay: IpAddr },
+}
+
 /// One route the cluster wants on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodRoute {
     pub dst: IpNetwork,
     pub via: IpAddr,
     pub node: String,
+    pub path: Path,
 }
 
-/// The routes this node should have, and why some nodes got none.
+/// What a remote node reached through VXLAN needs besides its routes: a neighbour entry per
+/// tunnel address and one FDB entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanPeer {
+    pub node: String,
+    pub mac: [u8; 6],
+    pub underlay: IpAddr,
+    pub tunnels: Vec<IpAddr>,
+}
+
+/// The routes (and VXLAN peers) this node should have, and why some nodes got none.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub routes: BTreeMap<IpNetwork, PodRoute>,
+    pub vxlan_peers: BTreeMap<String, VxlanPeer>,
     pub skipped: Vec<String>,
+}
+
+/// What decides the path to each node.
+#[derive(Debug, Clone, Default)]
+pub struct Reach {
+    pub mode: Encapsulation,
+    /// This node's address for the outer packets (its first IPv4 InternalIP, else IPv6);
+    /// `None`: VXLAN is not possible (never mode, or no InternalIP of our own yet).
+    pub local: Option<IpAddr>,
+    /// The node addresses the kernel reaches without a gateway (crosssubnet's test).
+    pub on_link: BTreeSet<IpAddr>,
 }
 
 fn same_family(a: &IpNetwork, b: &IpAddr) -> bool {
@@ -52,14 +87,20 @@ fn same_family(a: &IpNetwork, b: &IpAddr) -> bool {
     )
 }
 
+fn same_ip_family(a: &IpAddr, b: &IpAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4()
+}
+
 fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
     same_family(a, &b.network()) && (a.contains(b.network()) || b.contains(a.network()))
 }
 
-/// The routes to every other node's podCIDRs, each via that node's first InternalIP of the
-/// same family. Nodes are visited by name, so when two claim the same CIDR the choice is
-/// stable. Never a route into our own podCIDRs, or via one of our own addresses.
-pub fn plan(nodes: &BTreeMap<String, NodeInfo>, own_name: &str) -> Plan {
+/// The routes to every other node's podCIDRs. Direct, via the node's first InternalIP of the
+/// same family, when the mode is `never`, or `crosssubnet` and the kernel reaches that address
+/// without a gateway; otherwise through VXLAN to the node's InternalIP of the underlay's
+/// family. Nodes are visited by name, so when two claim the same CIDR the choice is stable.
+/// Never a route into our own podCIDRs, or via one of our own addresses.
+pub fn plan(nodes: &BTreeMap<String, NodeInfo>, own_name: &str, reach: &Reach) -> Plan {
     let mut out = Plan::default();
     let own = nodes.get(own_name);
     let own_cidrs: &[IpNetwork] = own.map(|n| n.pod_cidrs.as_slice()).unwrap_or(&[]);
@@ -70,13 +111,43 @@ pub fn plan(nodes: &BTreeMap<String, NodeInfo>, own_name: &str) -> Plan {
                 .push(format!("node {} has no podCIDR yet", node.name));
             continue;
         }
+        let underlay = reach.local.and_then(|l| {
+            node.internal_ips
+                .iter()
+                .find(|ip| same_ip_family(ip, &l))
+                .copied()
+        });
         for dst in &node.pod_cidrs {
-            let Some(via) = node.internal_ips.iter().find(|ip| same_family(dst, ip)) else {
-                out.skipped.push(format!(
-                    "node {} has no IPv{} InternalIP to route its podCIDR {dst} to",
-                    node.name,
-                    if dst.is_ipv4() { 4 } else { 6 }
-                ));
+            let direct = node.internal_ips.iter().find(|ip| same_family(dst, ip));
+            let path = match (reach.mode, direct, underlay) {
+                (Encapsulation::Never, Some(via), _) => Some((*via, Path::Direct)),
+                (Encapsulation::CrossSubnet, Some(via), _) if reach.on_link.contains(via) => {
+                    Some((*via, Path::Direct))
+                }
+                (Encapsulation::Vxlan | Encapsulation::CrossSubnet, _, Some(u)) => {
+                    Some((tunnel_address(dst), Path::Vxlan { underlay: u }))
+                }
+                // No VXLAN possible: a direct route, which fails (and says why) if not on link.
+                (Encapsulation::CrossSubnet, Some(via), None) => Some((*via, Path::Direct)),
+                _ => None,
+            };
+            let Some((via, path)) = path else {
+                let why = match reach.mode {
+                    Encapsulation::Never => format!(
+                        "node {} has no IPv{} InternalIP to route its podCIDR {dst} to",
+                        node.name,
+                        if dst.is_ipv4() { 4 } else { 6 }
+                    ),
+                    _ => match reach.local {
+                        None => format!("this node has no InternalIP yet to send VXLAN from; not routing node {}'s podCIDR {dst}", node.name),
+                        Some(l) => format!(
+                            "node {} has no IPv{} InternalIP to send VXLAN to (this node's underlay is {l}); not routing its podCIDR {dst}",
+                            node.name,
+                            if l.is_ipv4() { 4 } else { 6 }
+                        ),
+                    },
+                };
+                out.skipped.push(why);
                 continue;
             };
             if let Some(mine) = own_cidrs.iter().find(|c| overlaps(c, dst)) {
@@ -86,9 +157,13 @@ pub fn plan(nodes: &BTreeMap<String, NodeInfo>, own_name: &str) -> Plan {
                 ));
                 continue;
             }
-            if own_ips.contains(via) {
+            let outer = match path {
+                Path::Direct => via,
+                Path::Vxlan { underlay } => underlay,
+            };
+            if own_ips.contains(&outer) {
                 out.skipped.push(format!(
-                    "node {} claims this node's own address {via}; not routing {dst}",
+                    "node {} claims this node's own address {outer}; not routing {dst}",
                     node.name
                 ));
                 continue;
@@ -100,12 +175,25 @@ pub fn plan(nodes: &BTreeMap<String, NodeInfo>, own_name: &str) -> Plan {
                 ));
                 continue;
             }
+            if let Path::Vxlan { underlay } = path {
+                let peer = out
+                    .vxlan_peers
+                    .entry(node.name.clone())
+                    .or_insert_with(|| VxlanPeer {
+                        node: node.name.clone(),
+                        mac: vtep_mac(&node.name),
+                        underlay,
+                        tunnels: Vec::new(),
+                    });
+                peer.tunnels.push(via);
+            }
             out.routes.insert(
                 *dst,
                 PodRoute {
                     dst: *dst,
-                    via: *via,
+                    via,
                     node: node.name.clone(),
+                    path,
                 },
             );
         }
@@ -118,6 +206,7 @@ pub fn plan(nodes: &BTreeMap<String, NodeInfo>, own_name: &str) -> Plan {
 struct Installed {
     dst: IpNetwork,
     via: Option<IpAddr>,
+    oif: Option<u32>,
     msg: RouteMessage,
 }
 
@@ -130,19 +219,31 @@ pub struct SyncReport {
     pub failures: Vec<String>,
 }
 
-fn route_message(dst: IpNetwork, via: IpAddr) -> RouteMessage {
+/// `dev`: the VXLAN device's index for a route through the tunnel (onlink: the tunnel
+/// address is on no subnet of the device, and needs none: its neighbour entry is permanent).
+fn route_message(dst: IpNetwork, via: IpAddr, dev: Option<u32>) -> RouteMessage {
     let proto = RouteProtocol::from(ROUTE_PROTOCOL);
     match (dst, via) {
-        (IpNetwork::V4(d), IpAddr::V4(g)) => RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(d.network(), d.prefix())
-            .gateway(g)
-            .protocol(proto)
-            .build(),
-        (IpNetwork::V6(d), IpAddr::V6(g)) => RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(d.network(), d.prefix())
-            .gateway(g)
-            .protocol(proto)
-            .build(),
+        (IpNetwork::V4(d), IpAddr::V4(g)) => {
+            let b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(d.network(), d.prefix())
+                .gateway(g)
+                .protocol(proto);
+            match dev {
+                Some(i) => b.output_interface(i).onlink().build(),
+                None => b.build(),
+            }
+        }
+        (IpNetwork::V6(d), IpAddr::V6(g)) => {
+            let b = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(d.network(), d.prefix())
+                .gateway(g)
+                .protocol(proto);
+            match dev {
+                Some(i) => b.output_interface(i).onlink().build(),
+                None => b.build(),
+            }
+        }
         // plan() never pairs families; a mixed pair here is a bug, not an input problem.
         _ => unreachable!("route {dst} via {via}: address families differ"),
     }
@@ -166,7 +267,12 @@ fn installed(msg: RouteMessage) -> Option<Installed> {
         RouteAttribute::Gateway(g) => route_addr(g),
         _ => None,
     });
-    Some(Installed { dst, via, msg })
+    Some(Installed {
+        dst,
+        via,
+        oif: route_oif(&msg),
+        msg,
+    })
 }
 
 /// The routes of the namespace the handle's socket lives in.
@@ -202,10 +308,13 @@ impl RouteSync {
 
     /// Makes our routes exactly `plan.routes`. `names` maps a destination to the node it was
     /// last routed for, so a removal can name a node that is no longer in the API.
+    /// `vxlan`: the VXLAN device's index, for the plan's routes through it (a plan with such
+    /// routes and no device leaves them out, as failures).
     pub async fn sync(
         &self,
         plan: &Plan,
         names: &BTreeMap<IpNetwork, String>,
+        vxlan: Option<u32>,
     ) -> Result<SyncReport, RouteError> {
         let mut report = SyncReport::default();
         let mut current: BTreeMap<IpNetwork, Vec<Installed>> = BTreeMap::new();
@@ -239,13 +348,37 @@ impl RouteSync {
         }
         for (dst, want) in &plan.routes {
             let have = current.get(dst).map(Vec::as_slice).unwrap_or(&[]);
+            let dev = match want.path {
+                Path::Direct => None,
+                Path::Vxlan { .. } => match vxlan {
+                    Some(i) => Some(i),
+                    None => {
+                        report.failures.push(format!(
+                            "route {dst} via {} (node {}): no VXLAN device",
+                            want.via, want.node
+                        ));
+                        continue;
+                    }
+                },
+            };
             if let [only] = have {
-                if only.via == Some(want.via) {
+                // A direct route must not be left on the tunnel device, and the other way round.
+                let same_dev = match dev {
+                    Some(i) => only.oif == Some(i),
+                    None => vxlan.is_none() || only.oif != vxlan,
+                };
+                if only.via == Some(want.via) && same_dev {
                     continue;
                 }
             }
-            let msg = route_message(*dst, want.via);
-            let what = format!("{dst} via {} (node {})", want.via, want.node);
+            let msg = route_message(*dst, want.via, dev);
+            let what = match want.path {
+                Path::Direct => format!("{dst} via {} (node {})", want.via, want.node),
+                Path::Vxlan { underlay } => format!(
+                    "{dst} via {} dev {VXLAN_DEVICE} onlink (node {}, VXLAN to {underlay})",
+                    want.via, want.node
+                ),
+            };
             let result = if have.is_empty() {
                 // EXCL: a route to the same place that is not ours must not be overwritten.
                 self.handle.route().add(msg).execute().await
@@ -277,7 +410,7 @@ impl RouteSync {
                             "; the node already has a route to {dst} that routed-cni did not make (see `ip route show {dst}`): leaving it alone"
                         ),
                         Some(ENETUNREACH | EHOSTUNREACH) => format!(
-                            "; {} is not on a network this node is attached to: routed-cni routes pod CIDRs straight to node addresses, so nodes must share a link (no overlay)",
+                            "; {} is not on a network this node is attached to: with --encapsulation never, routed-cni routes pod CIDRs straight to node addresses, so nodes must share a link (crosssubnet, the default, reaches such nodes through VXLAN)",
                             want.via
                         ),
                         _ => String::new(),
@@ -308,6 +441,13 @@ mod tests {
         )
     }
 
+    fn never() -> Reach {
+        Reach {
+            mode: Encapsulation::Never,
+            ..Default::default()
+        }
+    }
+
     fn routes(p: &Plan) -> Vec<String> {
         p.routes
             .values()
@@ -333,7 +473,7 @@ mod tests {
             node("e", &["10.244.5.0/24"], &[]),
         ]
         .into();
-        let p = plan(&nodes, "a");
+        let p = plan(&nodes, "a", &never());
         assert_eq!(
             routes(&p),
             vec![
@@ -370,12 +510,104 @@ mod tests {
             node("e", &["10.244.4.0/24"], &["100.64.0.5"]),
         ]
         .into();
-        let p = plan(&nodes, "a");
+        let p = plan(&nodes, "a", &never());
         assert_eq!(routes(&p), vec!["10.244.4.0/24 via 100.64.0.4 (d)"]);
         assert_eq!(p.skipped.len(), 3, "{:?}", p.skipped);
         // Our own node unknown (not registered yet): the others are still routed.
-        let p = plan(&nodes, "z");
+        let p = plan(&nodes, "z", &never());
         assert_eq!(p.routes.len(), 3, "{:?}", routes(&p));
+    }
+
+    #[test]
+    fn crosssubnet_tunnels_only_nodes_off_link_and_vxlan_tunnels_all() {
+        let nodes: BTreeMap<_, _> = [
+            node(
+                "a",
+                &["10.244.1.0/24", "fd00:1::/64"],
+                &["100.64.0.1", "fd10::1"],
+            ),
+            // On A's link.
+            node(
+                "b",
+                &["10.244.2.0/24", "fd00:2::/64"],
+                &["100.64.0.2", "fd10::2"],
+            ),
+            // Behind a router, IPv4 only: its IPv6 pods ride the IPv4 tunnel too.
+            node("c", &["10.244.3.0/24", "fd00:3::/64"], &["100.65.0.3"]),
+            // No address of the underlay's family: nothing to send VXLAN to.
+            node("d", &["10.244.4.0/24"], &["fd20::4"]),
+        ]
+        .into();
+        let mut reach = Reach {
+            mode: Encapsulation::CrossSubnet,
+            local: Some("100.64.0.1".parse().unwrap()),
+            on_link: ["100.64.0.2", "fd10::2"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+        };
+        let p = plan(&nodes, "a", &reach);
+        assert_eq!(
+            routes(&p),
+            vec![
+                "10.244.2.0/24 via 100.64.0.2 (b)",
+                "10.244.3.0/24 via 10.244.3.0 (c)",
+                "fd00:2::/64 via fd10::2 (b)",
+                "fd00:3::/64 via fd00:3:: (c)",
+            ]
+        );
+        assert_eq!(p.vxlan_peers.len(), 1);
+        let c = &p.vxlan_peers["c"];
+        assert_eq!(c.underlay, "100.65.0.3".parse::<IpAddr>().unwrap());
+        assert_eq!(c.mac, vtep_mac("c"));
+        assert_eq!(c.tunnels.len(), 2);
+        assert!(
+            p.skipped
+                .iter()
+                .any(|s| s.contains("node d has no IPv4 InternalIP to send VXLAN to")),
+            "{:?}",
+            p.skipped
+        );
+        assert_eq!(
+            p.routes[&"10.244.2.0/24".parse().unwrap()].path,
+            Path::Direct
+        );
+
+        reach.mode = Encapsulation::Vxlan;
+        let p = plan(&nodes, "a", &reach);
+        assert_eq!(p.vxlan_peers.keys().collect::<Vec<_>>(), ["b", "c"]);
+        assert!(p
+            .routes
+            .values()
+            .all(|r| matches!(r.path, Path::Vxlan { .. })));
+        assert_eq!(
+            p.vxlan_peers["b"].underlay,
+            "100.64.0.2".parse::<IpAddr>().unwrap()
+        );
+
+        // Without an address of our own, crosssubnet falls back to direct routes.
+        reach.mode = Encapsulation::CrossSubnet;
+        reach.local = None;
+        let p = plan(&nodes, "a", &reach);
+        assert!(p.vxlan_peers.is_empty());
+        assert!(routes(&p).contains(&"10.244.3.0/24 via 100.65.0.3 (c)".to_string()));
+    }
+
+    #[test]
+    fn a_node_claiming_our_address_is_not_tunnelled_to() {
+        let nodes: BTreeMap<_, _> = [
+            node("a", &["10.244.1.0/24"], &["100.64.0.1"]),
+            node("x", &["10.244.9.0/24"], &["100.64.0.1"]),
+        ]
+        .into();
+        let reach = Reach {
+            mode: Encapsulation::Vxlan,
+            local: Some("100.64.0.1".parse().unwrap()),
+            on_link: BTreeSet::new(),
+        };
+        let p = plan(&nodes, "a", &reach);
+        assert!(p.routes.is_empty() && p.vxlan_peers.is_empty());
+        assert!(p.skipped[0].contains("claims this node's own address 100.64.0.1"));
     }
 
     #[test]
@@ -383,13 +615,28 @@ mod tests {
         let m = route_message(
             "10.244.2.0/24".parse().unwrap(),
             "100.64.0.2".parse().unwrap(),
+            None,
         );
         assert_eq!(u8::from(m.header.protocol), ROUTE_PROTOCOL);
         assert_eq!(m.header.destination_prefix_length, 24);
         let back = installed(m).unwrap();
         assert_eq!(back.dst, "10.244.2.0/24".parse::<IpNetwork>().unwrap());
         assert_eq!(back.via, Some("100.64.0.2".parse().unwrap()));
-        let m6 = route_message("fd00:2::/64".parse().unwrap(), "fd10::2".parse().unwrap());
+        let m6 = route_message(
+            "fd00:2::/64".parse().unwrap(),
+            "fd10::2".parse().unwrap(),
+            None,
+        );
         assert_eq!(installed(m6).unwrap().via, Some("fd10::2".parse().unwrap()));
+        let t = route_message(
+            "10.244.3.0/24".parse().unwrap(),
+            "10.244.3.0".parse().unwrap(),
+            Some(42),
+        );
+        assert!(t
+            .header
+            .flags
+            .contains(rtnetlink::packet_route::route::RouteFlags::Onlink));
+        assert_eq!(installed(t).unwrap().oif, Some(42));
     }
 }

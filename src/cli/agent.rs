@@ -6,7 +6,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::install::SettingsArgs;
+use crate::agent::tunnel::{Encapsulation, TunnelOptions};
 use crate::agent::AgentOptions;
+use crate::dataplane::vxlan::{DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI};
+
+/// VNIs are 24 bits.
+fn vni(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(v) if (1..1 << 24).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a VNI (1 to 16777215)")),
+    }
+}
 
 fn seconds(s: &str) -> Result<Duration, String> {
     match s.parse::<f64>() {
@@ -19,8 +29,9 @@ fn seconds(s: &str) -> Result<Duration, String> {
 /// other nodes, answer health probes
 ///
 /// Reads this node's podCIDR from the API server and runs install with it (again when it
-/// changes); keeps a route to every other node's podCIDRs via its InternalIP (both families,
-/// marked `proto 77`; only those are ever changed); re-applies both every resync from its
+/// changes); keeps a route to every other node's podCIDRs (both families, marked `proto 77`;
+/// only those are ever changed): via its InternalIP where the nodes share a link, through the
+/// VXLAN device rcni.vxlan where they do not (--encapsulation); re-applies both every resync from its
 /// watch-fed cache (repairing what was removed by hand; it lists again only at start and
 /// after a failed or expired watch); and answers GET /healthz (its own loop is alive) and
 /// /readyz (API server reachable, conflist installed, routes in sync; a 503 says why). The API
@@ -71,6 +82,23 @@ pub struct AgentArgs {
         default_value = "127.0.0.1:9465"
     )]
     health_addr: SocketAddr,
+    /// How pod traffic reaches other nodes: never (direct routes only: all nodes share a
+    /// link), vxlan (every node through the VXLAN device), crosssubnet (direct where the kernel
+    /// reaches the node without a gateway, VXLAN elsewhere)
+    #[arg(
+        long,
+        value_name = "MODE",
+        env = "ROUTED_CNI_ENCAPSULATION",
+        default_value = "crosssubnet"
+    )]
+    encapsulation: Encapsulation,
+    /// The VXLAN device's UDP port (IANA's 4789; every node must use the same)
+    #[arg(long, value_name = "PORT", env = "ROUTED_CNI_VXLAN_PORT", default_value_t = DEFAULT_VXLAN_PORT)]
+    vxlan_port: u16,
+    /// The VXLAN network identifier (every node must use the same; 77 is neither flannel's 1
+    /// nor Calico's 4096, so either can run beside routed-cni during a migration)
+    #[arg(long, value_name = "VNI", env = "ROUTED_CNI_VXLAN_VNI", default_value_t = DEFAULT_VXLAN_VNI, value_parser = vni)]
+    vxlan_vni: u32,
     /// Refused with a reason: the agent reads the podCIDR from the Node object.
     #[arg(long, value_name = "CIDR", hide = true)]
     pod_subnet: Option<String>,
@@ -122,6 +150,11 @@ impl AgentArgs {
             stale_after: self.stale_seconds.unwrap_or(self.resync_seconds * 3),
             health_addr: self.health_addr,
             install: self.install.into_settings(),
+            tunnel: TunnelOptions {
+                mode: self.encapsulation,
+                vni: self.vxlan_vni,
+                port: self.vxlan_port,
+            },
         })
     }
 }
@@ -173,6 +206,20 @@ mod tests {
         );
         assert_eq!(o.install.bin_dir, PathBuf::from("/x/bin"));
         assert_eq!(o.install.cluster_cidrs[0].to_string(), "10.244.0.0/16");
+        assert_eq!(o.tunnel, TunnelOptions::default());
+        assert_eq!(o.tunnel.mode, Encapsulation::CrossSubnet);
+        let v = agent(
+            &[
+                "--node-name",
+                "n1",
+                "--api-server",
+                "https://x",
+                "--vxlan-vni",
+                "4097",
+            ],
+            &[],
+        );
+        assert_eq!(v.unwrap().tunnel.vni, 4097);
         let err = |v: &[&str]| agent(v, &[]).unwrap_err();
         let base = ["--node-name", "n1", "--api-server", "https://x"];
         let with =
@@ -185,6 +232,9 @@ mod tests {
         assert!(err(&with(&["--health-addr", "9465"])).contains("ADDRESS:PORT"));
         assert!(err(&with(&["--mtu", "x"])).contains("--mtu"));
         assert!(err(&["--node-name"]).contains("--node-name"));
+        assert!(err(&with(&["--encapsulation", "ipip"])).contains("never, vxlan or crosssubnet"));
+        assert!(err(&with(&["--vxlan-vni", "16777216"])).contains("VNI"));
+        assert!(err(&with(&["--vxlan-port", "70000"])).contains("--vxlan-port"));
         assert!(err(&["--api-server", "https://x"]).contains("NODE_NAME"));
     }
 

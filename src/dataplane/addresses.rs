@@ -77,6 +77,62 @@ impl Netlink {
         Ok(out)
     }
 
+    /// The link that holds address `ip`, if any (the node's uplink for its InternalIP).
+    pub async fn link_with_address(
+        &self,
+        ip: IpAddr,
+    ) -> Result<Option<rtnetlink::packet_route::link::LinkMessage>> {
+        let mut addrs = self.handle.address().get().execute();
+        let mut index = None;
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .map_err(|e| nl_err("list addresses", e))?
+        {
+            let holds = a
+                .attributes
+                .iter()
+                .any(|attr| matches!(attr, AddressAttribute::Address(x) if *x == ip));
+            if holds && index.is_none() {
+                index = Some(a.header.index);
+            }
+        }
+        match index {
+            Some(i) => self.link_by_index(i).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Removes `ip` from link `index`; `Ok` when it was not there.
+    pub async fn delete_address(&self, index: u32, ip: IpAddr) -> Result<()> {
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(a) = addrs
+            .try_next()
+            .await
+            .map_err(|e| nl_err("list addresses", e))?
+        {
+            let this = a.header.index == index
+                && a.attributes
+                    .iter()
+                    .any(|attr| matches!(attr, AddressAttribute::Address(x) if *x == ip));
+            if this {
+                return self
+                    .handle
+                    .address()
+                    .del(a)
+                    .execute()
+                    .await
+                    .map_err(|e| nl_err(format_args!("remove address {ip}"), e));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `ip/prefix` is on link `index`, for either family.
     pub async fn has_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<bool> {
         Ok(match ip {

@@ -18,6 +18,7 @@ mod routes;
 pub mod spec;
 pub mod sysctl;
 mod uplink;
+pub mod vxlan;
 
 pub use family::*;
 pub use links::*;
