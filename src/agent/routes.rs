@@ -379,6 +379,19 @@ impl RouteSync {
                     want.via, want.node
                 ),
             };
+            // IPv6 refuses to replace a route by one whose onlink gateway lies inside the route
+            // being replaced on another device (EINVAL, "Nexthop has invalid gateway or device
+            // mismatch"): the gateway check finds the old route. Moving an IPv6 destination
+            // onto or off the tunnel therefore removes the old route first.
+            let moves_device = have.iter().any(|r| match dev {
+                Some(i) => r.oif != Some(i),
+                None => vxlan.is_some() && r.oif == vxlan,
+            });
+            if dst.is_ipv6() && moves_device {
+                for r in have {
+                    let _ = self.handle.route().del(r.msg.clone()).execute().await;
+                }
+            }
             let result = if have.is_empty() {
                 // EXCL: a route to the same place that is not ours must not be overwritten.
                 self.handle.route().add(msg).execute().await
