@@ -99,7 +99,10 @@ pub fn compile(cache: &PolicyCache, local: &BTreeMap<PodKey, LocalPod>) -> Rules
     let mut sets = Sets::default();
     let mut memo: HashMap<(String, Direction, usize), Vec<Rule>> = HashMap::new();
     for (i, (_, lp)) in targets.iter().enumerate() {
-        for (d, direction) in [Direction::Ingress, Direction::Egress].into_iter().enumerate() {
+        for (d, direction) in [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .enumerate()
+        {
             let policies = &selecting[i][d];
             if policies.is_empty() {
                 continue;
@@ -233,6 +236,9 @@ impl Sets {
     }
 }
 
+/// (container port name, protocol) -> (pod address, port number).
+type NamedIndex<'a> = HashMap<(&'a str, Protocol), Vec<(IpAddr, u16)>>;
+
 /// What selectors and named ports look at, gathered once per compile.
 struct World<'a> {
     cache: &'a PolicyCache,
@@ -241,7 +247,7 @@ struct World<'a> {
     peers: HashMap<&'a str, Vec<(&'a Pod, &'a [IpAddr])>>,
     /// (port name, protocol) -> (address, port) of every peer pod declaring it; built on the
     /// first egress rule with a named port.
-    named: OnceCell<HashMap<(&'a str, Protocol), Vec<(IpAddr, u16)>>>,
+    named: OnceCell<NamedIndex<'a>>,
 }
 
 impl<'a> World<'a> {
@@ -258,7 +264,10 @@ impl<'a> World<'a> {
                 .filter(|ips| !ips.is_empty())
                 .unwrap_or(pod.ips.as_slice());
             if !ips.is_empty() {
-                peers.entry(pod.namespace.as_str()).or_default().push((pod, ips));
+                peers
+                    .entry(pod.namespace.as_str())
+                    .or_default()
+                    .push((pod, ips));
             }
         }
         World {
@@ -268,7 +277,7 @@ impl<'a> World<'a> {
         }
     }
 
-    fn named_ports(&self) -> &HashMap<(&'a str, Protocol), Vec<(IpAddr, u16)>> {
+    fn named_ports(&self) -> &NamedIndex<'a> {
         self.named.get_or_init(|| {
             let mut index: HashMap<(&str, Protocol), Vec<(IpAddr, u16)>> = HashMap::new();
             for (pod, ips) in self.peers.values().flatten() {

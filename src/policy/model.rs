@@ -246,8 +246,10 @@ impl PolicyCache {
     }
 
     pub fn replace_namespaces(&mut self, namespaces: impl IntoIterator<Item = Namespace>) -> bool {
-        let fresh: BTreeMap<String, Namespace> =
-            namespaces.into_iter().map(|n| (n.name.clone(), n)).collect();
+        let fresh: BTreeMap<String, Namespace> = namespaces
+            .into_iter()
+            .map(|n| (n.name.clone(), n))
+            .collect();
         let changed = !maps_same(&self.namespaces, &fresh, |a, b| {
             same_but_version(a, b, |n| n.resource_version.clear())
         });
@@ -271,7 +273,10 @@ impl PolicyCache {
 
     /// The pods of one namespace, by name.
     pub fn pods_in(&self, namespace: &str) -> impl Iterator<Item = &Pod> {
-        self.pods.get(namespace).into_iter().flat_map(|m| m.values())
+        self.pods
+            .get(namespace)
+            .into_iter()
+            .flat_map(|m| m.values())
     }
 
     /// Every pod, by namespace then name.

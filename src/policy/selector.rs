@@ -80,7 +80,9 @@ impl Requirement {
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         let value = labels.get(&self.key);
         match self.operator {
-            Operator::In if !self.values.is_empty() => value.is_some_and(|v| self.values.contains(v)),
+            Operator::In if !self.values.is_empty() => {
+                value.is_some_and(|v| self.values.contains(v))
+            }
             // NotIn also matches objects without the key, as upstream's selector does.
             Operator::NotIn if !self.values.is_empty() => {
                 value.is_none_or(|v| !self.values.contains(v))
@@ -129,7 +131,9 @@ mod tests {
 
     #[test]
     fn operator_in() {
-        let s = parse(r#"{"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b", "c"]}]}"#);
+        let s = parse(
+            r#"{"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b", "c"]}]}"#,
+        );
         assert!(s.matches(&labels(&[("pod", "b")])));
         assert!(s.matches(&labels(&[("pod", "c")])));
         assert!(!s.matches(&labels(&[("pod", "a")])));
@@ -138,7 +142,8 @@ mod tests {
 
     #[test]
     fn operator_not_in_matches_missing_key() {
-        let s = parse(r#"{"matchExpressions": [{"key": "ns", "operator": "NotIn", "values": ["x"]}]}"#);
+        let s =
+            parse(r#"{"matchExpressions": [{"key": "ns", "operator": "NotIn", "values": ["x"]}]}"#);
         assert!(!s.matches(&labels(&[("ns", "x")])));
         assert!(s.matches(&labels(&[("ns", "y")])));
         assert!(s.matches(&labels(&[])));
@@ -149,7 +154,8 @@ mod tests {
         let exists = parse(r#"{"matchExpressions": [{"key": "team", "operator": "Exists"}]}"#);
         assert!(exists.matches(&labels(&[("team", "")])));
         assert!(!exists.matches(&labels(&[("other", "1")])));
-        let absent = parse(r#"{"matchExpressions": [{"key": "team", "operator": "DoesNotExist"}]}"#);
+        let absent =
+            parse(r#"{"matchExpressions": [{"key": "team", "operator": "DoesNotExist"}]}"#);
         assert!(!absent.matches(&labels(&[("team", "a")])));
         assert!(absent.matches(&labels(&[("other", "1")])));
     }
@@ -177,7 +183,11 @@ mod tests {
             r#"{"matchExpressions": [{"key": "pod", "operator": "DoesNotExist", "values": ["b"]}]}"#,
         ] {
             let s = parse(json);
-            for l in [labels(&[]), labels(&[("pod", "b")]), labels(&[("pod", "c")])] {
+            for l in [
+                labels(&[]),
+                labels(&[("pod", "b")]),
+                labels(&[("pod", "c")]),
+            ] {
                 assert!(!s.matches(&l), "{json} matched {l:?}");
             }
         }

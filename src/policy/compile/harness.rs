@@ -148,14 +148,25 @@ pub fn reach(
         .map(|family| {
             let (src, dst) = (ips_of(fns, fpod)[family], ips_of(tns, tpod)[family]);
             if fnode == tnode {
-                allows(&rulesets[fnode], src, Some(&fif), dst, Some(&tif), protocol, port)
+                allows(
+                    &rulesets[fnode],
+                    src,
+                    Some(&fif),
+                    dst,
+                    Some(&tif),
+                    protocol,
+                    port,
+                )
             } else {
                 allows(&rulesets[fnode], src, Some(&fif), dst, None, protocol, port)
                     && allows(&rulesets[tnode], src, None, dst, Some(&tif), protocol, port)
             }
         })
         .collect();
-    assert_eq!(answers[0], answers[1], "{from} -> {to} {protocol:?}/{port}: IPv4 and IPv6 disagree");
+    assert_eq!(
+        answers[0], answers[1],
+        "{from} -> {to} {protocol:?}/{port}: IPv4 and IPv6 disagree"
+    );
     answers[0]
 }
 

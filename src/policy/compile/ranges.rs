@@ -195,7 +195,10 @@ mod tests {
         ));
         assert_eq!(r.v4, vec![(v4("10.0.0.1"), v4("10.0.0.1"))]);
         let r = Ranges::from_block(&block("10.0.0.0/24", &["10.0.0.0/16"]));
-        assert!(r.is_empty(), "an exception wider than the block leaves nothing");
+        assert!(
+            r.is_empty(),
+            "an exception wider than the block leaves nothing"
+        );
         // An exception of the other family does nothing.
         let r = Ranges::from_block(&block("0.0.0.0/0", &["::/0"]));
         assert_eq!(r.v4, vec![(0, u32::MAX)]);
@@ -220,7 +223,9 @@ mod tests {
     #[test]
     fn union_merges_overlaps_and_neighbours() {
         let mut r = Ranges::default();
-        for ip in ["10.0.0.3", "10.0.0.1", "10.0.0.2", "10.0.0.9", "fd00::1", "fd00::1"] {
+        for ip in [
+            "10.0.0.3", "10.0.0.1", "10.0.0.2", "10.0.0.9", "fd00::1", "fd00::1",
+        ] {
             r.add_ip(ip.parse().unwrap());
         }
         r.extend(&Ranges::from_block(&block("10.0.0.8/30", &[])));
@@ -239,8 +244,10 @@ mod tests {
         assert!(r.contains("fd00::1".parse().unwrap()));
         assert!(!r.contains("fd00::2".parse().unwrap()));
         // The top of the address space merges without overflow.
-        let mut top = Ranges::default();
-        top.v4 = vec![(u32::MAX, u32::MAX), (0, u32::MAX)];
+        let mut top = Ranges {
+            v4: vec![(u32::MAX, u32::MAX), (0, u32::MAX)],
+            v6: vec![],
+        };
         top.normalize();
         assert_eq!(top.v4, vec![(0, u32::MAX)]);
     }

@@ -12,10 +12,14 @@ fn ns_is(name: &str) -> Value {
 
 /// Policy on x/a letting ns y in on these ports.
 fn from_y_on(c: &mut Cluster, name: &str, ports: Value) {
-    c.policy("x", name, json!({
-        "podSelector": {"matchLabels": {"pod": "a"}},
-        "ingress": [{"from": [{"namespaceSelector": ns_is("y")}], "ports": ports}],
-    }));
+    c.policy(
+        "x",
+        name,
+        json!({
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [{"from": [{"namespaceSelector": ns_is("y")}], "ports": ports}],
+        }),
+    );
 }
 
 fn only_y_into_x_a() -> Expect {
@@ -61,14 +65,22 @@ fn case15_stacked_policies_union() {
 #[test]
 fn case17_named_ingress_port_into_namespace() {
     let mut c = Cluster::model();
-    c.policy("x", "p", json!({
-        "podSelector": {},
-        "ingress": [{"ports": [{"port": "serve-81-tcp"}]}],
-    }));
+    c.policy(
+        "x",
+        "p",
+        json!({
+            "podSelector": {},
+            "ingress": [{"ports": [{"port": "serve-81-tcp"}]}],
+        }),
+    );
     Expect::all(true).check(&c, Tcp, 81);
-    Expect::all(true).set_where("", "x/", false).check(&c, Tcp, 80);
+    Expect::all(true)
+        .set_where("", "x/", false)
+        .check(&c, Tcp, 80);
     // The name is serve-81-tcp: UDP 81 is another container port.
-    Expect::all(true).set_where("", "x/", false).check(&c, Udp, 81);
+    Expect::all(true)
+        .set_where("", "x/", false)
+        .check(&c, Udp, 81);
 }
 
 #[test]
@@ -82,13 +94,19 @@ fn case18_named_port_from_namespace() {
 #[test]
 fn case19_named_egress_port() {
     let mut c = Cluster::model();
-    c.policy("x", "p", json!({
-        "podSelector": {},
-        "policyTypes": ["Egress"],
-        "egress": [{"ports": [{"port": "serve-80-tcp"}]}],
-    }));
+    c.policy(
+        "x",
+        "p",
+        json!({
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": [{"ports": [{"port": "serve-80-tcp"}]}],
+        }),
+    );
     Expect::all(true).check(&c, Tcp, 80);
-    Expect::all(true).set_where("x/", "", false).check(&c, Tcp, 81);
+    Expect::all(true)
+        .set_where("x/", "", false)
+        .check(&c, Tcp, 81);
 }
 
 /// Replaces a pod's container ports.
@@ -102,9 +120,23 @@ fn set_ports(c: &mut Cluster, ns: &str, pod: &str, ports: Value) {
 fn named_port_means_each_targets_own_number_and_pods_still_share_a_chain() {
     let mut c = Cluster::model();
     // x/a and x/c are both on n1; "http" is 80 on x/a and 81 on x/c.
-    set_ports(&mut c, "x", "a", json!([{"name": "http", "containerPort": 80}]));
-    set_ports(&mut c, "x", "c", json!([{"name": "http", "containerPort": 81}]));
-    c.policy("x", "p", json!({"podSelector": {}, "ingress": [{"ports": [{"port": "http"}]}]}));
+    set_ports(
+        &mut c,
+        "x",
+        "a",
+        json!([{"name": "http", "containerPort": 80}]),
+    );
+    set_ports(
+        &mut c,
+        "x",
+        "c",
+        json!([{"name": "http", "containerPort": 81}]),
+    );
+    c.policy(
+        "x",
+        "p",
+        json!({"podSelector": {}, "ingress": [{"ports": [{"port": "http"}]}]}),
+    );
     let rs = c.rulesets();
     assert!(reach(&rs, "y/b", "x/a", Tcp, 80));
     assert!(!reach(&rs, "y/b", "x/a", Tcp, 81));
@@ -114,7 +146,10 @@ fn named_port_means_each_targets_own_number_and_pods_still_share_a_chain() {
     assert!(!reach(&rs, "y/a", "x/b", Tcp, 80));
     assert!(!reach(&rs, "y/a", "x/b", Tcp, 81));
     let n1 = &rs["n1"];
-    assert_eq!(n1.ingress["rcni-x-a"], n1.ingress["rcni-x-c"], "one chain for both");
+    assert_eq!(
+        n1.ingress["rcni-x-a"], n1.ingress["rcni-x-c"],
+        "one chain for both"
+    );
     assert_eq!(n1.chains.len(), 1);
     let chain = &n1.chains[&n1.ingress["rcni-x-a"]];
     let Ports::Named(set) = &chain.rules[0].ports else {
@@ -126,14 +161,23 @@ fn named_port_means_each_targets_own_number_and_pods_still_share_a_chain() {
         _ => unreachable!(),
     };
     assert!(set.v4.contains(&(a, Protocol::Tcp, 80)));
-    assert_eq!(set.v4.len(), 2, "x/a's and x/c's http, not n2's x/b: {set:?}");
+    assert_eq!(
+        set.v4.len(),
+        2,
+        "x/a's and x/c's http, not n2's x/b: {set:?}"
+    );
     assert_eq!(set.v6.len(), 2);
 }
 
 #[test]
 fn named_egress_port_resolved_per_destination() {
     let mut c = Cluster::model();
-    set_ports(&mut c, "z", "c", json!([{"name": "serve-80-tcp", "containerPort": 81}]));
+    set_ports(
+        &mut c,
+        "z",
+        "c",
+        json!([{"name": "serve-80-tcp", "containerPort": 81}]),
+    );
     c.policy("x", "p", json!({
         "podSelector": {"matchLabels": {"pod": "a"}},
         "policyTypes": ["Egress"],
@@ -146,13 +190,26 @@ fn named_egress_port_resolved_per_destination() {
     assert!(!reach(&rs, "x/a", "z/c", Tcp, 80));
     // y/a serves serve-80-tcp too, but is not a peer of the rule.
     assert!(!reach(&rs, "x/a", "y/a", Tcp, 80));
+    // The port set names only the rule's peers (z's three pods, both families), not every pod
+    // that has such a port: the set stays as small as the peers.
+    let n1 = &rs["n1"];
+    let set = n1.port_sets.values().next().unwrap();
+    assert_eq!(
+        (n1.port_sets.len(), set.v4.len(), set.v6.len()),
+        (1, 3, 3),
+        "{set:?}"
+    );
 }
 
 #[test]
 fn named_port_needs_the_protocol_too() {
     let mut c = Cluster::model();
     // serve-80-tcp is a TCP port; the entry asks for it as UDP: matches no container port.
-    from_y_on(&mut c, "p", json!([{"port": "serve-80-tcp", "protocol": "UDP"}]));
+    from_y_on(
+        &mut c,
+        "p",
+        json!([{"port": "serve-80-tcp", "protocol": "UDP"}]),
+    );
     for proto in [Tcp, Udp, Sctp] {
         nothing_into_x_a().check(&c, proto, 80);
     }
@@ -167,7 +224,11 @@ fn end_port_is_an_inclusive_range() {
     from_y_on(&mut c, "p", json!([{"port": 80, "endPort": 81}]));
     only_y_into_x_a().check(&c, Tcp, 80);
     only_y_into_x_a().check(&c, Tcp, 81);
-    from_y_on(&mut c, "p", json!([{"port": 81, "endPort": 90, "protocol": "UDP"}]));
+    from_y_on(
+        &mut c,
+        "p",
+        json!([{"port": 81, "endPort": 90, "protocol": "UDP"}]),
+    );
     only_y_into_x_a().check(&c, Udp, 81);
     nothing_into_x_a().check(&c, Udp, 80);
     nothing_into_x_a().check(&c, Tcp, 81);
@@ -179,10 +240,14 @@ fn end_port_is_an_inclusive_range() {
 #[test]
 fn case30_protocol_only_entry_allows_every_port_of_that_protocol() {
     let mut c = Cluster::model();
-    c.policy("x", "p", json!({
-        "podSelector": {"matchLabels": {"pod": "a"}},
-        "ingress": [{"ports": [{"protocol": "TCP"}]}],
-    }));
+    c.policy(
+        "x",
+        "p",
+        json!({
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [{"ports": [{"protocol": "TCP"}]}],
+        }),
+    );
     Expect::all(true).check(&c, Tcp, 80);
     Expect::all(true).check(&c, Tcp, 81);
     nothing_into_x_a().check(&c, Udp, 80);
@@ -194,7 +259,11 @@ fn case31_ingress_allow_all_takes_precedence() {
     let mut c = Cluster::model();
     from_y_on(&mut c, "port-80", json!([{"port": 80}]));
     nothing_into_x_a().check(&c, Tcp, 81);
-    c.policy("x", "allow-all", json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{}]}));
+    c.policy(
+        "x",
+        "allow-all",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{}]}),
+    );
     Expect::all(true).check(&c, Tcp, 80);
     Expect::all(true).check(&c, Tcp, 81);
 }
@@ -202,28 +271,42 @@ fn case31_ingress_allow_all_takes_precedence() {
 #[test]
 fn case32_egress_allow_all_takes_precedence() {
     let mut c = Cluster::model();
-    c.policy("x", "port-80", json!({
-        "podSelector": {"matchLabels": {"pod": "a"}},
-        "policyTypes": ["Egress"],
-        "egress": [{"ports": [{"port": 80}]}],
-    }));
+    c.policy(
+        "x",
+        "port-80",
+        json!({
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "policyTypes": ["Egress"],
+            "egress": [{"ports": [{"port": 80}]}],
+        }),
+    );
     Expect::all(true).check(&c, Tcp, 80);
-    Expect::all(true).set_where("x/a", "", false).check(&c, Tcp, 81);
-    c.policy("x", "allow-all", json!({
-        "podSelector": {"matchLabels": {"pod": "a"}},
-        "policyTypes": ["Egress"],
-        "egress": [{}],
-    }));
+    Expect::all(true)
+        .set_where("x/a", "", false)
+        .check(&c, Tcp, 81);
+    c.policy(
+        "x",
+        "allow-all",
+        json!({
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "policyTypes": ["Egress"],
+            "egress": [{}],
+        }),
+    );
     Expect::all(true).check(&c, Tcp, 81);
 }
 
 #[test]
 fn case38_39_sctp_is_never_tcp() {
     let mut c = Cluster::model();
-    c.policy("x", "p", json!({
-        "podSelector": {"matchLabels": {"pod": "a"}},
-        "ingress": [{"ports": [{"port": 80, "protocol": "SCTP"}]}],
-    }));
+    c.policy(
+        "x",
+        "p",
+        json!({
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [{"ports": [{"port": 80, "protocol": "SCTP"}]}],
+        }),
+    );
     // The pod is isolated (case 39) and only SCTP 80 gets in (case 38).
     Expect::all(true).check(&c, Sctp, 80);
     nothing_into_x_a().check(&c, Tcp, 80);
@@ -240,10 +323,14 @@ fn case38_39_sctp_is_never_tcp() {
 #[test]
 fn case40_udp_only_denies_tcp() {
     let mut c = Cluster::model();
-    c.policy("x", "p", json!({
-        "podSelector": {"matchLabels": {"pod": "a"}},
-        "ingress": [{"ports": [{"port": 81, "protocol": "UDP"}]}],
-    }));
+    c.policy(
+        "x",
+        "p",
+        json!({
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [{"ports": [{"port": 81, "protocol": "UDP"}]}],
+        }),
+    );
     Expect::all(true).check(&c, Udp, 81);
     nothing_into_x_a().check(&c, Tcp, 81);
 }
@@ -251,9 +338,15 @@ fn case40_udp_only_denies_tcp() {
 #[test]
 fn case43_46_default_deny_ingress_over_udp_and_sctp() {
     let mut c = Cluster::model();
-    c.policy("x", "deny", json!({"podSelector": {}, "policyTypes": ["Ingress"]}));
+    c.policy(
+        "x",
+        "deny",
+        json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+    );
     for proto in [Udp, Sctp] {
-        Expect::all(true).set_where("", "x/", false).check(&c, proto, 80);
+        Expect::all(true)
+            .set_where("", "x/", false)
+            .check(&c, proto, 80);
     }
 }
 
@@ -268,7 +361,9 @@ fn case45_48_pod_in_other_namespace_over_udp_and_sctp() {
                 "ports": [{"port": 80, "protocol": name}],
             }],
         }));
-        nothing_into_x_a().set("y/a", "x/a", true).check(&c, proto, 80);
+        nothing_into_x_a()
+            .set("y/a", "x/a", true)
+            .check(&c, proto, 80);
         nothing_into_x_a().check(&c, Tcp, 80);
     }
 }
@@ -290,12 +385,19 @@ fn invalid_port_entries_never_widen_a_rule() {
         for proto in [Tcp, Udp, Sctp] {
             for port in [80, 81] {
                 let rs = c.rulesets();
-                assert!(!reach(&rs, "y/a", "x/a", proto, port), "{ports} let {proto:?}/{port} in");
+                assert!(
+                    !reach(&rs, "y/a", "x/a", proto, port),
+                    "{ports} let {proto:?}/{port} in"
+                );
             }
         }
     }
     // A valid entry next to an invalid one still works.
-    from_y_on(&mut c, "p", json!([{"port": 80, "protocol": "ICMP"}, {"port": 81}]));
+    from_y_on(
+        &mut c,
+        "p",
+        json!([{"port": 80, "protocol": "ICMP"}, {"port": 81}]),
+    );
     only_y_into_x_a().check(&c, Tcp, 81);
     nothing_into_x_a().check(&c, Tcp, 80);
 }
@@ -303,7 +405,11 @@ fn invalid_port_entries_never_widen_a_rule() {
 #[test]
 fn numeric_and_named_ports_in_one_rule() {
     let mut c = Cluster::model();
-    from_y_on(&mut c, "p", json!([{"port": 80, "protocol": "UDP"}, {"port": "serve-81-sctp", "protocol": "SCTP"}]));
+    from_y_on(
+        &mut c,
+        "p",
+        json!([{"port": 80, "protocol": "UDP"}, {"port": "serve-81-sctp", "protocol": "SCTP"}]),
+    );
     only_y_into_x_a().check(&c, Udp, 80);
     only_y_into_x_a().check(&c, Sctp, 81);
     nothing_into_x_a().check(&c, Sctp, 80);

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// `null` where the API usually omits the field: the same as absent.
-fn null_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+fn null_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
@@ -254,7 +256,10 @@ impl From<Peer> for super::Peer {
 }
 
 fn ip_block(block: WireIpBlock) -> super::Peer {
-    let parse = |s: &str| s.parse::<ipnetwork::IpNetwork>().map_err(|e| format!("{s:?}: {e}"));
+    let parse = |s: &str| {
+        s.parse::<ipnetwork::IpNetwork>()
+            .map_err(|e| format!("{s:?}: {e}"))
+    };
     let cidr = match parse(&block.cidr) {
         Ok(cidr) => cidr,
         Err(e) => return super::Peer::Invalid(format!("ipBlock cidr {e}")),
