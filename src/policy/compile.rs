@@ -24,11 +24,11 @@
 mod ranges;
 mod rules;
 
-use super::model::{NetworkPolicy, Pod, PodKey, PolicyCache};
+use super::model::{NetworkPolicy, Peer, Pod, PodKey, PolicyCache};
 use super::ruleset::{Chain, IfName, Protocol, Rule, Ruleset};
 use ranges::Ranges;
 use sha2::{Digest, Sha256};
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -78,76 +78,43 @@ pub fn compile(cache: &PolicyCache, local: &BTreeMap<PodKey, LocalPod>) -> Rules
         })
         .filter(|(pod, _)| pod.selectable())
         .collect();
-    let mut selecting: Vec<[Vec<&NetworkPolicy>; 2]> = vec![Default::default(); targets.len()];
-    let mut selected_by: HashMap<String, Vec<usize>> = HashMap::new();
-    for policy in cache.policies() {
+    // Policies by index (in key order), and per target the indices selecting it per direction.
+    let policies: Vec<&NetworkPolicy> = cache.policies().collect();
+    let mut selecting: Vec<[Vec<usize>; 2]> = vec![Default::default(); targets.len()];
+    let mut selected_by: Vec<Vec<(&Pod, &LocalPod)>> = vec![Vec::new(); policies.len()];
+    for (p, policy) in policies.iter().enumerate() {
         if !policy.isolates_ingress && !policy.isolates_egress {
             continue;
         }
-        for (i, (pod, _)) in targets.iter().enumerate() {
+        for (i, &(pod, lp)) in targets.iter().enumerate() {
             if pod.namespace == policy.namespace && policy.pod_selector.matches(&pod.labels) {
                 if policy.isolates_ingress {
-                    selecting[i][0].push(policy);
+                    selecting[i][0].push(p);
                 }
                 if policy.isolates_egress {
-                    selecting[i][1].push(policy);
+                    selecting[i][1].push(p);
                 }
-                selected_by.entry(policy.key()).or_default().push(i);
+                selected_by[p].push((pod, lp));
             }
         }
     }
-    let mut sets = Sets::default();
-    let mut memo: HashMap<(String, Direction, usize), Vec<Rule>> = HashMap::new();
+    let mut builder = ChainBuilder {
+        world: &world,
+        policies: &policies,
+        selected_by: &selected_by,
+        sets: Sets::default(),
+        rules: HashMap::new(),
+        names: HashMap::new(),
+    };
     for (i, (_, lp)) in targets.iter().enumerate() {
         for (d, direction) in [Direction::Ingress, Direction::Egress]
             .into_iter()
             .enumerate()
         {
-            let policies = &selecting[i][d];
-            if policies.is_empty() {
+            if selecting[i][d].is_empty() {
                 continue;
             }
-            // cache.policies() is sorted by key, so `keys` is too.
-            let keys: Vec<String> = policies.iter().map(|p| p.key()).collect();
-            let name = chain_name(&out.chains, direction, &keys);
-            if !out.chains.contains_key(&name) {
-                let mut chain = Chain {
-                    rules: Vec::new(),
-                    policies: keys,
-                };
-                let mut seen = HashSet::new();
-                for policy in policies {
-                    let list = match direction {
-                        Direction::Ingress => &policy.ingress,
-                        Direction::Egress => &policy.egress,
-                    };
-                    for (idx, rule) in list.iter().enumerate() {
-                        let memo_key = (policy.key(), direction, idx);
-                        if !memo.contains_key(&memo_key) {
-                            let own: Vec<(&Pod, &LocalPod)> = (selected_by.get(&memo_key.0))
-                                .into_iter()
-                                .flatten()
-                                .map(|&t| targets[t])
-                                .collect();
-                            let scope = rules::Scope {
-                                policy,
-                                direction,
-                                index: idx,
-                                targets: &own,
-                            };
-                            let compiled = rules::compile_rule(&world, &mut sets, &scope, rule);
-                            memo.insert(memo_key.clone(), compiled);
-                        }
-                        for r in &memo[&memo_key] {
-                            // Two policies allowing the same thing need one nft rule.
-                            if seen.insert(r.clone()) {
-                                chain.rules.push(r.clone());
-                            }
-                        }
-                    }
-                }
-                out.chains.insert(name.clone(), chain);
-            }
+            let name = builder.chain(&mut out.chains, direction, &selecting[i][d]);
             let map = match direction {
                 Direction::Ingress => &mut out.ingress,
                 Direction::Egress => &mut out.egress,
@@ -155,8 +122,72 @@ pub fn compile(cache: &PolicyCache, local: &BTreeMap<PodKey, LocalPod>) -> Rules
             map.insert(lp.ifname.clone(), name);
         }
     }
+    let sets = builder.sets;
     sets.finish(&mut out);
     out
+}
+
+/// Builds each group's chain once (pods of one group share it) and each rule once (groups that
+/// share a policy share its compiled rules and sets).
+struct ChainBuilder<'w, 'a> {
+    world: &'w World<'a>,
+    policies: &'w [&'a NetworkPolicy],
+    /// Per policy index, the local targets it selects.
+    selected_by: &'w [Vec<(&'a Pod, &'a LocalPod)>],
+    sets: Sets,
+    /// (policy index, direction, rule index) -> compiled rules.
+    rules: HashMap<(usize, Direction, usize), Vec<Rule>>,
+    /// (direction, policy indices) -> chain name.
+    names: HashMap<(Direction, Vec<usize>), String>,
+}
+
+impl ChainBuilder<'_, '_> {
+    /// The name of the chain for this group, building the chain on first use.
+    fn chain(
+        &mut self,
+        chains: &mut BTreeMap<String, Chain>,
+        direction: Direction,
+        group: &[usize],
+    ) -> String {
+        if let Some(name) = self.names.get(&(direction, group.to_vec())) {
+            return name.clone();
+        }
+        // Indices follow cache.policies(), which is sorted by key, so `keys` is sorted too.
+        let keys: Vec<String> = group.iter().map(|&p| self.policies[p].key()).collect();
+        let name = chain_name(chains, direction, &keys);
+        let mut chain = Chain {
+            rules: Vec::new(),
+            policies: keys,
+        };
+        let mut seen = HashSet::new();
+        for &p in group {
+            let policy = self.policies[p];
+            let list = match direction {
+                Direction::Ingress => &policy.ingress,
+                Direction::Egress => &policy.egress,
+            };
+            for (index, rule) in list.iter().enumerate() {
+                let compiled = self.rules.entry((p, direction, index)).or_insert_with(|| {
+                    let scope = rules::Scope {
+                        policy,
+                        direction,
+                        index,
+                        targets: &self.selected_by[p],
+                    };
+                    rules::compile_rule(self.world, &mut self.sets, &scope, rule)
+                });
+                for r in compiled.iter() {
+                    // Two policies allowing the same thing need one nft rule.
+                    if seen.insert(r.clone()) {
+                        chain.rules.push(r.clone());
+                    }
+                }
+            }
+        }
+        chains.insert(name.clone(), chain);
+        self.names.insert((direction, group.to_vec()), name.clone());
+        name
+    }
 }
 
 /// 12 hex characters of sha256: short enough for any nft identifier limit with a prefix and a
@@ -248,6 +279,9 @@ struct World<'a> {
     /// (port name, protocol) -> (address, port) of every peer pod declaring it; built on the
     /// first egress rule with a named port.
     named: OnceCell<NamedIndex<'a>>,
+    /// (policy namespace, peers) -> addresses: policies written from one template (the same
+    /// `from` in many policies of a namespace) select their peers once.
+    peer_memo: RefCell<HashMap<(String, Vec<Peer>), Ranges>>,
 }
 
 impl<'a> World<'a> {
@@ -274,7 +308,18 @@ impl<'a> World<'a> {
             cache,
             peers,
             named: OnceCell::new(),
+            peer_memo: RefCell::default(),
         }
+    }
+
+    fn peer_ranges(&self, namespace: &str, peers: &[Peer], f: impl FnOnce() -> Ranges) -> Ranges {
+        let key = (namespace.to_string(), peers.to_vec());
+        if let Some(r) = self.peer_memo.borrow().get(&key) {
+            return r.clone();
+        }
+        let r = f();
+        self.peer_memo.borrow_mut().insert(key, r.clone());
+        r
     }
 
     fn named_ports(&self) -> &NamedIndex<'a> {

@@ -118,7 +118,7 @@ pub struct PolicyRule {
     pub ports: Vec<PolicyPort>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Peer {
     /// `podSelector` and/or `namespaceSelector` (both: AND). `None` is "not constrained":
     /// a missing namespaceSelector means the policy's own namespace, a missing podSelector
@@ -133,7 +133,7 @@ pub enum Peer {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IpBlock {
     pub cidr: ipnetwork::IpNetwork,
     pub except: Vec<ipnetwork::IpNetwork>,

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LabelSelector {
     #[serde(deserialize_with = "null_default")]
@@ -19,7 +19,7 @@ pub struct LabelSelector {
     pub match_expressions: Vec<Requirement>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(default)]
 pub struct Requirement {
     pub key: String,
@@ -38,7 +38,7 @@ impl Default for Requirement {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 pub enum Operator {
     In,
     NotIn,

@@ -40,7 +40,9 @@ pub(super) fn compile_rule(
     let ranges = if rule.peers.is_empty() {
         None
     } else {
-        let ranges = peer_ranges(world, &scope.policy.namespace, &rule.peers);
+        let ranges = world.peer_ranges(&scope.policy.namespace, &rule.peers, || {
+            peer_ranges(world, &scope.policy.namespace, &rule.peers)
+        });
         if ranges.is_empty() {
             return Vec::new();
         }

@@ -477,3 +477,68 @@ fn single_stack_pods_in_a_dual_stack_policy() {
         80
     ));
 }
+
+#[test]
+fn cost_grows_with_policies_not_pods() {
+    // 2,000 pods in namespace "big" (1,000 of them on this node), 200 policies selecting
+    // overlapping halves: the chains are one per distinct group, not per pod, and the peers
+    // of consecutive addresses are a few ranges, not 2,000 elements.
+    let mut c = Cluster::model();
+    c.cache.upsert_namespace(parse(json!({
+        "metadata": {"name": "big", "labels": {"kubernetes.io/metadata.name": "big"}}
+    })));
+    let mut local = std::collections::BTreeMap::new();
+    for i in 0..2000u32 {
+        let ip: IpAddr = std::net::Ipv4Addr::from(0x0a64_0000 + i).into();
+        let name = format!("p{i}");
+        let node = if i % 2 == 0 { "n1" } else { "n2" };
+        let labels = json!({"half": (i % 4 < 2).to_string(), "all": "yes"});
+        c.cache
+            .upsert_pod(parse(pod_json("big", &name, labels, node, &[ip])));
+        if node == "n1" {
+            let lp = LocalPod {
+                ifname: format!("rcni{i}"),
+                ips: vec![ip],
+            };
+            local.insert(PodKey::new("big", &name), lp);
+        }
+    }
+    for i in 0..200 {
+        let half = (i % 2 == 0).to_string();
+        c.policy(
+            "big",
+            &format!("pol{i}"),
+            json!({
+                "podSelector": {"matchLabels": {"half": half}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"all": "yes"}}}],
+                             "ports": [{"port": 80 + i}]}],
+            }),
+        );
+    }
+    let started = std::time::Instant::now();
+    let rs = compile(&c.cache, &local);
+    eprintln!("compile: 2,009 pods, 200 policies: {:?}", started.elapsed());
+    assert_eq!(rs.ingress.len(), 1000);
+    // Pods p0, p4, p8... are half=true; p2, p6... half=false: two groups of 100 policies each.
+    assert_eq!(rs.chains.len(), 2, "{:?}", rs.chains.keys());
+    assert!(rs.chains.values().all(|ch| ch.rules.len() == 100));
+    assert_eq!(rs.address_sets.len(), 1);
+    assert_eq!(
+        rs.address_sets.values().next().unwrap().v4.len(),
+        1,
+        "10.100.0.0-10.100.7.207"
+    );
+    let src: IpAddr = "10.100.0.1".parse().unwrap();
+    let dst: IpAddr = "10.100.0.4".parse().unwrap();
+    assert!(allows(&rs, src, None, dst, Some("rcni4"), Tcp, 80));
+    assert!(!allows(&rs, src, None, dst, Some("rcni4"), Tcp, 81));
+    assert!(allows(
+        &rs,
+        src,
+        None,
+        "10.100.0.2".parse().unwrap(),
+        Some("rcni2"),
+        Tcp,
+        81
+    ));
+}
