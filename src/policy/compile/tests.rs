@@ -569,3 +569,21 @@ fn egress_rules_listed_but_not_in_policy_types_do_not_isolate() {
     Expect::all(true).check(&c, Tcp, 80);
     assert!(c.rulesets().values().all(|r| r.egress.is_empty()));
 }
+
+#[test]
+fn same_peers_in_two_namespaces_mean_each_policys_own_namespace() {
+    let mut c = Cluster::model();
+    for ns in ["x", "y"] {
+        c.policy(
+            ns,
+            "same-ns",
+            json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}),
+        );
+    }
+    Expect::all(true)
+        .set_where("", "x/", false)
+        .set_where("x/", "x/", true)
+        .set_where("", "y/", false)
+        .set_where("y/", "y/", true)
+        .check(&c, Tcp, 80);
+}
