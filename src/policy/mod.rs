@@ -1,3 +1,9 @@
-//! NetworkPolicy enforcement (networking.k8s.io/v1) on this node: `ruleset` is what the node
-//! should enforce, as data.
+//! NetworkPolicy enforcement (networking.k8s.io/v1) on this node: `model` is the agent's cache
+//! of Pods, Namespaces and NetworkPolicies, `selector` label selectors, `compile` turns the
+//! cache into `ruleset`, what the node should enforce, as data.
+pub mod compile;
+#[cfg(test)]
+pub mod eval;
+pub mod model;
 pub mod ruleset;
+pub mod selector;
