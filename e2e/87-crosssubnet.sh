@@ -157,7 +157,7 @@ vx_mac() { vx_json "$1" | jq -r '.[0].address'; }
 # vx_summary NS -> "kind vni port learning local mtu state"
 vx_summary() {
     vx_json "$1" | jq -r '.[0] | [.linkinfo.info_kind, .linkinfo.info_data.id, .linkinfo.info_data.port,
-        (.linkinfo.info_data.learning | tostring), .linkinfo.info_data.local, .mtu, .operstate] | join(" ")'
+        (.linkinfo.info_data.learning | tostring), (.linkinfo.info_data.local // "none"), .mtu, .operstate] | join(" ")'
 }
 # fdb_dsts NS [MAC] -> the destinations of the FDB entries on rcni.vxlan (of MAC only, if given)
 fdb_dsts() {
@@ -361,8 +361,9 @@ for n in "$NODE_A:node-a" "$NODE_B:node-b" "$NODE_C:node-c"; do
 done
 # No waiting from here on: a ready agent has made all of it.
 if has_vx "$NODE_A"; then ok "A: $VX exists once A is ready"; else fail "A: no $VX device although ready: $(ip -n "$NODE_A" -o link show | cut -d: -f2 | tr '\n' ' ')"; fi
-expect_eq "A: $VX kind, VNI, dstport, learning, local, MTU, state" "$(vx_summary "$NODE_A")" "vxlan 77 4789 false $NODE_A_IP 1450 UNKNOWN"
-check "C: $VX local is C's own InternalIP $NODE_C_FAR" vx_local_is "$NODE_C" $NODE_C_FAR
+# Bound to no address over IPv4: it receives on any of the node's addresses (see C's move below).
+expect_eq "A: $VX kind, VNI, dstport, learning, local, MTU, state" "$(vx_summary "$NODE_A")" "vxlan 77 4789 false none 1450 UNKNOWN"
+check "C: $VX is bound to no address either" vx_local_is "$NODE_C" null
 MAC_A=$(vx_mac "$NODE_A") MAC_B=$(vx_mac "$NODE_B") MAC_C=$(vx_mac "$NODE_C")
 log "$VX MACs: A $MAC_A, B $MAC_B, C $MAC_C"
 locally_administered_unicast() { (((0x${1%%:*} & 3) == 2)); }
@@ -498,7 +499,6 @@ if ! route_is "$NODE_C" 10.244.1.0/24 "via $NODE_A_IP dev uplink2"; then
     for _ in $(seq 100); do route_is "$NODE_C" 10.244.1.0/24 "via $NODE_A_IP dev uplink2" && break; sleep 0.2; done
     log "C's route to A became direct $(($(now_ms) - moved)) ms after the move (if at all: $(ours "$NODE_C" 10.244.1.0/24))"
 fi
-wait_for 10 "C: $VX local follows C's InternalIP to $NODE_C_IP" vx_local_is "$NODE_C" $NODE_C_IP
 reset_counts
 ping_both "$PA1" "$C1" "$C1_6" "a1 -> c1, C on A's link"
 answer_is "$PA1" "$C1" 8080 "c1 $A1" "a1 -> c1, C on A's link"
@@ -514,7 +514,8 @@ wait_for 10 "A: fd00:10:244:3::/64 via fd00:10:244:3:: dev $VX again" route_is "
 wait_for 5 "A: FDB $MAC_C -> $NODE_C_FAR again" fdb_has "$NODE_A" "$MAC_C" $NODE_C_FAR
 wait_for 5 "A: neighbour 10.244.3.0 -> C's MAC again" neigh_is "$NODE_A" 10.244.3.0 "$MAC_C"
 wait_for 10 "C: 10.244.1.0/24 via 10.244.1.0 dev $VX again" route_is "$NODE_C" 10.244.1.0/24 "$(via_vx4 10.244.1.0)"
-wait_for 10 "C: $VX local back to $NODE_C_FAR" vx_local_is "$NODE_C" $NODE_C_FAR
+# No waiting for C's own agent to learn its address back from the API (its watch may still be
+# stalled as above): the device is bound to no address, so it takes A's packets at once.
 reset_counts
 ping_both "$PA1" "$C1" "$C1_6" "a1 -> c1, C behind the router again"
 answer_is "$PA1" "$C1" 8080 "c1 $A1" "a1 -> c1, C behind the router again"

@@ -3,25 +3,30 @@
 //! installs the plugin with it, keeps a route to every other node's podCIDRs in sync from a
 //! list + watch of all nodes (`via <its InternalIP>` where the nodes share a link, through the
 //! VXLAN device where they do not: routes.rs decides, tunnel.rs keeps the device and its
-//! entries), and answers kubelet's probes. Every resync period it
-//! re-applies everything from the watch-fed cache (repairing routes or a conflist removed by
-//! hand, and the firewall rules of populated pools that a firewalld/ufw reload or a flush
-//! removed: firewall.rs) without asking the API server again: a full list of every node by
-//! every node each minute would be the heaviest load a large cluster puts on its API server.
-//! It relists, like
-//! client-go's reflector, at start, when the watch's version has expired (410) and after any
-//! watch error. Retries after API errors wait an exponential, capped, jittered time (backoff.rs).
-//! Before each step that can block, the loop tells `health` what it starts and how long that
-//! may take: that heartbeat is the liveness probe, the API server's state is readiness only.
-//! On SIGTERM it exits and leaves the routes:
-//! pods keep working while the agent restarts or is upgraded.
+//! entries), and answers kubelet's probes.
+//!
+//! Its inputs arrive on one channel (watch.rs): the Node list + watch on one thread, which
+//! relists like client-go's reflector (at start, when the watch's version has expired (410) and
+//! after any watch error; retries after API errors wait an exponential, capped, jittered time,
+//! backoff.rs), and this node's own route changes on another (monitor.rs), which make
+//! crosssubnet decide again which nodes are reached directly. The loop applies each change at
+//! once; after a resync period without one it re-applies everything from the watch-fed cache
+//! (repairing routes, VXLAN entries or a conflist removed by hand, and the firewall rules of
+//! populated pools that a firewalld/ufw reload or a flush removed: firewall.rs) without asking
+//! the API server again: a full list of every node by every node each minute would be the
+//! heaviest load a large cluster puts on its API server. Before each step that can block, the
+//! loop tells `health` what it starts and how long that may take: that heartbeat is the
+//! liveness probe, the API server's state is readiness only. On SIGTERM it exits and leaves
+//! the routes: pods keep working while the agent restarts or is upgraded.
 
 pub mod backoff;
 pub mod firewall;
 pub mod health;
 pub mod kube;
+mod monitor;
 pub mod routes;
 pub mod tunnel;
+pub mod watch;
 
 use ipnetwork::IpNetwork;
 use nix::sys::signal::{SigSet, Signal};
@@ -32,25 +37,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::install::{self, InstallSettings};
-use backoff::Backoff;
 use health::Health;
-use kube::{ApiClient, KubeError, NodeInfo, WatchEvent, LIST_TIMEOUT, WATCH_GRACE};
+use kube::{ApiClient, NodeInfo};
 use routes::{Plan, Reach, RouteSync};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use tunnel::{Encapsulation, Local, TunnelOptions, TunnelReport, TunnelSync};
+use watch::Input;
 
-/// The first retry after an API error; doubled up to the resync period or MAX_BACKOFF.
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-/// However long the API server has been away, an agent tries again at least this often, so
-/// nodes catch up soon after it is back (the jitter keeps them from arriving all at once).
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Install (copying the binary, writing the conflist) plus one route sync: local work that
 /// takes milliseconds to a few seconds; beyond this bound the loop is stuck.
 const RECONCILE_BOUND: Duration = Duration::from_secs(60);
 /// Slack past a step's bound before /healthz calls the loop stuck.
 const LIVENESS_GRACE: Duration = Duration::from_secs(15);
-/// A watch that ends sooner than this without an error was refused in effect: back off before
-/// the next one. (A normal watch lasts until its timeout, at least a second.)
-const QUICK_WATCH_END: Duration = Duration::from_millis(200);
+/// How long a burst of route changes may keep coming before the agent acts on it.
+const LOCAL_CHANGE_SETTLE: Duration = Duration::from_millis(200);
 
 /// Held while the agent changes the node (install, routes), so SIGTERM never cuts a change in
 /// half; the signal thread takes it before exiting.
@@ -144,25 +144,36 @@ pub fn run(opts: AgentOptions) -> i32 {
             ),
         }
     );
+    let (tx, inputs) = std::sync::mpsc::channel();
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new().name(name.into()).spawn(f)
+    };
+    let (watch_health, watch_tx, watch_for) = (health.clone(), tx.clone(), opts.resync);
+    let started = spawn(
+        "node-watch",
+        Box::new(move || watch::nodes(client, watch_health, watch_tx, watch_for)),
+    )
+    .and_then(|_| spawn("route-monitor", Box::new(move || monitor::local_routes(tx))));
+    if let Err(e) = started {
+        eprintln!("routed-cni agent: start threads: {e}");
+        return 1;
+    }
     let mut agent = Agent {
         tunnel: TunnelSync::new(netlink.clone(), opts.tunnel.clone()),
         routes: RouteSync::new(netlink.handle),
         rt,
-        client,
         health,
         nodes: BTreeMap::new(),
         routed_for: BTreeMap::new(),
         installed_for: None,
         said: Vec::new(),
-        backoff: Backoff::new(FIRST_BACKOFF, opts.resync.min(MAX_BACKOFF)),
         opts,
     };
-    agent.run()
+    agent.run(inputs)
 }
 
 struct Agent {
     opts: AgentOptions,
-    client: ApiClient,
     rt: tokio::runtime::Runtime,
     routes: RouteSync,
     tunnel: TunnelSync,
@@ -175,171 +186,90 @@ struct Agent {
     /// The notes of the last reconcile (skipped nodes, install wait), so each is logged once
     /// per change rather than at every resync.
     said: Vec<String>,
-    /// The wait before the next retry of the API server; reset by a success.
-    backoff: Backoff,
-}
-
-/// Why a watch ended.
-enum WatchEnd {
-    /// Time for the periodic relist.
-    Resync,
-    /// The resource version expired, or the stream failed: relist now.
-    Relist,
 }
 
 impl Agent {
-    fn run(&mut self) -> ! {
+    /// The loop: every change of the inputs (watch.rs) is applied at once; with no change for
+    /// a resync period, everything is re-applied from the cache (a full pass).
+    fn run(&mut self, inputs: Receiver<Input>) -> ! {
+        let mut listed = false;
+        let mut next_full = Instant::now() + self.opts.resync;
+        // An input that arrived while a burst of route changes settled, handled next.
+        let mut carried: Option<Input> = None;
         loop {
-            self.health.step("listing nodes", LIST_TIMEOUT);
-            let list = match self.client.list_nodes() {
-                Ok(l) => l,
-                Err(e) => {
-                    self.health.first_pass_done();
-                    self.retry_after(&e, None);
+            let left = next_full.saturating_duration_since(Instant::now());
+            self.health
+                .step("waiting for changes", left + LIVENESS_GRACE);
+            let next = match carried.take() {
+                Some(i) => Ok(i),
+                None => inputs.recv_timeout(left),
+            };
+            let input = match next {
+                Ok(i) => i,
+                Err(RecvTimeoutError::Timeout) => {
+                    // The periodic resync, from the cache the watch keeps current.
+                    if listed {
+                        self.reconcile(true);
+                    }
+                    next_full = Instant::now() + self.opts.resync;
                     continue;
                 }
+                Err(RecvTimeoutError::Disconnected) => {
+                    crate::error!(
+                        "the node watch stopped; exiting so the kubelet restarts the agent"
+                    );
+                    std::process::exit(1);
+                }
             };
-            self.backoff.reset();
-            self.health.api_answered();
-            self.nodes = list
-                .items
-                .iter()
-                .map(|n| (n.metadata.name.clone(), NodeInfo::from_node(n)))
-                .collect();
-            self.reconcile(true);
-            self.health.first_pass_done();
-            let mut version = list.metadata.resource_version;
-            loop {
-                let deadline = Instant::now() + self.opts.resync;
-                match self.watch_until(deadline, &mut version) {
-                    // The periodic resync, from the cache the watch keeps current.
-                    WatchEnd::Resync => self.reconcile(true),
-                    WatchEnd::Relist => {
-                        // Jittered: after an API server restart every node relists.
-                        self.pause(None);
-                        break;
+            match input {
+                Input::Listed(items) => {
+                    self.nodes = items.into_iter().map(|n| (n.name.clone(), n)).collect();
+                    listed = true;
+                    self.reconcile(true);
+                    next_full = Instant::now() + self.opts.resync;
+                    self.health.first_pass_done();
+                }
+                Input::ListFailed => self.health.first_pass_done(),
+                Input::Upserted(info) => {
+                    let old = self.nodes.insert(info.name.clone(), info.clone());
+                    if old.as_ref() != Some(&info) {
+                        crate::info!(
+                            "node {} {}: podCIDRs [{}], InternalIPs [{}]",
+                            info.name,
+                            if old.is_some() { "changed" } else { "joined" },
+                            join(&info.pod_cidrs),
+                            join(&info.internal_ips)
+                        );
+                        self.reconcile(false);
                     }
                 }
-            }
-        }
-    }
-
-    /// Logs and records an API error, then waits the next backoff (at most `at_most`).
-    fn retry_after(&mut self, e: &KubeError, at_most: Option<Duration>) {
-        let wait = self.next_wait(at_most);
-        crate::error!("API: {e}; retrying in {:.1}s", wait.as_secs_f64());
-        self.health.api_failed(e.to_string());
-        self.wait(wait);
-    }
-
-    /// Waits the next backoff (at most `at_most`) without an error to report.
-    fn pause(&mut self, at_most: Option<Duration>) {
-        let wait = self.next_wait(at_most);
-        self.wait(wait);
-    }
-
-    fn next_wait(&mut self, at_most: Option<Duration>) -> Duration {
-        let wait = self.backoff.next_delay();
-        at_most.map_or(wait, |m| wait.min(m))
-    }
-
-    fn wait(&self, wait: Duration) {
-        self.health.step(
-            format!(
-                "waiting {:.1}s before retrying the API server",
-                wait.as_secs_f64()
-            ),
-            wait,
-        );
-        std::thread::sleep(wait);
-    }
-
-    /// Applies watch events until `deadline`, re-watching from the last version seen when the
-    /// server ends a stream early.
-    fn watch_until(&mut self, deadline: Instant, version: &mut String) -> WatchEnd {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left < Duration::from_millis(500) {
-                return WatchEnd::Resync;
-            }
-            // The request and its stream end by the watch's timeout (rounded up to a second)
-            // plus the grace kube.rs allows the server.
-            let stream_bound = left + Duration::from_secs(1) + WATCH_GRACE;
-            let stream_ends = Instant::now() + stream_bound;
-            self.health.step("watching nodes", stream_bound);
-            let stream = match self.client.watch_nodes(version, left) {
-                Ok(s) => {
-                    self.health.api_answered();
-                    s
+                Input::Deleted(name) => {
+                    if self.nodes.remove(&name).is_some() {
+                        crate::info!("node {name} left");
+                        self.reconcile(false);
+                    }
                 }
-                Err(KubeError::Gone(why)) => {
-                    crate::info!("watch: resource version {version} expired ({why}); relisting");
-                    return WatchEnd::Relist;
-                }
-                Err(e) => {
-                    self.retry_after(&e, Some(left));
-                    continue;
-                }
-            };
-            let started = Instant::now();
-            for event in stream {
-                let changed = match event {
-                    Ok(WatchEvent::Added(n)) | Ok(WatchEvent::Modified(n)) => {
-                        *version = n.metadata.resource_version.clone();
-                        let info = NodeInfo::from_node(&n);
-                        let old = self.nodes.insert(info.name.clone(), info.clone());
-                        if old.as_ref() != Some(&info) {
-                            crate::info!(
-                                "node {} {}: podCIDRs [{}], InternalIPs [{}]",
-                                info.name,
-                                if old.is_some() { "changed" } else { "joined" },
-                                join(&info.pod_cidrs),
-                                join(&info.internal_ips)
-                            );
-                            true
-                        } else {
-                            false
+                Input::LocalRoutes(what) => {
+                    // A change comes as a burst (an address brings a subnet route, a local
+                    // route, a broadcast route): take it whole, then decide once.
+                    let mut seen = vec![what];
+                    while let Ok(i) = inputs.recv_timeout(LOCAL_CHANGE_SETTLE) {
+                        match i {
+                            Input::LocalRoutes(more) => seen.push(more),
+                            other => {
+                                carried = Some(other);
+                                break;
+                            }
                         }
                     }
-                    Ok(WatchEvent::Deleted(n)) => {
-                        *version = n.metadata.resource_version.clone();
-                        crate::info!("node {} left", n.metadata.name);
-                        self.nodes.remove(&n.metadata.name).is_some()
-                    }
-                    Ok(WatchEvent::Bookmark(v)) => {
-                        *version = v;
-                        false
-                    }
-                    Err(KubeError::Gone(why)) => {
+                    if listed && self.opts.tunnel.mode == Encapsulation::CrossSubnet {
                         crate::info!(
-                            "watch: resource version {version} expired ({why}); relisting"
+                            "this node's routes changed ({}): deciding again which nodes are reached directly",
+                            seen.join(", ")
                         );
-                        return WatchEnd::Relist;
+                        self.reconcile(false);
                     }
-                    Err(e) => {
-                        // A broken stream or an ERROR event: the cache may have missed events.
-                        crate::error!("API: {e}; relisting");
-                        self.health.api_failed(e.to_string());
-                        return WatchEnd::Relist;
-                    }
-                };
-                self.health.api_answered();
-                if changed {
-                    self.reconcile(false);
-                    // Back to the stream, which still ends by its own bound.
-                    self.health.step(
-                        "watching nodes",
-                        stream_ends.saturating_duration_since(Instant::now()),
-                    );
                 }
-            }
-            // Ended without an error: the server was there until the end.
-            self.health.api_answered();
-            // A server that ends every watch at once must not turn this into a busy loop.
-            if started.elapsed() < QUICK_WATCH_END {
-                self.pause(Some(left));
-            } else {
-                self.backoff.reset();
             }
         }
     }

@@ -252,10 +252,13 @@ impl TunnelSync {
                 match self.nl.create_vxlan(VXLAN_DEVICE, spec).await {
                     Ok(i) => {
                         report.changed(format!(
-                            "{VXLAN_DEVICE} created: VNI {}, port {}, local {}, MAC {}, MTU {}, no learning",
+                            "{VXLAN_DEVICE} created: VNI {}, port {}, {}, MAC {}, MTU {}, no learning",
                             spec.vni,
                             spec.port,
-                            spec.local,
+                            match spec.bound_local() {
+                                Some(l) => format!("local {l}"),
+                                None => format!("IPv4 underlay ({} and any other address of the node)", spec.local),
+                            },
                             format_mac(&spec.mac),
                             spec.mtu
                         ));

@@ -75,9 +75,24 @@ pub fn tunnel_address(pod_cidr: &IpNetwork) -> IpAddr {
 pub struct VxlanSpec {
     pub vni: u32,
     pub port: u16,
+    /// This node's underlay address (its InternalIP): the family of the outer packets.
     pub local: IpAddr,
     pub mac: [u8; 6],
     pub mtu: u32,
+}
+
+impl VxlanSpec {
+    /// The address the device is bound to. Over IPv4, none: the device then receives on any
+    /// of the node's addresses and each outer packet's source is the node's own route to the
+    /// peer, so a node whose address moves keeps receiving before its agent has learned the
+    /// new address from the API (which its old connection may take a while to tell it). Over
+    /// IPv6 the kernel needs `local` to open an IPv6 socket at all.
+    pub fn bound_local(&self) -> Option<IpAddr> {
+        match self.local {
+            IpAddr::V4(_) => None,
+            v6 => Some(v6),
+        }
+    }
 }
 
 /// The device as the kernel has it.
@@ -126,8 +141,9 @@ impl VxlanDevice {
             match d {
                 InfoVxlan::Id(v) => dev.vni = Some(*v),
                 InfoVxlan::Port(p) => dev.port = Some(*p),
-                InfoVxlan::Local(a) => dev.local = Some(IpAddr::V4(*a)),
-                InfoVxlan::Local6(a) => dev.local = Some(IpAddr::V6(*a)),
+                // The kernel reports an unset local address as the unspecified one.
+                InfoVxlan::Local(a) if !a.is_unspecified() => dev.local = Some(IpAddr::V4(*a)),
+                InfoVxlan::Local6(a) if !a.is_unspecified() => dev.local = Some(IpAddr::V6(*a)),
                 InfoVxlan::Learning(l) => dev.learning = Some(*l),
                 _ => {}
             }
@@ -155,11 +171,11 @@ impl VxlanDevice {
                 want.port
             ));
         }
-        if self.local != Some(want.local) {
+        if self.local != want.bound_local() {
             out.push(format!(
                 "local {} (want {})",
                 show(self.local.map(|v| v.to_string())),
-                want.local
+                show(want.bound_local().map(|v| v.to_string()))
             ));
         }
         if self.learning != Some(false) {
@@ -238,10 +254,9 @@ impl Netlink {
             .address(spec.mac.to_vec())
             .mtu(spec.mtu)
             .up();
-        b = match spec.local {
-            IpAddr::V4(a) => b.local(a),
-            IpAddr::V6(a) => b.local6(a),
-        };
+        if let Some(IpAddr::V6(a)) = spec.bound_local() {
+            b = b.local6(a);
+        }
         self.handle
             .link()
             .add(b.build())
@@ -250,7 +265,7 @@ impl Netlink {
             .map_err(|e| {
                 nl_err(
                     format_args!(
-                        "create VXLAN device {name} (VNI {}, port {}, local {})",
+                        "create VXLAN device {name} (VNI {}, port {}, underlay {})",
                         spec.vni, spec.port, spec.local
                     ),
                     e,
@@ -432,7 +447,7 @@ mod tests {
         let want = VxlanSpec {
             vni: 77,
             port: 4789,
-            local: "100.64.0.1".parse().unwrap(),
+            local: "fd10::1".parse().unwrap(),
             mac: vtep_mac("a"),
             mtu: 1450,
         };
@@ -440,7 +455,7 @@ mod tests {
             index: 9,
             vni: Some(77),
             port: Some(4789),
-            local: Some("100.64.0.1".parse().unwrap()),
+            local: Some("fd10::1".parse().unwrap()),
             learning: Some(false),
             mac: Some(vtep_mac("a").to_vec()),
             mtu: Some(1500),
@@ -450,10 +465,20 @@ mod tests {
             have.mismatch(&want).is_empty(),
             "MTU and state change in place"
         );
-        have.local = Some("100.64.0.9".parse().unwrap());
+        have.local = Some("fd10::9".parse().unwrap());
         have.learning = Some(true);
         let m = have.mismatch(&want);
         assert_eq!(m.len(), 2, "{m:?}");
-        assert!(m[0].contains("local 100.64.0.9 (want 100.64.0.1)"), "{m:?}");
+        assert!(m[0].contains("local fd10::9 (want fd10::1)"), "{m:?}");
+        // Over IPv4 the device is bound to no address.
+        let v4 = VxlanSpec {
+            local: "100.64.0.1".parse().unwrap(),
+            ..want
+        };
+        have.learning = Some(false);
+        have.local = None;
+        assert!(have.mismatch(&v4).is_empty());
+        have.local = Some("100.64.0.1".parse().unwrap());
+        assert!(have.mismatch(&v4)[0].contains("local 100.64.0.1 (want none)"));
     }
 }

@@ -221,7 +221,7 @@ impl Walk<'_> {
                 .unwrap_or_else(|| "?".into()),
             dev.local
                 .map(|v| v.to_string())
-                .unwrap_or_else(|| "none".into()),
+                .unwrap_or_else(|| "any".into()),
             if dev.learning == Some(true) {
                 ", learning"
             } else {

@@ -1,0 +1,142 @@
+//! The agent's inputs, each on its own thread, all into one channel that the agent loop
+//! (mod.rs) drains: the Node list + watch (like client-go's reflector: list at start and after
+//! an expired (410) or failed watch, otherwise watch on from the last version seen), and
+//! changes of this node's own routes (monitor.rs). A blocked API read therefore never keeps
+//! the agent from reacting to its own node, and further watches (issue 17's Pods, Namespaces
+//! and NetworkPolicies) are more senders on the same channel.
+
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::backoff::Backoff;
+use super::health::Health;
+use super::kube::{ApiClient, KubeError, NodeInfo, WatchEvent};
+
+/// A first retry after an API error; doubled up to the resync period or MAX_BACKOFF.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// However long the API server has been away, an agent tries again at least this often, so
+/// nodes catch up soon after it is back (the jitter keeps them from arriving all at once).
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A watch that ends sooner than this without an error was refused in effect: back off before
+/// the next one. (A normal watch lasts until its timeout, at least a second.)
+const QUICK_WATCH_END: Duration = Duration::from_millis(200);
+
+/// What the agent loop is told.
+#[derive(Debug)]
+pub enum Input {
+    /// Every Node, from a fresh list (start, relist): the cache is replaced.
+    Listed(Vec<NodeInfo>),
+    /// A Node added or changed.
+    Upserted(NodeInfo),
+    /// A Node deleted.
+    Deleted(String),
+    /// The first list failed: the agent has nothing to work from yet, and says so.
+    ListFailed,
+    /// This node's own routes changed (an address added or removed, a link up or down): which
+    /// nodes are reached directly may have changed.
+    LocalRoutes(String),
+}
+
+/// Lists and watches Nodes forever, sending what it learns on `tx`; returns when the agent
+/// loop is gone. `watch_for`: how long one watch request lasts (the resync period, so an idle
+/// cluster still shows the API server answering at least that often).
+pub fn nodes(client: ApiClient, health: Arc<Health>, tx: Sender<Input>, watch_for: Duration) {
+    let mut backoff = Backoff::new(FIRST_BACKOFF, watch_for.min(MAX_BACKOFF));
+    let pause = |backoff: &mut Backoff| std::thread::sleep(backoff.next_delay());
+    loop {
+        let list = match client.list_nodes() {
+            Ok(l) => l,
+            Err(e) => {
+                let wait = backoff.next_delay();
+                crate::error!("API: {e}; retrying in {:.1}s", wait.as_secs_f64());
+                health.api_failed(e.to_string());
+                if tx.send(Input::ListFailed).is_err() {
+                    return;
+                }
+                std::thread::sleep(wait);
+                continue;
+            }
+        };
+        backoff.reset();
+        health.api_answered();
+        let items = list.items.iter().map(NodeInfo::from_node).collect();
+        if tx.send(Input::Listed(items)).is_err() {
+            return;
+        }
+        let mut version = list.metadata.resource_version;
+        match watch(&client, &health, &tx, &mut version, watch_for, &mut backoff) {
+            Some(()) => pause(&mut backoff), // relist, jittered: after an API server restart every node relists
+            None => return,
+        }
+    }
+}
+
+/// Watches from `version` until the version expires or a stream fails (`Some`: relist) or the
+/// agent loop is gone (`None`).
+fn watch(
+    client: &ApiClient,
+    health: &Health,
+    tx: &Sender<Input>,
+    version: &mut String,
+    watch_for: Duration,
+    backoff: &mut Backoff,
+) -> Option<()> {
+    loop {
+        let stream = match client.watch_nodes(version, watch_for) {
+            Ok(s) => {
+                health.api_answered();
+                s
+            }
+            Err(KubeError::Gone(why)) => {
+                crate::info!("watch: resource version {version} expired ({why}); relisting");
+                return Some(());
+            }
+            Err(e) => {
+                let wait = backoff.next_delay();
+                crate::error!("API: {e}; retrying in {:.1}s", wait.as_secs_f64());
+                health.api_failed(e.to_string());
+                std::thread::sleep(wait);
+                continue;
+            }
+        };
+        let started = Instant::now();
+        for event in stream {
+            let input = match event {
+                Ok(WatchEvent::Added(n)) | Ok(WatchEvent::Modified(n)) => {
+                    *version = n.metadata.resource_version.clone();
+                    Input::Upserted(NodeInfo::from_node(&n))
+                }
+                Ok(WatchEvent::Deleted(n)) => {
+                    *version = n.metadata.resource_version.clone();
+                    Input::Deleted(n.metadata.name)
+                }
+                Ok(WatchEvent::Bookmark(v)) => {
+                    *version = v;
+                    health.api_answered();
+                    continue;
+                }
+                Err(KubeError::Gone(why)) => {
+                    crate::info!("watch: resource version {version} expired ({why}); relisting");
+                    return Some(());
+                }
+                Err(e) => {
+                    // A broken stream or an ERROR event: the cache may have missed events.
+                    crate::error!("API: {e}; relisting");
+                    health.api_failed(e.to_string());
+                    return Some(());
+                }
+            };
+            health.api_answered();
+            tx.send(input).ok()?;
+        }
+        // Ended without an error: the server was there until the end.
+        health.api_answered();
+        // A server that ends every watch at once must not turn this into a busy loop.
+        if started.elapsed() < QUICK_WATCH_END {
+            std::thread::sleep(backoff.next_delay());
+        } else {
+            backoff.reset();
+        }
+    }
+}
