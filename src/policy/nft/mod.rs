@@ -27,9 +27,11 @@
 
 mod read;
 mod render;
+mod validate;
 
 pub use read::{Installed, InstalledChain};
-pub use render::{check_ifname, PRIORITY};
+pub use render::PRIORITY;
+pub use validate::check_ifname;
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -30,7 +30,7 @@ pub const PRIORITY: i32 = -10;
 /// nft refuses comments longer than this (bytes).
 const COMMENT_MAX: usize = 128;
 /// Names of what the table always holds; a Ruleset may not reuse them.
-const FIXED_SETS: [&str; 4] = [PENDING, POD_IFS, SPOOF4, SPOOF6];
+pub const FIXED_SETS: [&str; 4] = [PENDING, POD_IFS, SPOOF4, SPOOF6];
 const FIXED_MAPS: [&str; 2] = [INGRESS, EGRESS];
 
 /// One command of the batch: the crate's model, or raw JSON where the crate has no type.
@@ -175,107 +175,6 @@ fn verdict_map(verb: &str, name: &str) -> Cmd<'static> {
         map["map"] = json!("verdict");
     }
     Cmd::Raw(json!({ verb: { "map": map } }))
-}
-
-/// A valid name for our chains and sets: what nft's parser takes as an identifier, so the
-/// table can be listed and edited by hand too.
-fn check_name(name: &str) -> Result<(), PolicyError> {
-    let ok = name.len() <= 200
-        && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(PolicyError::Invalid(format!(
-            "{name:?} is not a valid nftables name (a letter, then letters, digits, '-', '_' or '.', at most 200)"
-        )))
-    }
-}
-
-/// A Linux interface name: what the kernel accepts (IFNAMSIZ-1 bytes, no '/', no spaces).
-pub fn check_ifname(name: &str) -> Result<(), PolicyError> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
-    if ok {
-        Ok(())
-    } else {
-        Err(PolicyError::Invalid(format!(
-            "{name:?} is not an interface name (1-15 printable bytes, no '/')"
-        )))
-    }
-}
-
-/// Every set the Ruleset needs besides the fixed ones, by name, checked for collisions.
-fn derived_sets(rs: &Ruleset) -> Result<BTreeSet<String>, PolicyError> {
-    let mut out = BTreeSet::new();
-    let names = rs.address_sets.keys().chain(rs.port_sets.keys());
-    for base in names {
-        check_name(base)?;
-        for fam in [Fam::V4, Fam::V6] {
-            let name = format!("{base}{}", fam.suffix());
-            if FIXED_SETS.contains(&name.as_str()) || !out.insert(name.clone()) {
-                return Err(PolicyError::Invalid(format!(
-                    "set name {name:?} is used twice (address and port sets share one namespace, with the fixed sets {FIXED_SETS:?})"
-                )));
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn validate(rs: &Ruleset) -> Result<BTreeSet<String>, PolicyError> {
-    for name in rs.chains.keys() {
-        check_name(name)?;
-        if name == FORWARD {
-            return Err(PolicyError::Invalid(format!(
-                "chain name {FORWARD:?} is our base chain's"
-            )));
-        }
-    }
-    for (dir, map) in [("ingress", &rs.ingress), ("egress", &rs.egress)] {
-        for (ifname, chain) in map {
-            check_ifname(ifname)?;
-            if !rs.chains.contains_key(chain) {
-                return Err(PolicyError::Invalid(format!(
-                    "{dir} of {ifname} names chain {chain:?}, which the Ruleset does not have"
-                )));
-            }
-        }
-    }
-    if let Some(c) = rs
-        .ingress
-        .values()
-        .find(|c| rs.egress.values().any(|e| e == *c))
-    {
-        return Err(PolicyError::Invalid(format!(
-            "chain {c:?} is used for both ingress and egress; a chain matches peers by source (ingress) or by destination (egress), not both"
-        )));
-    }
-    for ifname in rs.pods.keys() {
-        check_ifname(ifname)?;
-    }
-    for (name, chain) in &rs.chains {
-        for r in &chain.rules {
-            if let Peers::Set(set) = &r.peers {
-                if !rs.address_sets.contains_key(set) {
-                    return Err(PolicyError::Invalid(format!(
-                        "chain {name} uses address set {set:?}, which the Ruleset does not have"
-                    )));
-                }
-            }
-            if let Ports::Named(set) = &r.ports {
-                if !rs.port_sets.contains_key(set) {
-                    return Err(PolicyError::Invalid(format!(
-                        "chain {name} uses port set {set:?}, which the Ruleset does not have"
-                    )));
-                }
-            }
-        }
-    }
-    derived_sets(rs)
 }
 
 /// Sorted, merged inclusive ranges: nft rejects overlapping intervals in one set, and the
@@ -509,7 +408,7 @@ fn forward_rules() -> Vec<(Vec<Statement<'static>>, &'static str)> {
 
 /// The whole batch that makes the table exactly `rs`, given what is installed (`names`).
 pub fn render(rs: &Ruleset, names: &Names) -> Result<Rendered, PolicyError> {
-    let derived = validate(rs)?;
+    let derived = super::validate::validate(rs)?;
     let mut out = Rendered::default();
     let mut b: Vec<Cmd<'static>> = Vec::new();
     let table = Table {
