@@ -37,6 +37,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::policy::ruleset::Ruleset;
@@ -93,10 +94,14 @@ pub struct Applied {
 
 /// How to run nft: a program and the arguments before nft's own (tests run
 /// `ip netns exec <ns> nft`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Nft {
     program: PathBuf,
     prefix: Vec<OsString>,
+    /// What our last successful apply left in the table, so the next one need not list it
+    /// (listing a table of 1,000 pods costs about as much as applying it). Cleared and
+    /// listed afresh when an apply fails, in case someone changed the table by hand.
+    known: Mutex<Option<render::Names>>,
 }
 
 fn executable(p: &Path) -> bool {
@@ -128,6 +133,7 @@ impl Nft {
         Nft {
             program: program.into(),
             prefix: prefix.into_iter().map(Into::into).collect(),
+            known: Mutex::new(None),
         }
     }
 
@@ -207,17 +213,15 @@ impl Nft {
     /// nothing else: CNI ADD adds to it concurrently). On error nothing has changed.
     pub fn apply(&self, ruleset: &Ruleset) -> Result<Applied, PolicyError> {
         let start = Instant::now();
-        let names = match self.list(true)? {
-            Some(json) => read::names(&json)?,
-            None => render::Names::default(),
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let r = match known.take() {
+            Some(names) => match self.apply_with(ruleset, &names) {
+                Err(PolicyError::Failed { .. }) => self.apply_listed(ruleset)?,
+                other => other?,
+            },
+            None => self.apply_listed(ruleset)?,
         };
-        let r = render::render(ruleset, &names)?;
-        self.run(
-            &["-j", "-f", "-"],
-            Some(&r.json),
-            "applying the policy ruleset (nothing was changed)",
-            "the agent retries on its next sync; if it keeps failing, run `nft -j list table inet routed-cni` and report this message",
-        )?;
+        *known = Some(r.names);
         Ok(Applied {
             chains: r.chains,
             sets: r.sets,
@@ -230,6 +234,29 @@ impl Nft {
         })
     }
 
+    fn apply_listed(&self, ruleset: &Ruleset) -> Result<render::Rendered, PolicyError> {
+        let names = match self.list(true)? {
+            Some(json) => read::names(&json)?,
+            None => render::Names::default(),
+        };
+        self.apply_with(ruleset, &names)
+    }
+
+    fn apply_with(
+        &self,
+        ruleset: &Ruleset,
+        names: &render::Names,
+    ) -> Result<render::Rendered, PolicyError> {
+        let r = render::render(ruleset, names)?;
+        self.run(
+            &["-j", "-f", "-"],
+            Some(&r.json),
+            "applying the policy ruleset (nothing was changed)",
+            "the agent retries on its next sync; if it keeps failing, run `nft -j list table inet routed-cni` and report this message",
+        )?;
+        Ok(r)
+    }
+
     /// What the table holds now; `None` when it does not exist.
     pub fn read(&self) -> Result<Option<Installed>, PolicyError> {
         self.list(false)?
@@ -239,6 +266,7 @@ impl Nft {
 
     /// Deletes the table (enforcement off); false when there was none.
     pub fn remove_table(&self) -> Result<bool, PolicyError> {
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let hint = "delete it by hand: nft delete table inet routed-cni";
         match self.run(
             &["delete", "table", "inet", TABLE],

@@ -64,6 +64,8 @@ pub struct Rendered {
     pub elements: usize,
     pub removed_chains: Vec<String>,
     pub removed_sets: Vec<String>,
+    /// What the table holds once the batch is applied.
+    pub names: Names,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -623,6 +625,20 @@ pub fn render(rs: &Ruleset, names: &Names) -> Result<Rendered, PolicyError> {
         }
     }
     out.removed_chains = stale_chains;
+    out.names = Names {
+        chains: rs
+            .chains
+            .keys()
+            .cloned()
+            .chain([FORWARD.to_string()])
+            .collect(),
+        sets: FIXED_SETS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(derived)
+            .collect(),
+        maps: FIXED_MAPS.iter().map(|s| s.to_string()).collect(),
+    };
     out.json = serde_json::to_string(&Batch { nftables: b })
         .map_err(|e| PolicyError::Invalid(format!("cannot write the nft batch as JSON: {e}")))?;
     Ok(out)
