@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# NetworkPolicy enforcement by `routed-cni agent` (issue 17), on the upstream e2e model
+# (kubernetes test/e2e/network/netpol): namespaces x, y, z; pods a, b, c in each, a and c on
+# node A, b on node B (lib/cluster.sh: two nodes on one switch, routes made by the agents);
+# every pod serves TCP and UDP on 80 and 81 (and SCTP when the kernel has it), with container
+# ports named serve-80-tcp ... serve-81-sctp in its Pod object. The stand-in API server
+# (e2e/lib/fake-apiserver.py) serves Nodes, Pods, Namespaces and NetworkPolicies from
+# directories this script writes, as kubectl apply would change them.
+# For every case, the full 9x9 matrix (loopback pairs ignored) is probed at once from inside the
+# pods (lib/netpol-probe.py: TCP connect, UDP request/response, 1 s each) and compared with the
+# expected one, re-probing mismatched pairs for up to 10 s as upstream does; on a mismatch the
+# expected and observed truth tables are printed. Cases (TCP 80 unless stated):
+#   - no policy: everything allowed (TCP, UDP, IPv4 and IPv6);
+#   - default-deny-ingress in x (IPv4, IPv6, UDP); default-deny-all in x (ingress + egress);
+#   - x/a from pod=b only (podSelector); from namespace y only (namespaceSelector); one peer
+#     with namespace NotIn [x] AND pod=b; two peers (namespace NotIn [x]) OR (pod=b);
+#   - x/a from y on TCP 81 only (80 and UDP closed); a second policy stacked on it opens 80;
+#   - named port serve-81-tcp into x; endPort 80-81 from y;
+#   - egress: x/a denied everything; x/a only to TCP 80; denied at the client although the
+#     server allows it; ipBlock y/b /32 and /128 (IPv4 and IPv6); ipBlock cluster CIDR except
+#     x/b (IPv6 denied: no IPv6 peer);
+#   - protocols: ports [{protocol: TCP}] leaves UDP closed; a UDP-only rule leaves TCP closed;
+#     an SCTP-only rule leaves TCP closed (whether or not the kernel has SCTP);
+#   - labels: x/b gains pod2=updated and becomes allowed; namespace y gains ns2=updated;
+#   - a policy deleted: everything allowed again;
+#   - agents restarted with --network-policy=false under a deny-all policy: no table
+#     `inet routed-cni` on either node, everything allowed.
+# Nothing outside the namespaces this script creates is touched.
+set -euo pipefail
+# shellcheck disable=SC2034 # read by lib/cluster.sh: the agents make the routes between nodes
+CLUSTER_ROUTES=none
+. "$(dirname "$0")/lib/cluster.sh"
+[ -x "$BIN" ] || die "no routed-cni binary at $BIN (build it, or set ROUTED_CNI_BIN)"
+for tool in openssl nft jq; do
+    command -v $tool >/dev/null || die "$tool is needed (see the packages in scripts/test.sh)"
+done
+PY=/usr/bin/python3 # not pyenv's python3 from PATH: the helpers need only the stdlib
+[ -x $PY ] || die "$PY is needed (apt-get install python3)"
+PROBE=$ROOT/e2e/lib/netpol-probe.py
+RESYNC=5
+CLUSTER_CIDR6=fd00:10:244::/48
+API=https://$ROUTER_IP:6443
+FIXTURES=$ROOT/e2e/lib/fixtures
+NODES=$WORK/nodes PODS=$WORK/pods NAMESPACES=$WORK/namespaces NETPOLS=$WORK/networkpolicies
+mkdir -p "$NODES" "$PODS" "$NAMESPACES" "$NETPOLS"
+declare -A AGENT_PID NODE_NS POD_NODE POD_IP4 POD_IP6 POD_VETH
+NODE_NS=([node-a]=$NODE_A [node-b]=$NODE_B)
+SERVER_PID=
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# wait_for SECONDS WHAT COMMAND...: polls COMMAND until it succeeds; ok/fail says how long.
+wait_for() {
+    local secs=$1 what=$2 start end
+    shift 2
+    start=$(now_ms)
+    end=$((start + secs * 1000))
+    until "$@" >/dev/null 2>&1; do
+        if (($(now_ms) > end)); then
+            fail "$what (not within ${secs}s)"
+            return 0
+        fi
+        sleep 0.2
+    done
+    ok "$what ($(($(now_ms) - start)) ms)"
+}
+
+start_server() {
+    ip netns exec "$UNDERLAY" $PY "$ROOT/e2e/lib/fake-apiserver.py" --listen $ROUTER_IP:6443 \
+        --cert "$WORK/server.crt" --key "$WORK/server.key" --token-file "$WORK/token" \
+        --nodes "$NODES" --pods "$PODS" --namespaces "$NAMESPACES" --networkpolicies "$NETPOLS" \
+        2>>"$WORK/apiserver.log" &
+    SERVER_PID=$!
+    BACKGROUND_PIDS+=("$SERVER_PID")
+    for _ in $(seq 50); do
+        ip netns exec "$UNDERLAY" ss -Hltn "sport = :6443" | grep -q . && return 0
+        sleep 0.1
+    done
+    die "the stand-in API server did not start: $(cat "$WORK/apiserver.log")"
+}
+
+# start_agent NODE_NAME [ARG...]: the agent as the DaemonSet runs it, with the node's own CNI
+# dirs and IPAM store under $WORK/NODE_NAME; ARGs go to the agent (--network-policy false).
+start_agent() {
+    local name=$1 dir=$WORK/$1
+    shift
+    mkdir -p "$dir"
+    ip netns exec "${NODE_NS[$name]}" env NODE_NAME="$name" ROUTED_CNI_CLUSTER_CIDR="$CLUSTER_CIDR,$CLUSTER_CIDR6" "$BIN" agent \
+        --api-server $API --token-file "$WORK/token" --ca-file "$WORK/ca.crt" \
+        --resync-seconds $RESYNC --encapsulation never --data-dir "$dir/store" \
+        --bin-dir "$dir/bin" --conf-dir "$dir/net.d" --log-file "$dir/cni.log" \
+        --systemd-network-dir "$dir/systemd/network" --networkmanager-conf-dir "$dir/NetworkManager/conf.d" \
+        "$@" 2>>"$dir/agent.log" &
+    AGENT_PID[$name]=$!
+    BACKGROUND_PIDS+=($!)
+}
+# stop_agent NODE_NAME: SIGTERM, and the exit status must be 0
+stop_agent() {
+    local rc=0
+    if ! kill -TERM "${AGENT_PID[$1]}" 2>/dev/null; then
+        wait "${AGENT_PID[$1]}" || rc=$?
+        fail "$1's agent had already exited (status $rc): $(tail -3 "$WORK/$1/agent.log")"
+        return 0
+    fi
+    wait "${AGENT_PID[$1]}" || rc=$?
+    expect_eq "$1's agent exits on SIGTERM with status" "$rc" 0
+}
+
+conflist() { echo "$WORK/$1/net.d/10-routed-cni.conflist"; }
+has_conflist() { [ -s "$(conflist "$1")" ]; }
+
+# ---- pods, as the kubelet makes them --------------------------------------------------------
+# add_pod NS POD NODE_NAME: a pod namespace, CNI ADD by the binary and conflist the agent
+# installed (CNI_ARGS naming the pod, as the kubelet passes them), and its Pod object with the
+# addresses the ADD returned in status.podIPs, as the kubelet posts them.
+add_pod() {
+    local ns=$1 pod=$2 node=$3 netns=rcn-$1$2-$RUN_ID conf=$WORK/$3/plugin.json out
+    make_pod "$netns"
+    jq '.plugins[0] + {name: .name, cniVersion: .cniVersion}' "$(conflist "$node")" >"$conf"
+    out=$(ip netns exec "${NODE_NS[$node]}" env CNI_COMMAND=ADD CNI_CONTAINERID="$ns-$pod" \
+        CNI_NETNS=/run/netns/$netns CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni \
+        CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=$ns;K8S_POD_NAME=$pod" \
+        "$WORK/$node/bin/routed-cni" <"$conf") || die "ADD $ns/$pod on $node: $out"
+    POD_NODE[$ns/$pod]=$node
+    POD_IP4[$ns/$pod]=$(jq -r '[.ips[].address | select(contains(".")) | split("/")[0]][0] // empty' <<<"$out")
+    POD_IP6[$ns/$pod]=$(jq -r '[.ips[].address | select(contains(":")) | split("/")[0]][0] // empty' <<<"$out")
+    POD_VETH[$ns/$pod]=$(jq -r '[.interfaces[] | select(.sandbox == null) | .name][0] // empty' <<<"$out")
+    [ -n "${POD_IP4[$ns/$pod]}" ] && [ -n "${POD_IP6[$ns/$pod]}" ] || die "ADD $ns/$pod: no IPv4 and IPv6 address in $out"
+    write_pod "$ns" "$pod"
+}
+
+# write_pod NS POD [JQ_FILTER]: the Pod object (one container per port and protocol, as the
+# upstream model has), edited by JQ_FILTER (e.g. a label), written atomically
+write_pod() {
+    local ns=$1 pod=$2 f=$PODS/$1-$2.json
+    jq -n --arg ns "$ns" --arg pod "$pod" --arg node "${POD_NODE[$ns/$pod]}" \
+        --arg ip4 "${POD_IP4[$ns/$pod]}" --arg ip6 "${POD_IP6[$ns/$pod]}" '
+        {apiVersion: "v1", kind: "Pod",
+         metadata: {name: $pod, namespace: $ns, labels: {pod: $pod}},
+         spec: {nodeName: $node, containers: [
+            (80, 81) as $port | ("TCP", "UDP", "SCTP") as $proto |
+            ("serve-\($port)-\($proto | ascii_downcase)") as $name |
+            {name: "cont-\($port)-\($proto | ascii_downcase)", image: "registry.k8s.io/e2e-test-images/agnhost:2.53",
+             ports: [{name: $name, containerPort: $port, protocol: $proto}]}]},
+         status: {phase: "Running", podIP: $ip4, podIPs: [{ip: $ip4}, {ip: $ip6}]}}' |
+        jq "${3:-.}" >"$PODS/.$ns-$pod.tmp"
+    mv "$PODS/.$ns-$pod.tmp" "$f"
+}
+
+# write_namespace NS [JQ_FILTER]
+write_namespace() {
+    jq -n --arg ns "$1" '{apiVersion: "v1", kind: "Namespace",
+        metadata: {name: $ns, labels: {"kubernetes.io/metadata.name": $ns, ns: $ns}},
+        status: {phase: "Active"}}' | jq "${2:-.}" >"$NAMESPACES/.$1.tmp"
+    mv "$NAMESPACES/.$1.tmp" "$NAMESPACES/$1.json"
+}
+
+# in_pod_ifs NODE_NAME VETH: the agent has programmed the pod (its host veth is in pod-ifs)
+in_pod_ifs() {
+    ip netns exec "${NODE_NS[$1]}" nft -j list set inet routed-cni pod-ifs 2>/dev/null |
+        jq -e --arg v "$2" '[.nftables[] | select(.set) | .set.elem // [] | .[]] | index($v) != null' >/dev/null
+}
+has_table() { ip netns exec "${NODE_NS[$1]}" nft list tables | grep -qx 'table inet routed-cni'; }
+no_table() { ! has_table "$1"; }
+
+# ---- policies and probes --------------------------------------------------------------------
+APPLIED_MARK=0
+applied_count() { cat "$WORK"/node-a/agent.log "$WORK"/node-b/agent.log | grep -c 'policy applied' || true; }
+# netpol NAME NS SPEC_JSON: a NetworkPolicy object written as kubectl apply would
+netpol() {
+    jq -n --arg name "$1" --arg ns "$2" --argjson spec "$3" '{apiVersion: "networking.k8s.io/v1",
+        kind: "NetworkPolicy", metadata: {name: $name, namespace: $ns}, spec: $spec}' >"$NETPOLS/.$2-$1.tmp" ||
+        die "policy $2/$1: bad spec $3"
+    mv "$NETPOLS/.$2-$1.tmp" "$NETPOLS/$2-$1.json"
+}
+clear_policies() { rm -f "$NETPOLS"/*.json; }
+# change: call before editing objects; settle: after. settle has the stand-in poll at once and
+# waits (up to 5 s, quietly) for an agent to log "policy applied" after the change; the probes'
+# own retries (10 s) cover the agent that applies later.
+change() { APPLIED_MARK=$(applied_count); }
+settle() {
+    local end=$(($(now_ms) + 5000))
+    kill -HUP "$SERVER_PID"
+    until (($(applied_count) > APPLIED_MARK)); do
+        if (($(now_ms) > end)); then
+            log "note: no agent logged 'policy applied' within 5 s of the change"
+            return 0
+        fi
+        sleep 0.1
+    done
+}
+
+# matrix WHAT PROTO/PORT[/6] [RULE...]: probe all 72 pairs, compare with everything allowed
+# edited by RULEs ("FROM TO ." or "FROM TO X", shell patterns on ns/pod, applied in order).
+matrix() {
+    local what=$1 spec=$2 proto port fam=4 out rc=0 args=()
+    shift 2
+    IFS=/ read -r proto port fam <<<"$spec"
+    fam=${fam:-4}
+    if [ "$proto" == sctp ] && [ -z "$SCTP" ]; then
+        log "skip: $what ($spec): the kernel has no SCTP"
+        return 0
+    fi
+    for r in "$@"; do args+=(--expect "$r"); done
+    out=$($PY "$PROBE" probe --pods "$WORK/pods.json" --proto "$proto" --port "$port" --family "$fam" "${args[@]}") || rc=$?
+    if [ $rc -eq 0 ]; then
+        ok "$what: $out"
+    else
+        fail "$what: ${out%%$'\n'*}"
+        tail -n +2 <<<"$out"
+    fi
+}
+
+# ---- the world --------------------------------------------------------------------------------
+"$BIN" agent --help | grep -q -- '--network-policy' || die "this routed-cni agent has no --network-policy flag"
+make_cluster
+ip -n "$NODE_A" addr add fd00:64::1/64 dev uplink nodad
+ip -n "$NODE_B" addr add fd00:64::2/64 dev uplink nodad
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=e2e-kubernetes-ca -keyout "$WORK/ca.key" -out "$WORK/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=kube-apiserver \
+    -keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
+printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' $ROUTER_IP >"$WORK/san.ext"
+openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.crt" -CAkey "$WORK/ca.key" -CAcreateserial \
+    -days 1 -extfile "$WORK/san.ext" -out "$WORK/server.crt" 2>/dev/null
+head -c 24 /dev/urandom | base64 >"$WORK/token"
+cp "$FIXTURES/node-a.json" "$FIXTURES/node-b.json" "$NODES/"
+for ns in x y z; do write_namespace $ns; done
+start_server
+ok "stand-in API server on $API (Nodes, Pods, Namespaces, NetworkPolicies)"
+start_agent node-a
+start_agent node-b
+wait_for 15 "node-a's agent installs its conflist" has_conflist node-a
+wait_for 15 "node-b's agent installs its conflist" has_conflist node-b
+jq -e --arg d "$WORK/node-a/store" '.plugins[0].ipam.dataDir == $d' "$(conflist node-a)" >/dev/null &&
+    ok "the installed conflist's ipam.dataDir is the agent's --data-dir" ||
+    fail "node-a's conflist ipam.dataDir: $(jq -c '.plugins[0].ipam.dataDir' "$(conflist node-a)")"
+
+# ---- nine pods, their servers ----------------------------------------------------------------
+SCTP=
+$PY "$PROBE" sctp && SCTP=yes
+[ -n "$SCTP" ] || log "note: SCTP sockets cannot be opened here (no sctp module): SCTP probes are skipped"
+ALL=()
+for ns in x y z; do
+    for pod in a b c; do
+        node="node-a"
+        [ $pod == b ] && node="node-b"
+        add_pod $ns $pod $node
+        ALL+=("$ns/$pod")
+    done
+done
+for p in "${ALL[@]}"; do
+    jq -n --arg p "$p" --arg netns "rcn-${p%/*}${p#*/}-$RUN_ID" --arg ip4 "${POD_IP4[$p]}" --arg ip6 "${POD_IP6[$p]}" \
+        '{($p): {netns: $netns, ip4: $ip4, ip6: $ip6}}'
+done | jq -s add >"$WORK/pods.json"
+log "pods: $(jq -r 'to_entries | map("\(.key)=\(.value.ip4)") | join(" ")' "$WORK/pods.json")"
+kill -HUP "$SERVER_PID"
+# shellcheck disable=SC2046 # one netns name per pod
+ip netns exec "$UNDERLAY" $PY "$PROBE" serve --ready "$WORK/servers.ready" $(jq -r '.[].netns' "$WORK/pods.json") \
+    2>>"$WORK/servers.log" &
+BACKGROUND_PIDS+=($!)
+wait_for 10 "servers on TCP/UDP 80 and 81 in all nine pods" test -s "$WORK/servers.ready"
+for p in "${ALL[@]}"; do
+    wait_for 10 "$p programmed on ${POD_NODE[$p]} (${POD_VETH[$p]} in set pod-ifs)" in_pod_ifs "${POD_NODE[$p]}" "${POD_VETH[$p]}"
+done
+
+# ---- cases ----------------------------------------------------------------------------------
+matrix "no policy" tcp/80
+matrix "no policy" udp/81
+matrix "no policy, IPv6" tcp/80/6
+matrix "no policy" sctp/80
+
+if [ "$FAILURES" -ne 0 ]; then
+    for n in node-a node-b; do
+        log "---- $n agent log (tail)"
+        tail -30 "$WORK/$n/agent.log" || true
+    done
+fi
+finish
