@@ -37,6 +37,9 @@ done
 PY=/usr/bin/python3 # not pyenv's python3 from PATH: the helpers need only the stdlib
 [ -x $PY ] || die "$PY is needed (apt-get install python3)"
 PROBE=$ROOT/e2e/lib/netpol-probe.py
+# How long a mismatched pair is probed again before the case fails (upstream: 10 s).
+DEADLINE=${NETPOL_DEADLINE:-10}
+DUMPED=
 RESYNC=5
 CLUSTER_CIDR6=fd00:10:244::/48
 API=https://$ROUTER_IP:6443
@@ -104,6 +107,18 @@ stop_agent() {
     fi
     wait "${AGENT_PID[$1]}" || rc=$?
     expect_eq "$1's agent exits on SIGTERM with status" "$rc" 0
+}
+
+# ready NODE_NAME: the agent's /readyz answers 200 (bash's /dev/tcp: no HTTP client needed)
+ready() {
+    ip netns exec "${NODE_NS[$1]}" timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/9465 &&
+        printf "GET /readyz HTTP/1.0\r\n\r\n" >&3 && head -1 <&3' 2>/dev/null | grep -q ' 200 '
+}
+# check WHAT COMMAND...: ok when COMMAND succeeds now (no waiting), else fail
+check() {
+    local what=$1
+    shift
+    if "$@" >/dev/null 2>&1; then ok "$what"; else fail "$what"; fi
 }
 
 conflist() { echo "$WORK/$1/net.d/10-routed-cni.conflist"; }
@@ -202,12 +217,21 @@ matrix() {
         return 0
     fi
     for r in "$@"; do args+=(--expect "$r"); done
-    out=$($PY "$PROBE" probe --pods "$WORK/pods.json" --proto "$proto" --port "$port" --family "$fam" "${args[@]}") || rc=$?
+    out=$($PY "$PROBE" probe --pods "$WORK/pods.json" --proto "$proto" --port "$port" --family "$fam" \
+        --deadline "$DEADLINE" "${args[@]}") || rc=$?
     if [ $rc -eq 0 ]; then
         ok "$what: $out"
-    else
-        fail "$what: ${out%%$'\n'*}"
-        tail -n +2 <<<"$out"
+        return 0
+    fi
+    fail "$what: ${out%%$'\n'*}"
+    tail -n +2 <<<"$out"
+    log "policies: $(cat "$NETPOLS"/*.json 2>/dev/null | jq -c '{name: "\(.metadata.namespace)/\(.metadata.name)"} + .spec' | tr '\n' ' ')"
+    if [ -z "$DUMPED" ]; then # the first failure's tables, for a bug report
+        DUMPED=yes
+        for n in node-a node-b; do
+            log "---- table inet routed-cni on $n"
+            ip netns exec "${NODE_NS[$n]}" nft list table inet routed-cni 2>&1 | sed 's/^/    /' || true
+        done
     fi
 }
 
@@ -232,6 +256,8 @@ start_agent node-a
 start_agent node-b
 wait_for 15 "node-a's agent installs its conflist" has_conflist node-a
 wait_for 15 "node-b's agent installs its conflist" has_conflist node-b
+wait_for 15 "node A's agent is ready" ready node-a
+wait_for 15 "node B's agent is ready" ready node-b
 jq -e --arg d "$WORK/node-a/store" '.plugins[0].ipam.dataDir == $d' "$(conflist node-a)" >/dev/null &&
     ok "the installed conflist's ipam.dataDir is the agent's --data-dir" ||
     fail "node-a's conflist ipam.dataDir: $(jq -c '.plugins[0].ipam.dataDir' "$(conflist node-a)")"
@@ -265,10 +291,178 @@ for p in "${ALL[@]}"; do
 done
 
 # ---- cases ----------------------------------------------------------------------------------
+# Selectors and peers used below, as JSON.
+A='{"matchLabels":{"pod":"a"}}'
+NS_Y='{"namespaceSelector":{"matchLabels":{"ns":"y"}}}'
+NOT_X='{"matchExpressions":[{"key":"ns","operator":"NotIn","values":["x"]}]}'
+POD_B='{"matchLabels":{"pod":"b"}}'
+# x/a isolated for ingress, allowing the ingress rules RULES (a JSON list)
+ingress_a() { echo "{\"podSelector\":$A,\"policyTypes\":[\"Ingress\"],\"ingress\":$1}"; }
+# x/a isolated for egress, allowing the egress rules RULES
+egress_a() { echo "{\"podSelector\":$A,\"policyTypes\":[\"Egress\"],\"egress\":$1}"; }
+# policies [NAME NS SPEC]...: every policy replaced by these, in one change
+policies() {
+    change
+    clear_policies
+    while (($# >= 3)); do
+        netpol "$1" "$2" "$3"
+        shift 3
+    done
+    settle
+}
+
 matrix "no policy" tcp/80
 matrix "no policy" udp/81
 matrix "no policy, IPv6" tcp/80/6
 matrix "no policy" sctp/80
+
+policies deny-ingress x '{"podSelector":{},"policyTypes":["Ingress"]}'
+matrix "default-deny-ingress in x" tcp/80 '* x/* X'
+matrix "default-deny-ingress in x, IPv6" tcp/80/6 '* x/* X'
+matrix "default-deny-ingress in x, UDP" udp/80 '* x/* X'
+matrix "default-deny-ingress in x, SCTP" sctp/80 '* x/* X'
+
+policies deny-all x '{"podSelector":{},"policyTypes":["Ingress","Egress"]}'
+matrix "default-deny-all in x" tcp/80 '* x/* X' 'x/* * X'
+matrix "default-deny-all in x, UDP over IPv6" udp/81/6 '* x/* X' 'x/* * X'
+
+policies allow-b x "$(ingress_a "[{\"from\":[{\"podSelector\":$POD_B}]}]")"
+matrix "x/a from pod=b (podSelector)" tcp/80 '* x/a X' 'x/b x/a .'
+policies allow-b x "$(ingress_a '[{"from":[{"podSelector":{"matchExpressions":[{"key":"pod","operator":"In","values":["b"]}]}}]}]')"
+matrix "x/a from pod In [b] (matchExpressions)" tcp/80 '* x/a X' 'x/b x/a .'
+
+policies allow-y x "$(ingress_a "[{\"from\":[$NS_Y]}]")"
+matrix "x/a from namespace y (namespaceSelector)" tcp/80 '* x/a X' 'y/* x/a .'
+matrix "x/a from namespace y, IPv6" tcp/80/6 '* x/a X' 'y/* x/a .'
+
+policies allow-all-ns x "$(ingress_a '[{"from":[{"namespaceSelector":{}}]}]')"
+matrix "x/a from namespaceSelector {} (every namespace)" tcp/80
+
+policies same-ns x '{"podSelector":{},"policyTypes":["Ingress"],"ingress":[{"from":[{"podSelector":{}}]}]}'
+matrix "x from podSelector {} only (its own namespace)" tcp/80 '* x/* X' 'x/* x/* .'
+
+policies and x "$(ingress_a "[{\"from\":[{\"namespaceSelector\":$NOT_X,\"podSelector\":$POD_B}]}]")"
+matrix "x/a from one peer: namespace NotIn [x] AND pod=b" tcp/80 '* x/a X' 'y/b x/a .' 'z/b x/a .'
+
+policies or x "$(ingress_a "[{\"from\":[{\"namespaceSelector\":$NOT_X},{\"podSelector\":$POD_B}]}]")"
+matrix "x/a from two peers: namespace NotIn [x] OR pod=b" tcp/80 '* x/a X' 'y/* x/a .' 'z/* x/a .' 'x/b x/a .'
+
+policies port-81 x "$(ingress_a "[{\"from\":[$NS_Y],\"ports\":[{\"protocol\":\"TCP\",\"port\":81}]}]")"
+matrix "x/a from y on TCP 81 only: 81" tcp/81 '* x/a X' 'y/* x/a .'
+matrix "x/a from y on TCP 81 only: 80 closed" tcp/80 '* x/a X'
+matrix "x/a from y on TCP 81 only: UDP 81 closed" udp/81 '* x/a X'
+change
+netpol port-80 x "$(ingress_a "[{\"from\":[$NS_Y],\"ports\":[{\"protocol\":\"TCP\",\"port\":80}]}]")"
+settle
+matrix "stacked: a second policy opens TCP 80 from y" tcp/80 '* x/a X' 'y/* x/a .'
+matrix "stacked: 81 from y still open" tcp/81 '* x/a X' 'y/* x/a .'
+
+policies named x '{"podSelector":{},"policyTypes":["Ingress"],"ingress":[{"ports":[{"port":"serve-81-tcp"}]}]}'
+matrix "named port serve-81-tcp into x: 81" tcp/81
+matrix "named port serve-81-tcp into x: 80 closed" tcp/80 '* x/* X'
+matrix "named port serve-81-tcp into x: UDP 81 closed" udp/81 '* x/* X'
+
+policies end-port x "$(ingress_a "[{\"from\":[$NS_Y],\"ports\":[{\"protocol\":\"TCP\",\"port\":75,\"endPort\":80}]}]")"
+matrix "x/a from y on TCP 75-80 (endPort): 80" tcp/80 '* x/a X' 'y/* x/a .'
+matrix "x/a from y on TCP 75-80 (endPort): 81 closed" tcp/81 '* x/a X'
+
+policies deny-egress x "$(egress_a '[]')"
+matrix "egress of x/a denied" tcp/80 'x/a * X'
+matrix "egress of x/a denied, UDP" udp/81 'x/a * X'
+
+policies egress-80 x "$(egress_a '[{"ports":[{"protocol":"TCP","port":80}]}]')"
+matrix "x/a egress only to TCP 80: 80" tcp/80
+matrix "x/a egress only to TCP 80: 81 closed" tcp/81 'x/a * X'
+matrix "x/a egress only to TCP 80: UDP 80 closed" udp/80 'x/a * X'
+
+policies egress-named x '{"podSelector":{},"policyTypes":["Egress"],"egress":[{"ports":[{"port":"serve-80-tcp"}]}]}'
+matrix "x egress only to named port serve-80-tcp: 80" tcp/80
+matrix "x egress only to named port serve-80-tcp: 81 closed" tcp/81 'x/* * X'
+
+policies deny-egress x "$(egress_a '[]')" allow-all y '{"podSelector":{},"policyTypes":["Ingress"],"ingress":[{}]}'
+matrix "denied at the client (x/a egress) although y allows all ingress" tcp/80 'x/a * X'
+
+policies to-yb x "$(egress_a "[{\"to\":[{\"ipBlock\":{\"cidr\":\"${POD_IP4[y/b]}/32\"}},{\"ipBlock\":{\"cidr\":\"${POD_IP6[y/b]}/128\"}}]}]")"
+matrix "x/a egress only to ipBlock y/b/32" tcp/80 'x/a * X' 'x/a y/b .'
+matrix "x/a egress only to ipBlock y/b/128, IPv6" tcp/80/6 'x/a * X' 'x/a y/b .'
+
+EXCEPT="{\"to\":[{\"ipBlock\":{\"cidr\":\"$CLUSTER_CIDR\",\"except\":[\"${POD_IP4[x/b]}/32\"]}}]}"
+policies except x "$(egress_a "[$EXCEPT]")"
+matrix "x/a egress to $CLUSTER_CIDR except x/b" tcp/80 'x/a x/b X'
+matrix "x/a egress to $CLUSTER_CIDR except x/b: no IPv6 peer" tcp/80/6 'x/a * X'
+change
+netpol xb x "$(egress_a "[{\"to\":[{\"ipBlock\":{\"cidr\":\"${POD_IP4[x/b]}/32\"}}]}]")"
+settle
+matrix "an address excepted by one peer and allowed by another policy is allowed" tcp/80
+
+policies tcp-only x "$(ingress_a '[{"ports":[{"protocol":"TCP"}]}]')"
+matrix "x/a ingress on protocol TCP (any port): 81" tcp/81
+matrix "x/a ingress on protocol TCP (any port): UDP closed" udp/80 '* x/a X'
+
+policies udp-only x "$(ingress_a '[{"ports":[{"protocol":"UDP","port":81}]}]')"
+matrix "x/a ingress on UDP 81 only: UDP 81" udp/81
+matrix "x/a ingress on UDP 81 only: TCP 81 closed" tcp/81 '* x/a X'
+
+policies sctp-only x "$(ingress_a '[{"ports":[{"protocol":"SCTP","port":80}]}]')"
+matrix "x/a ingress on SCTP 80 only: TCP 80 closed (SCTP is not TCP)" tcp/80 '* x/a X'
+matrix "x/a ingress on SCTP 80 only: UDP 80 closed" udp/80 '* x/a X'
+matrix "x/a ingress on SCTP 80 only: SCTP 80" sctp/80
+
+policies updated-pod x "$(ingress_a '[{"from":[{"podSelector":{"matchLabels":{"pod":"b","pod2":"updated"}}}]}]')"
+matrix "x/a from pod=b,pod2=updated: nobody has it yet" tcp/80 '* x/a X'
+change
+write_pod x b '.metadata.labels.pod2 = "updated"'
+settle
+matrix "x/b (node B) labelled pod2=updated: allowed into x/a (node A)" tcp/80 '* x/a X' 'x/b x/a .'
+change
+write_pod x b
+settle
+
+policies updated-ns x "$(ingress_a '[{"from":[{"namespaceSelector":{"matchLabels":{"ns2":"updated"}}}]}]')"
+matrix "x/a from namespaces ns2=updated: none yet" tcp/80 '* x/a X'
+change
+write_namespace y '.metadata.labels.ns2 = "updated"'
+settle
+matrix "namespace y labelled ns2=updated: y allowed into x/a" tcp/80 '* x/a X' 'y/* x/a .'
+change
+write_namespace y
+settle
+
+policies isolate x '{"podSelector":{"matchLabels":{"target":"isolated"}},"policyTypes":["Ingress"]}'
+matrix "policy selecting target=isolated: nobody has it yet" tcp/80
+change
+write_pod x a '.metadata.labels.target = "isolated"'
+settle
+matrix "x/a labelled target=isolated: isolated" tcp/80 '* x/a X'
+change
+write_pod x a
+settle
+
+policies allow-all x '{"podSelector":{},"policyTypes":["Ingress"],"ingress":[{}]}'
+matrix "allow-all ingress in x" tcp/81
+change
+netpol allow-all x '{"podSelector":{},"policyTypes":["Ingress"],"ingress":[]}'
+settle
+matrix "the same policy updated to deny-all" tcp/81 '* x/* X'
+policies
+matrix "policy deleted: everything allowed again" tcp/81
+matrix "policy deleted: everything allowed again, IPv6" tcp/81/6
+
+# ---- --network-policy=false -----------------------------------------------------------------
+policies deny-all x '{"podSelector":{},"policyTypes":["Ingress","Egress"]}'
+matrix "default-deny-all in x before the restart" tcp/80 '* x/* X' 'x/* * X'
+check "table inet routed-cni on node A before the restart" has_table node-a
+check "table inet routed-cni on node B before the restart" has_table node-b
+stop_agent node-a
+stop_agent node-b
+start_agent node-a --network-policy false
+start_agent node-b --network-policy false
+wait_for 15 "node A's agent with --network-policy=false is ready" ready node-a
+wait_for 15 "node B's agent with --network-policy=false is ready" ready node-b
+wait_for 10 "--network-policy=false: no table inet routed-cni on node A" no_table node-a
+wait_for 10 "--network-policy=false: no table inet routed-cni on node B" no_table node-b
+matrix "--network-policy=false under deny-all in x: everything allowed" tcp/80
+matrix "--network-policy=false under deny-all in x: everything allowed, UDP over IPv6" udp/80/6
 
 if [ "$FAILURES" -ne 0 ]; then
     for n in node-a node-b; do
