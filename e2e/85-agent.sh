@@ -101,7 +101,7 @@ start_agent() {
     ip netns exec "$ns" env NODE_NAME="$name" ROUTED_CNI_CLUSTER_CIDR="$CLUSTER_CIDR,$CLUSTER_CIDR6" "$BIN" agent \
         --api-server $API --token-file "$token" --ca-file "$WORK/ca.crt" \
         --resync-seconds $RESYNC --stale-seconds $STALE --encapsulation never \
-        --bin-dir "$dir/bin" --conf-dir "$dir/net.d" --log-file "$dir/cni.log" \
+        --bin-dir "$dir/bin" --conf-dir "$dir/net.d" --data-dir "$dir/store" --log-file "$dir/cni.log" \
         --systemd-network-dir "$dir/systemd/network" --networkmanager-conf-dir "$dir/NetworkManager/conf.d" \
         2>>"$dir/agent.log" &
     AGENT_PID[$name]=$!
@@ -319,7 +319,7 @@ start_lost_agent() {
     ip netns exec "$NODE_A" env NODE_NAME=node-a ROUTED_CNI_API_SERVER="$url" ROUTED_CNI_CLUSTER_CIDR="$CLUSTER_CIDR" "$BIN" agent \
         --token-file "$WORK/token" --ca-file "$WORK/ca.crt" --health-addr 127.0.0.1:"$port" \
         --resync-seconds $RESYNC --stale-seconds $STALE --encapsulation never \
-        --bin-dir "$dir/bin" --conf-dir "$dir/net.d" --log-file "$dir/cni.log" 2>>"$dir/agent.log" &
+        --bin-dir "$dir/bin" --conf-dir "$dir/net.d" --data-dir "$dir/store" --log-file "$dir/cni.log" 2>>"$dir/agent.log" &
     AGENT_PID[lost-$port]=$!
     BACKGROUND_PIDS+=($!)
 }

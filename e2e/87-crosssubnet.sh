@@ -114,7 +114,7 @@ start_agent() {
     ip netns exec "$ns" env NODE_NAME="$name" ROUTED_CNI_CLUSTER_CIDR="$CLUSTER_CIDR,$CLUSTER_CIDR6" "${env[@]}" "$BIN" agent \
         --api-server $API --token-file "$WORK/token" --ca-file "$WORK/ca.crt" \
         --resync-seconds $RESYNC --stale-seconds $STALE \
-        --bin-dir "$dir/bin" --conf-dir "$dir/net.d" --log-file "$dir/cni.log" \
+        --bin-dir "$dir/bin" --conf-dir "$dir/net.d" --data-dir "$dir/store" --log-file "$dir/cni.log" \
         --systemd-network-dir "$dir/systemd/network" --networkmanager-conf-dir "$dir/NetworkManager/conf.d" \
         "$@" 2>>"$dir/agent.log" &
     AGENT_PID[$name]=$!

@@ -159,7 +159,9 @@ make_cluster() {
 start_agent() {
     local mode=$1 ns=$2 name=$3 dir=$TMP/$1/$3
     mkdir -p "$dir"
-    ip netns exec "$ns" env NODE_NAME="$name" ROUTED_CNI_CLUSTER_CIDR="$CLUSTER_CIDRS" "$BIN" agent \
+    # No NetworkPolicy table: this measures the paths, not policy (ROUTED_CNI_NETWORK_POLICY is
+    # ignored by builds that predate it).
+    ip netns exec "$ns" env NODE_NAME="$name" ROUTED_CNI_CLUSTER_CIDR="$CLUSTER_CIDRS" ROUTED_CNI_NETWORK_POLICY=false "$BIN" agent \
         ${ENCAP_FLAG[@]+"${ENCAP_FLAG[@]}" "$mode"} --no-portmap \
         --api-server $API --token-file "$TMP/token" --ca-file "$TMP/ca.crt" \
         --bin-dir "$dir/bin" --conf-dir "$dir/net.d" --log-file "$dir/cni.log" \

@@ -48,6 +48,8 @@ pub struct InstallOptions {
     pub log_file: Option<String>,
     /// Chain `portmap` after routed-cni, so that runtimes pass pods' hostPorts.
     pub portmap: bool,
+    /// The plugin's store (`ipam.dataDir`); `None`: the plugin's default, /run/routed-cni.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// What install did, for the caller's log.
@@ -95,12 +97,15 @@ impl NodeFileDone {
 
 /// The conflist for this node.
 pub fn conflist(o: &InstallOptions) -> Value {
-    let ipam = match o.pod_subnets.as_slice() {
+    let mut ipam = match o.pod_subnets.as_slice() {
         [one] => json!({ "subnet": one.to_string() }),
         many => json!({
             "ranges": many.iter().map(|s| json!([{ "subnet": s.to_string() }])).collect::<Vec<_>>()
         }),
     };
+    if let Some(d) = &o.data_dir {
+        ipam["dataDir"] = json!(d);
+    }
     // Per family: the cluster CIDR if one was given, else the node's own pod subnet.
     let non_masquerade: Vec<String> = o
         .pod_subnets
@@ -260,6 +265,7 @@ pub struct InstallSettings {
     pub mtu: Option<u32>,
     pub log_file: Option<String>,
     pub portmap: bool,
+    pub data_dir: Option<PathBuf>,
 }
 
 impl InstallSettings {
@@ -277,6 +283,7 @@ impl InstallSettings {
             mtu: self.mtu,
             log_file: self.log_file.clone(),
             portmap: self.portmap,
+            data_dir: self.data_dir.clone(),
         }
     }
 }
@@ -327,6 +334,7 @@ mod tests {
             mtu: Some(1450),
             log_file: Some("/var/log/routed-cni.log".into()),
             portmap: true,
+            data_dir: None,
         }
     }
 

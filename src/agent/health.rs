@@ -38,6 +38,8 @@ struct State {
     route_failures: Vec<String>,
     /// Pools whose firewall rules the last resync found missing and could not restore.
     firewall_failures: Vec<String>,
+    /// Why NetworkPolicy enforcement is not what the API says (not yet computed, nft failed).
+    policy_problem: Option<String>,
 }
 
 /// Shared between the agent loop (writer) and the listener (reader).
@@ -100,6 +102,12 @@ impl Health {
     /// is logged, not counted: the node is right again).
     pub fn firewall_checked(&self, failures: Vec<String>) {
         self.state().firewall_failures = failures;
+    }
+
+    /// The outcome of the last NetworkPolicy sync: `None` when the node enforces what the API
+    /// says.
+    pub fn policy_synced(&self, problem: Option<String>) {
+        self.state().policy_problem = problem;
     }
 
     /// The API server answered: the cache the routes come from is current.
@@ -221,6 +229,9 @@ impl Health {
                     s.firewall_failures.join("; ")
                 ),
             );
+        }
+        if let Some(p) = &s.policy_problem {
+            return (false, format!("NetworkPolicy: {p}"));
         }
         let age = s.last_sync.map(|t| t.elapsed().as_secs()).unwrap_or(0);
         (true, format!("ok: {installed}; last sync {age}s ago"))

@@ -3,6 +3,7 @@
 //! for routing (podCIDRs, InternalIP addresses).
 
 use ipnetwork::IpNetwork;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
@@ -55,7 +56,7 @@ pub enum KubeError {
 fn hint(code: u16) -> &'static str {
     match code {
         401 => " (the API server rejected the service account token: it is missing, expired or from another cluster; check --token-file)",
-        403 => " (RBAC: the ClusterRole bound to this ServiceAccount must allow get/list/watch nodes)",
+        403 => " (RBAC: the ClusterRole bound to this ServiceAccount must allow get/list/watch on nodes and, with --network-policy, pods, namespaces and networkpolicies)",
         404 => " (check --api-server: this does not look like a Kubernetes API server)",
         429 | 500..=599 => " (the API server is overloaded or failing; retrying)",
         _ => "",
@@ -192,10 +193,10 @@ impl NodeInfo {
 }
 
 #[derive(Debug, Clone)]
-pub enum WatchEvent {
-    Added(Node),
-    Modified(Node),
-    Deleted(Node),
+pub enum WatchEvent<T = Node> {
+    Added(T),
+    Modified(T),
+    Deleted(T),
     /// Nothing changed, but watching may resume from this version.
     Bookmark(String),
 }
@@ -210,22 +211,27 @@ struct RawEvent {
 
 /// One line of a watch stream. An ERROR event becomes an error (410 → `Gone`, so the caller
 /// relists).
-pub fn parse_watch_line(line: &str) -> Result<WatchEvent, KubeError> {
+pub fn parse_watch_line<T: DeserializeOwned>(line: &str) -> Result<WatchEvent<T>, KubeError> {
     let decode = |detail: String| KubeError::Decode {
         what: "watch event".into(),
         detail,
     };
     let raw: RawEvent = serde_json::from_str(line).map_err(|e| decode(e.to_string()))?;
-    let node = |v: serde_json::Value| -> Result<Node, KubeError> {
+    let object = |v: serde_json::Value| -> Result<T, KubeError> {
         serde_json::from_value(v).map_err(|e| decode(e.to_string()))
     };
+    // A bookmark's object is the kind with nothing but metadata.resourceVersion set.
+    let version = |v: &serde_json::Value| {
+        v.pointer("/metadata/resourceVersion")
+            .and_then(|r| r.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
     match raw.kind.as_str() {
-        "ADDED" => Ok(WatchEvent::Added(node(raw.object)?)),
-        "MODIFIED" => Ok(WatchEvent::Modified(node(raw.object)?)),
-        "DELETED" => Ok(WatchEvent::Deleted(node(raw.object)?)),
-        "BOOKMARK" => Ok(WatchEvent::Bookmark(
-            node(raw.object)?.metadata.resource_version,
-        )),
+        "ADDED" => Ok(WatchEvent::Added(object(raw.object)?)),
+        "MODIFIED" => Ok(WatchEvent::Modified(object(raw.object)?)),
+        "DELETED" => Ok(WatchEvent::Deleted(object(raw.object)?)),
+        "BOOKMARK" => Ok(WatchEvent::Bookmark(version(&raw.object))),
         "ERROR" => {
             let status: Status =
                 serde_json::from_value(raw.object).map_err(|e| decode(e.to_string()))?;
@@ -352,20 +358,45 @@ impl ApiClient {
     }
 
     pub fn list_nodes(&self) -> Result<NodeList, KubeError> {
-        let mut resp = self.get("/api/v1/nodes", LIST_TIMEOUT)?;
+        let (items, resource_version) = self.list("/api/v1/nodes", "node list")?;
+        Ok(NodeList {
+            metadata: ObjectMeta {
+                resource_version,
+                ..Default::default()
+            },
+            items,
+        })
+    }
+
+    /// Every object of a collection (`path`, e.g. /api/v1/pods) and the list's resource
+    /// version, to watch on from.
+    pub fn list<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<(Vec<T>, String), KubeError> {
+        #[derive(Deserialize)]
+        struct List<T> {
+            #[serde(default)]
+            metadata: ObjectMeta,
+            #[serde(default = "Vec::new")]
+            items: Vec<T>,
+        }
+        let mut resp = self.get(path, LIST_TIMEOUT)?;
         let body = resp
             .body_mut()
             .with_config()
             .limit(MAX_LIST_BYTES)
             .read_to_vec()
             .map_err(|e| KubeError::Transport {
-                url: format!("{}/api/v1/nodes", self.base),
-                detail: format!("reading the node list: {e}"),
+                url: format!("{}{path}", self.base),
+                detail: format!("reading the {what}: {e}"),
             })?;
-        serde_json::from_slice(&body).map_err(|e| KubeError::Decode {
-            what: "node list".into(),
+        let list: List<T> = serde_json::from_slice(&body).map_err(|e| KubeError::Decode {
+            what: what.into(),
             detail: e.to_string(),
-        })
+        })?;
+        Ok((list.items, list.metadata.resource_version))
     }
 
     /// Watches nodes from `resource_version`; the server ends the stream after `timeout`
@@ -374,30 +405,43 @@ impl ApiClient {
         &self,
         resource_version: &str,
         timeout: Duration,
-    ) -> Result<WatchStream, KubeError> {
+    ) -> Result<WatchStream<Node>, KubeError> {
+        self.watch("/api/v1/nodes", resource_version, timeout)
+    }
+
+    /// Watches the collection at `path` from `resource_version`; the server ends the stream
+    /// after `timeout` (whole seconds, rounded up).
+    pub fn watch<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        resource_version: &str,
+        timeout: Duration,
+    ) -> Result<WatchStream<T>, KubeError> {
         // Rounded up: rounding down would leave a sliver of the resync period for a second,
         // pointless watch request.
         let secs = timeout.as_secs_f64().ceil().max(1.0) as u64;
         let path = format!(
-            "/api/v1/nodes?watch=1&resourceVersion={resource_version}&allowWatchBookmarks=true&timeoutSeconds={secs}"
+            "{path}?watch=1&resourceVersion={resource_version}&allowWatchBookmarks=true&timeoutSeconds={secs}"
         );
         let resp = self.get(&path, Duration::from_secs(secs) + WATCH_GRACE)?;
         Ok(WatchStream {
             lines: BufReader::new(resp.into_body().into_reader()),
             url: format!("{}{path}", self.base),
+            kind: std::marker::PhantomData,
         })
     }
 }
 
 /// The events of one watch request, one JSON document per line. Ends when the server closes
 /// the stream (its timeout, or it went away).
-pub struct WatchStream {
+pub struct WatchStream<T> {
     lines: BufReader<ureq::BodyReader<'static>>,
     url: String,
+    kind: std::marker::PhantomData<T>,
 }
 
-impl Iterator for WatchStream {
-    type Item = Result<WatchEvent, KubeError>;
+impl<T: DeserializeOwned> Iterator for WatchStream<T> {
+    type Item = Result<WatchEvent<T>, KubeError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -513,33 +557,35 @@ mod tests {
         let line =
             |kind: &str| format!(r#"{{"type":"{kind}","object":{}}}"#, NODE.replace('\n', ""));
         assert!(
-            matches!(parse_watch_line(&line("ADDED")), Ok(WatchEvent::Added(n)) if n.metadata.name == "worker-1")
+            matches!(parse_watch_line::<Node>(&line("ADDED")), Ok(WatchEvent::Added(n)) if n.metadata.name == "worker-1")
         );
         assert!(matches!(
-            parse_watch_line(&line("MODIFIED")),
+            parse_watch_line::<Node>(&line("MODIFIED")),
             Ok(WatchEvent::Modified(_))
         ));
         assert!(matches!(
-            parse_watch_line(&line("DELETED")),
+            parse_watch_line::<Node>(&line("DELETED")),
             Ok(WatchEvent::Deleted(_))
         ));
         let bookmark = r#"{"type":"BOOKMARK","object":{"kind":"Node","apiVersion":"v1","metadata":{"resourceVersion":"12746","annotations":{"k8s.io/initial-events-end":"true"}}}}"#;
         assert!(
-            matches!(parse_watch_line(bookmark), Ok(WatchEvent::Bookmark(rv)) if rv == "12746")
+            matches!(parse_watch_line::<Node>(bookmark), Ok(WatchEvent::Bookmark(rv)) if rv == "12746")
         );
         let gone = r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version: 1 (5000)","reason":"Expired","code":410}}"#;
-        assert!(matches!(parse_watch_line(gone), Err(KubeError::Gone(m)) if m.contains("too old")));
+        assert!(
+            matches!(parse_watch_line::<Node>(gone), Err(KubeError::Gone(m)) if m.contains("too old"))
+        );
         let other = r#"{"type":"ERROR","object":{"kind":"Status","status":"Failure","message":"internal error","reason":"InternalError","code":500}}"#;
         assert!(matches!(
-            parse_watch_line(other),
+            parse_watch_line::<Node>(other),
             Err(KubeError::Status { code: 500, .. })
         ));
         assert!(matches!(
-            parse_watch_line("{not json"),
+            parse_watch_line::<Node>("{not json"),
             Err(KubeError::Decode { .. })
         ));
         assert!(matches!(
-            parse_watch_line(r#"{"type":"SURPRISE","object":{}}"#),
+            parse_watch_line::<Node>(r#"{"type":"SURPRISE","object":{}}"#),
             Err(KubeError::Decode { .. })
         ));
     }
@@ -555,7 +601,7 @@ mod tests {
             .to_string()
         };
         assert!(e(403).contains("ClusterRole"), "{}", e(403));
-        assert!(e(403).contains("get/list/watch nodes"));
+        assert!(e(403).contains("get/list/watch on nodes"));
         assert!(e(401).contains("token"));
     }
 }

@@ -24,6 +24,7 @@ pub mod firewall;
 pub mod health;
 pub mod kube;
 mod monitor;
+pub mod policy;
 pub mod routes;
 pub mod tunnel;
 pub mod watch;
@@ -39,8 +40,9 @@ use std::time::{Duration, Instant};
 use crate::install::{self, InstallSettings};
 use health::Health;
 use kube::{ApiClient, NodeInfo};
+use policy::PolicySync;
 use routes::{Plan, Reach, RouteSync};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use tunnel::{Encapsulation, Local, TunnelOptions, TunnelReport, TunnelSync};
 use watch::Input;
 
@@ -51,6 +53,9 @@ const RECONCILE_BOUND: Duration = Duration::from_secs(60);
 const LIVENESS_GRACE: Duration = Duration::from_secs(15);
 /// How long a burst of route changes may keep coming before the agent acts on it.
 const LOCAL_CHANGE_SETTLE: Duration = Duration::from_millis(200);
+/// How long policy inputs are gathered before the node's table is recomputed: a namespace's
+/// worth of pod events costs one nft transaction, at the price of this much delay.
+const POLICY_SETTLE: Duration = Duration::from_millis(100);
 
 /// Held while the agent changes the node (install, routes), so SIGTERM never cuts a change in
 /// half; the signal thread takes it before exiting.
@@ -67,6 +72,8 @@ pub struct AgentOptions {
     pub health_addr: SocketAddr,
     pub install: InstallSettings,
     pub tunnel: TunnelOptions,
+    /// Enforce NetworkPolicy (watches Pods, Namespaces, NetworkPolicies; table inet routed-cni).
+    pub network_policy: bool,
 }
 
 /// Runs the agent until SIGTERM/SIGINT. Returns the exit code for a start-up failure.
@@ -145,19 +152,41 @@ pub fn run(opts: AgentOptions) -> i32 {
         }
     );
     let (tx, inputs) = std::sync::mpsc::channel();
-    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-        std::thread::Builder::new().name(name.into()).spawn(f)
+    let client = Arc::new(client);
+    let watcher = |name: &str, start: fn(Arc<ApiClient>, Arc<Health>, Sender<Input>, Duration)| {
+        let (c, h, t, every) = (client.clone(), health.clone(), tx.clone(), opts.resync);
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || start(c, h, t, every))
+            .map(|_| ())
     };
-    let (watch_health, watch_tx, watch_for) = (health.clone(), tx.clone(), opts.resync);
-    let started = spawn(
-        "node-watch",
-        Box::new(move || watch::nodes(client, watch_health, watch_tx, watch_for)),
-    )
-    .and_then(|_| spawn("route-monitor", Box::new(move || monitor::local_routes(tx))));
+    let mut started = watcher("node-watch", watch::resource::<kube::Node>);
+    if opts.network_policy {
+        use crate::policy::model::{Namespace, NetworkPolicy, Pod};
+        started = started
+            .and_then(|_| watcher("pod-watch", watch::resource::<Pod>))
+            .and_then(|_| watcher("namespace-watch", watch::resource::<Namespace>))
+            .and_then(|_| watcher("netpol-watch", watch::resource::<NetworkPolicy>));
+    } else {
+        policy::disable();
+    }
+    let monitor_tx = tx.clone();
+    started = started.and_then(|_| {
+        std::thread::Builder::new()
+            .name("route-monitor".into())
+            .spawn(move || monitor::local_routes(monitor_tx))
+            .map(|_| ())
+    });
+    drop(tx);
     if let Err(e) = started {
         eprintln!("routed-cni agent: start threads: {e}");
         return 1;
     }
+    let data_dir = opts
+        .install
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_DATA_DIR));
     let mut agent = Agent {
         tunnel: TunnelSync::new(netlink.clone(), opts.tunnel.clone()),
         routes: RouteSync::new(netlink.handle),
@@ -167,6 +196,8 @@ pub fn run(opts: AgentOptions) -> i32 {
         routed_for: BTreeMap::new(),
         installed_for: None,
         said: Vec::new(),
+        policy: opts.network_policy.then(|| PolicySync::new(data_dir)),
+        policy_due: None,
         opts,
     };
     agent.run(inputs)
@@ -186,6 +217,11 @@ struct Agent {
     /// The notes of the last reconcile (skipped nodes, install wait), so each is logged once
     /// per change rather than at every resync.
     said: Vec<String>,
+    /// NetworkPolicy enforcement, when on.
+    policy: Option<PolicySync>,
+    /// When the policy inputs that arrived are to be applied (a burst of pod events is taken
+    /// whole first).
+    policy_due: Option<Instant>,
 }
 
 impl Agent {
@@ -197,19 +233,28 @@ impl Agent {
         // An input that arrived while a burst of route changes settled, handled next.
         let mut carried: Option<Input> = None;
         loop {
+            if self.policy_due.is_some_and(|due| due <= Instant::now()) {
+                self.sync_policy(false);
+            }
             let left = next_full.saturating_duration_since(Instant::now());
+            let wait = match self.policy_due {
+                Some(due) => left.min(due.saturating_duration_since(Instant::now())),
+                None => left,
+            };
             self.health
                 .step("waiting for changes", left + LIVENESS_GRACE);
             let next = match carried.take() {
                 Some(i) => Ok(i),
-                None => inputs.recv_timeout(left),
+                None => inputs.recv_timeout(wait),
             };
             let input = match next {
                 Ok(i) => i,
+                Err(RecvTimeoutError::Timeout) if Instant::now() < next_full => continue,
                 Err(RecvTimeoutError::Timeout) => {
                     // The periodic resync, from the cache the watch keeps current.
                     if listed {
                         self.reconcile(true);
+                        self.sync_policy(true);
                     }
                     next_full = Instant::now() + self.opts.resync;
                     continue;
@@ -230,6 +275,13 @@ impl Agent {
                     self.health.first_pass_done();
                 }
                 Input::ListFailed => self.health.first_pass_done(),
+                Input::Policy(change) => {
+                    if let Some(p) = self.policy.as_mut() {
+                        if p.update(change) && self.policy_due.is_none() {
+                            self.policy_due = Some(Instant::now() + POLICY_SETTLE);
+                        }
+                    }
+                }
                 Input::Upserted(info) => {
                     let old = self.nodes.insert(info.name.clone(), info.clone());
                     if old.as_ref() != Some(&info) {
@@ -400,6 +452,32 @@ impl Agent {
             mode,
             local: local.map(|l| l.address),
             on_link,
+        }
+    }
+
+    /// Makes the node's NetworkPolicy table what the cache says; `full` (a resync) applies it
+    /// even when the compiled rules did not change, repairing a table changed by hand.
+    fn sync_policy(&mut self, full: bool) {
+        self.policy_due = None;
+        let Some(p) = self.policy.as_mut() else {
+            return;
+        };
+        self.health.step("applying NetworkPolicy", RECONCILE_BOUND);
+        let _busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
+        if full {
+            p.forget_applied();
+        }
+        match p.sync() {
+            Ok(Some(line)) => {
+                crate::info!("{line}");
+                self.health.policy_synced(None);
+            }
+            Ok(None) => self.health.policy_synced(None),
+            Err(e) => {
+                p.forget_applied();
+                crate::error!("NetworkPolicy: {e}");
+                self.health.policy_synced(Some(e));
+            }
         }
     }
 

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use super::backoff::Backoff;
 use super::health::Health;
-use super::kube::{ApiClient, KubeError, NodeInfo, WatchEvent};
+use super::kube::{ApiClient, KubeError, Node, NodeInfo, WatchEvent};
+use crate::policy::model::{Namespace, NetworkPolicy, Pod};
+use serde::de::DeserializeOwned;
 
 /// A first retry after an API error; doubled up to the resync period or MAX_BACKOFF.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -36,16 +38,117 @@ pub enum Input {
     /// This node's own routes changed (an address added or removed, a link up or down): which
     /// nodes are reached directly may have changed.
     LocalRoutes(String),
+    /// NetworkPolicy's inputs (only with --network-policy).
+    Policy(PolicyInput),
 }
 
-/// Lists and watches Nodes forever, sending what it learns on `tx`; returns when the agent
-/// loop is gone. `watch_for`: how long one watch request lasts (the resync period, so an idle
-/// cluster still shows the API server answering at least that often).
-pub fn nodes(client: ApiClient, health: Arc<Health>, tx: Sender<Input>, watch_for: Duration) {
+/// A change of what NetworkPolicy enforcement is computed from.
+#[derive(Debug)]
+pub enum PolicyInput {
+    Pods(Vec<Pod>),
+    Pod(Pod),
+    PodGone(String, String),
+    Namespaces(Vec<Namespace>),
+    Namespace(Namespace),
+    NamespaceGone(String),
+    Policies(Vec<NetworkPolicy>),
+    Policy(NetworkPolicy),
+    PolicyGone(String, String),
+}
+
+/// A kind the agent lists and watches, and how its objects become inputs.
+pub trait Watched: DeserializeOwned + Send + 'static {
+    /// The collection, across all namespaces.
+    const PATH: &'static str;
+    /// For the log: "node", "pod", ...
+    const WHAT: &'static str;
+    fn version(&self) -> String;
+    fn listed(all: Vec<Self>) -> Input;
+    fn upserted(self) -> Input;
+    fn deleted(self) -> Input;
+}
+
+impl Watched for Node {
+    const PATH: &'static str = "/api/v1/nodes";
+    const WHAT: &'static str = "node";
+    fn version(&self) -> String {
+        self.metadata.resource_version.clone()
+    }
+    fn listed(all: Vec<Self>) -> Input {
+        Input::Listed(all.iter().map(NodeInfo::from_node).collect())
+    }
+    fn upserted(self) -> Input {
+        Input::Upserted(NodeInfo::from_node(&self))
+    }
+    fn deleted(self) -> Input {
+        Input::Deleted(self.metadata.name)
+    }
+}
+
+impl Watched for Pod {
+    const PATH: &'static str = "/api/v1/pods";
+    const WHAT: &'static str = "pod";
+    fn version(&self) -> String {
+        self.resource_version.clone()
+    }
+    fn listed(all: Vec<Self>) -> Input {
+        Input::Policy(PolicyInput::Pods(all))
+    }
+    fn upserted(self) -> Input {
+        Input::Policy(PolicyInput::Pod(self))
+    }
+    fn deleted(self) -> Input {
+        Input::Policy(PolicyInput::PodGone(self.namespace, self.name))
+    }
+}
+
+impl Watched for Namespace {
+    const PATH: &'static str = "/api/v1/namespaces";
+    const WHAT: &'static str = "namespace";
+    fn version(&self) -> String {
+        self.resource_version.clone()
+    }
+    fn listed(all: Vec<Self>) -> Input {
+        Input::Policy(PolicyInput::Namespaces(all))
+    }
+    fn upserted(self) -> Input {
+        Input::Policy(PolicyInput::Namespace(self))
+    }
+    fn deleted(self) -> Input {
+        Input::Policy(PolicyInput::NamespaceGone(self.name))
+    }
+}
+
+impl Watched for NetworkPolicy {
+    const PATH: &'static str = "/apis/networking.k8s.io/v1/networkpolicies";
+    const WHAT: &'static str = "networkpolicy";
+    fn version(&self) -> String {
+        self.resource_version.clone()
+    }
+    fn listed(all: Vec<Self>) -> Input {
+        Input::Policy(PolicyInput::Policies(all))
+    }
+    fn upserted(self) -> Input {
+        Input::Policy(PolicyInput::Policy(self))
+    }
+    fn deleted(self) -> Input {
+        Input::Policy(PolicyInput::PolicyGone(self.namespace, self.name))
+    }
+}
+
+/// Lists and watches the kind `T` forever, sending what it learns on `tx`; returns when the
+/// agent loop is gone. `watch_for`: how long one watch request lasts (the resync period, so an
+/// idle cluster still shows the API server answering at least that often).
+pub fn resource<T: Watched>(
+    client: Arc<ApiClient>,
+    health: Arc<Health>,
+    tx: Sender<Input>,
+    watch_for: Duration,
+) {
     let mut backoff = Backoff::new(FIRST_BACKOFF, watch_for.min(MAX_BACKOFF));
     let pause = |backoff: &mut Backoff| std::thread::sleep(backoff.next_delay());
     loop {
-        let list = match client.list_nodes() {
+        let (items, mut version) = match client.list::<T>(T::PATH, &format!("{} list", T::WHAT)) {
             Ok(l) => l,
             Err(e) => {
                 let wait = backoff.next_delay();
@@ -60,12 +163,10 @@ pub fn nodes(client: ApiClient, health: Arc<Health>, tx: Sender<Input>, watch_fo
         };
         backoff.reset();
         health.api_answered();
-        let items = list.items.iter().map(NodeInfo::from_node).collect();
-        if tx.send(Input::Listed(items)).is_err() {
+        if tx.send(T::listed(items)).is_err() {
             return;
         }
-        let mut version = list.metadata.resource_version;
-        match watch(&client, &health, &tx, &mut version, watch_for, &mut backoff) {
+        match watch::<T>(&client, &health, &tx, &mut version, watch_for, &mut backoff) {
             Some(()) => pause(&mut backoff), // relist, jittered: after an API server restart every node relists
             None => return,
         }
@@ -74,7 +175,7 @@ pub fn nodes(client: ApiClient, health: Arc<Health>, tx: Sender<Input>, watch_fo
 
 /// Watches from `version` until the version expires or a stream fails (`Some`: relist) or the
 /// agent loop is gone (`None`).
-fn watch(
+fn watch<T: Watched>(
     client: &ApiClient,
     health: &Health,
     tx: &Sender<Input>,
@@ -83,7 +184,7 @@ fn watch(
     backoff: &mut Backoff,
 ) -> Option<()> {
     loop {
-        let stream = match client.watch_nodes(version, watch_for) {
+        let stream = match client.watch::<T>(T::PATH, version, watch_for) {
             Ok(s) => {
                 health.api_answered();
                 s
@@ -103,13 +204,13 @@ fn watch(
         let started = Instant::now();
         for event in stream {
             let input = match event {
-                Ok(WatchEvent::Added(n)) | Ok(WatchEvent::Modified(n)) => {
-                    *version = n.metadata.resource_version.clone();
-                    Input::Upserted(NodeInfo::from_node(&n))
+                Ok(WatchEvent::Added(o)) | Ok(WatchEvent::Modified(o)) => {
+                    *version = o.version();
+                    o.upserted()
                 }
-                Ok(WatchEvent::Deleted(n)) => {
-                    *version = n.metadata.resource_version.clone();
-                    Input::Deleted(n.metadata.name)
+                Ok(WatchEvent::Deleted(o)) => {
+                    *version = o.version();
+                    o.deleted()
                 }
                 Ok(WatchEvent::Bookmark(v)) => {
                     *version = v;

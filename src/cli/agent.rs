@@ -99,6 +99,12 @@ pub struct AgentArgs {
     /// nor Calico's 4096, so either can run beside routed-cni during a migration)
     #[arg(long, value_name = "VNI", env = "ROUTED_CNI_VXLAN_VNI", default_value_t = DEFAULT_VXLAN_VNI, value_parser = vni)]
     vxlan_vni: u32,
+    /// Enforce Kubernetes NetworkPolicy on this node (nftables table inet routed-cni; needs
+    /// `nft` and RBAC list/watch on pods, namespaces and networkpolicies); false for clusters
+    /// that run another policy engine: the table is then removed
+    #[arg(long, value_name = "BOOL", env = "ROUTED_CNI_NETWORK_POLICY", default_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    network_policy: bool,
     /// Refused with a reason: the agent reads the podCIDR from the Node object.
     #[arg(long, value_name = "CIDR", hide = true)]
     pod_subnet: Option<String>,
@@ -155,6 +161,7 @@ impl AgentArgs {
                 vni: self.vxlan_vni,
                 port: self.vxlan_port,
             },
+            network_policy: self.network_policy,
         })
     }
 }
@@ -208,6 +215,30 @@ mod tests {
         assert_eq!(o.install.cluster_cidrs[0].to_string(), "10.244.0.0/16");
         assert_eq!(o.tunnel, TunnelOptions::default());
         assert_eq!(o.tunnel.mode, Encapsulation::CrossSubnet);
+        assert!(o.network_policy);
+        let off = agent(
+            &[
+                "--node-name",
+                "n1",
+                "--api-server",
+                "https://x",
+                "--network-policy=false",
+            ],
+            &[],
+        );
+        assert!(!off.unwrap().network_policy);
+        let maybe = agent(
+            &[
+                "--node-name",
+                "n1",
+                "--api-server",
+                "https://x",
+                "--network-policy",
+                "maybe",
+            ],
+            &[],
+        );
+        assert!(maybe.unwrap_err().contains("--network-policy"));
         let v = agent(
             &[
                 "--node-name",

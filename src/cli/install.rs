@@ -82,6 +82,10 @@ pub struct SettingsArgs {
     // naming it rather than a silent "set".
     #[arg(long, env = "ROUTED_CNI_NO_PORTMAP", value_parser = BoolishValueParser::new())]
     no_portmap: bool,
+    /// The plugin's address store (the conflist's ipam.dataDir), a path on the node; the agent
+    /// reads this node's pods from it for NetworkPolicy [default: the plugin's, /run/routed-cni]
+    #[arg(long, value_name = "DIR", env = "ROUTED_CNI_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 impl SettingsArgs {
@@ -98,6 +102,7 @@ impl SettingsArgs {
             mtu: self.mtu,
             log_file: self.log_file,
             portmap: !self.no_portmap,
+            data_dir: self.data_dir,
         }
     }
 }

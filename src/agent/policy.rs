@@ -1,0 +1,133 @@
+//! NetworkPolicy on this node, the agent's side: the cache of Pods, Namespaces and
+//! NetworkPolicies the watches keep (watch.rs), this node's pods as the plugin's store records
+//! them (namespace/name, address, host veth: known at ADD, before the kubelet posts the pod's
+//! IP), and after each change the node's table made what the compiler says (policy/).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::watch::PolicyInput;
+use crate::policy::compile::{compile, LocalPod};
+use crate::policy::model::{PodKey, PolicyCache};
+use crate::policy::nft;
+use crate::policy::ruleset::Ruleset;
+
+/// The kinds that must have been listed once before anything is enforced: compiling before the
+/// policies are known would lift nothing, before the namespaces would select too little.
+const KINDS: usize = 3;
+
+pub struct PolicySync {
+    cache: PolicyCache,
+    listed: [bool; KINDS],
+    data_dir: PathBuf,
+    /// What the table was last made, to skip an unchanged apply.
+    applied: Option<Ruleset>,
+}
+
+impl PolicySync {
+    pub fn new(data_dir: PathBuf) -> PolicySync {
+        PolicySync {
+            cache: PolicyCache::new(),
+            listed: [false; KINDS],
+            data_dir,
+            applied: None,
+        }
+    }
+
+    /// Applies one input to the cache; true when enforcement may have changed.
+    pub fn update(&mut self, input: PolicyInput) -> bool {
+        match input {
+            PolicyInput::Pods(all) => {
+                // A list always counts: the first one may be what completes the inputs.
+                self.listed[0] = true;
+                self.cache.replace_pods(all);
+                true
+            }
+            PolicyInput::Pod(p) => self.cache.upsert_pod(p),
+            PolicyInput::PodGone(ns, name) => self.cache.delete_pod(&ns, &name),
+            PolicyInput::Namespaces(all) => {
+                // A list always counts: the first one may be what completes the inputs.
+                self.listed[1] = true;
+                self.cache.replace_namespaces(all);
+                true
+            }
+            PolicyInput::Namespace(n) => self.cache.upsert_namespace(n),
+            PolicyInput::NamespaceGone(name) => self.cache.delete_namespace(&name),
+            PolicyInput::Policies(all) => {
+                // A list always counts: the first one may be what completes the inputs.
+                self.listed[2] = true;
+                self.cache.replace_policies(all);
+                true
+            }
+            PolicyInput::Policy(p) => self.cache.upsert_policy(p),
+            PolicyInput::PolicyGone(ns, name) => self.cache.delete_policy(&ns, &name),
+        }
+    }
+
+    /// This node's pods, from the plugin's store: every record that names its pod.
+    fn local_pods(&self) -> Result<BTreeMap<PodKey, LocalPod>, String> {
+        let pools = crate::ipam::scan::scan(&self.data_dir)
+            .map_err(|e| format!("read the pod store {}: {}", self.data_dir.display(), e.msg))?;
+        let mut out: BTreeMap<PodKey, LocalPod> = BTreeMap::new();
+        for pool in pools {
+            for found in pool.records {
+                let r = found.record;
+                let (Some(ns), Some(name)) = (r.pod_namespace, r.pod_name) else {
+                    continue;
+                };
+                let pod = out.entry(PodKey::new(&ns, &name)).or_insert(LocalPod {
+                    ifname: r.host_veth.clone(),
+                    ips: Vec::new(),
+                });
+                pod.ips.push(r.ip);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes the node's table what the cache and the store say. `Ok(None)`: nothing to do
+    /// (not every kind listed yet, or the same as last time); `Ok(Some(line))`: applied.
+    pub fn sync(&mut self) -> Result<Option<String>, String> {
+        if self.listed.iter().any(|l| !l) {
+            return Err(
+                "waiting for the first list of pods, namespaces and networkpolicies".into(),
+            );
+        }
+        let local = self.local_pods()?;
+        let started = Instant::now();
+        let ruleset = compile(&self.cache, &local);
+        if self.applied.as_ref() == Some(&ruleset) {
+            return Ok(None);
+        }
+        let applied = nft::apply(&ruleset).map_err(|e| e.to_string())?;
+        let line = format!(
+            "policy applied: {} local pod(s), {} ingress- and {} egress-isolated, {} chain(s), {} set(s), {} rule(s), {} element(s) in {:.0} ms ({} ms of it nft)",
+            ruleset.pods.len(),
+            ruleset.ingress.len(),
+            ruleset.egress.len(),
+            applied.chains,
+            applied.sets,
+            applied.rules,
+            applied.elements,
+            started.elapsed().as_secs_f64() * 1000.0,
+            applied.took.as_millis()
+        );
+        self.applied = Some(ruleset);
+        Ok(Some(line))
+    }
+
+    /// After a failed apply the table may be anything: compare against nothing next time.
+    pub fn forget_applied(&mut self) {
+        self.applied = None;
+    }
+}
+
+/// `--network-policy=false`: no table of ours. A node without nft has none to remove.
+pub fn disable() {
+    match nft::remove_table() {
+        Ok(true) => crate::info!("NetworkPolicy enforcement off: table inet routed-cni removed"),
+        Ok(false) => {}
+        Err(e) => crate::debug!("NetworkPolicy enforcement off; removing our table: {e}"),
+    }
+}
