@@ -12,17 +12,21 @@
 # expected and observed truth tables are printed. Cases (TCP 80 unless stated):
 #   - no policy: everything allowed (TCP, UDP, IPv4 and IPv6);
 #   - default-deny-ingress in x (IPv4, IPv6, UDP); default-deny-all in x (ingress + egress);
-#   - x/a from pod=b only (podSelector); from namespace y only (namespaceSelector); one peer
-#     with namespace NotIn [x] AND pod=b; two peers (namespace NotIn [x]) OR (pod=b);
+#   - x/a from pod=b only (matchLabels, matchExpressions); from namespace y only (IPv4, IPv6);
+#     deny-all in x plus allow-all into x/a; from every namespace; x from its own namespace
+#     only; one peer with namespace NotIn [x] AND pod=b; two peers (NotIn [x]) OR (pod=b);
 #   - x/a from y on TCP 81 only (80 and UDP closed); a second policy stacked on it opens 80;
-#   - named port serve-81-tcp into x; endPort 80-81 from y;
-#   - egress: x/a denied everything; x/a only to TCP 80; denied at the client although the
-#     server allows it; ipBlock y/b /32 and /128 (IPv4 and IPv6); ipBlock cluster CIDR except
-#     x/b (IPv6 denied: no IPv6 peer);
+#   - named port serve-81-tcp into x; x/a from y on serve-80-tcp; endPort 75-80 from y;
+#   - egress: x/a denied everything; x/a only to TCP 80; x only to named port serve-80-tcp;
+#     ingress and egress rules in one policy; policyTypes absent with egress rules (both
+#     directions isolated); denied at the client although the server allows it; ipBlock
+#     y/b /32 and /128 (IPv4 and IPv6); ipBlock cluster CIDR except x/b (IPv6 denied: no IPv6
+#     peer), then x/b allowed by a second policy;
 #   - protocols: ports [{protocol: TCP}] leaves UDP closed; a UDP-only rule leaves TCP closed;
 #     an SCTP-only rule leaves TCP closed (whether or not the kernel has SCTP);
 #   - labels: x/b gains pod2=updated and becomes allowed; namespace y gains ns2=updated;
-#   - a policy deleted: everything allowed again;
+#     x/a gains target=isolated and becomes isolated;
+#   - allow-all in x updated in place to deny-all; then deleted: everything allowed again;
 #   - agents restarted with --network-policy=false under a deny-all policy: no table
 #     `inet routed-cni` on either node, everything allowed.
 # Nothing outside the namespaces this script creates is touched.
@@ -175,7 +179,8 @@ in_pod_ifs() {
     ip netns exec "${NODE_NS[$1]}" nft -j list set inet routed-cni pod-ifs 2>/dev/null |
         jq -e --arg v "$2" '[.nftables[] | select(.set) | .set.elem // [] | .[]] | index($v) != null' >/dev/null
 }
-has_table() { ip netns exec "${NODE_NS[$1]}" nft list tables | grep -qx 'table inet routed-cni'; }
+# (nft's whole output first: grep -q quitting early would fail the pipeline under pipefail)
+has_table() { grep -qx 'table inet routed-cni' <<<"$(ip netns exec "${NODE_NS[$1]}" nft list tables)"; }
 no_table() { ! has_table "$1"; }
 
 # ---- policies and probes --------------------------------------------------------------------
@@ -335,6 +340,9 @@ policies allow-y x "$(ingress_a "[{\"from\":[$NS_Y]}]")"
 matrix "x/a from namespace y (namespaceSelector)" tcp/80 '* x/a X' 'y/* x/a .'
 matrix "x/a from namespace y, IPv6" tcp/80/6 '* x/a X' 'y/* x/a .'
 
+policies deny-all x '{"podSelector":{},"policyTypes":["Ingress"]}' allow-to-a x "$(ingress_a '[{"from":[{"podSelector":{},"namespaceSelector":{}}]}]')"
+matrix "deny-all in x plus allow-all into x/a" tcp/80 '* x/* X' '* x/a .'
+
 policies allow-all-ns x "$(ingress_a '[{"from":[{"namespaceSelector":{}}]}]')"
 matrix "x/a from namespaceSelector {} (every namespace)" tcp/80
 
@@ -362,6 +370,10 @@ matrix "named port serve-81-tcp into x: 81" tcp/81
 matrix "named port serve-81-tcp into x: 80 closed" tcp/80 '* x/* X'
 matrix "named port serve-81-tcp into x: UDP 81 closed" udp/81 '* x/* X'
 
+policies named-from-y x "$(ingress_a "[{\"from\":[$NS_Y],\"ports\":[{\"port\":\"serve-80-tcp\"}]}]")"
+matrix "x/a from y on named port serve-80-tcp: 80" tcp/80 '* x/a X' 'y/* x/a .'
+matrix "x/a from y on named port serve-80-tcp: 81 closed" tcp/81 '* x/a X'
+
 policies end-port x "$(ingress_a "[{\"from\":[$NS_Y],\"ports\":[{\"protocol\":\"TCP\",\"port\":75,\"endPort\":80}]}]")"
 matrix "x/a from y on TCP 75-80 (endPort): 80" tcp/80 '* x/a X' 'y/* x/a .'
 matrix "x/a from y on TCP 75-80 (endPort): 81 closed" tcp/81 '* x/a X'
@@ -378,6 +390,16 @@ matrix "x/a egress only to TCP 80: UDP 80 closed" udp/80 'x/a * X'
 policies egress-named x '{"podSelector":{},"policyTypes":["Egress"],"egress":[{"ports":[{"port":"serve-80-tcp"}]}]}'
 matrix "x egress only to named port serve-80-tcp: 80" tcp/80
 matrix "x egress only to named port serve-80-tcp: 81 closed" tcp/81 'x/* * X'
+
+policies both x "{\"podSelector\":$A,\"policyTypes\":[\"Ingress\",\"Egress\"],\"ingress\":[{\"from\":[{\"podSelector\":$POD_B}]}],\"egress\":[{\"ports\":[{\"protocol\":\"TCP\",\"port\":80}]}]}"
+matrix "x/a: ingress from pod=b, egress only to TCP 80 (one policy): 80" tcp/80 '* x/a X' 'x/b x/a .'
+matrix "x/a: ingress from pod=b, egress only to TCP 80 (one policy): 81" tcp/81 '* x/a X' 'x/b x/a .' 'x/a * X'
+
+# As stored by a client that skipped the API server's defaulting: Ingress always, Egress
+# because there are egress rules (the agent must infer both).
+policies no-types x "{\"podSelector\":$A,\"egress\":[{\"ports\":[{\"protocol\":\"TCP\",\"port\":80}]}]}"
+matrix "x/a, policyTypes absent with egress rules: ingress isolated, egress to 80" tcp/80 '* x/a X'
+matrix "x/a, policyTypes absent with egress rules: 81" tcp/81 '* x/a X' 'x/a * X'
 
 policies deny-egress x "$(egress_a '[]')" allow-all y '{"podSelector":{},"policyTypes":["Ingress"],"ingress":[{}]}'
 matrix "denied at the client (x/a egress) although y allows all ingress" tcp/80 'x/a * X'
