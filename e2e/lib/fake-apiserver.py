@@ -791,8 +791,11 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-            pass
-        self.close_connection = True
+            # The client went away mid-stream: nothing more can be said on this connection.
+            self.close_connection = True
+        # A watch that ran its course leaves the connection open for the next request, as the
+        # real server does over HTTP/1.1 (clients pool it: closing it here made the agent's next
+        # request fail on a dead pooled connection).
 
     def stream(self, kind, match, sent, generation, deadline, bookmarks, bookmark, initial_end):
         store = self.store

@@ -25,8 +25,9 @@ cleanup_world() {
     local pid ns
     for pid in "${BACKGROUND_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for ns in "${CREATED_NETNS[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
-    rm -rf "$WORK"
+    [ -n "${KEEP_WORK:-}" ] || rm -rf "$WORK"
 }
+# KEEP_WORK=1 keeps the scratch directory (agent and plugin logs) for a look after the run.
 trap cleanup_world EXIT
 
 netns_add() {
