@@ -465,7 +465,7 @@ impl Agent {
         self.health.step("applying NetworkPolicy", RECONCILE_BOUND);
         let _busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
         if full {
-            p.forget_applied();
+            p.reapply_next();
         }
         match p.sync() {
             Ok(Some(line)) => {

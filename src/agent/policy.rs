@@ -23,6 +23,9 @@ pub struct PolicySync {
     data_dir: PathBuf,
     /// What the table was last made, to skip an unchanged apply.
     applied: Option<Ruleset>,
+    /// The next sync applies even an unchanged Ruleset (a resync: the table may have been
+    /// changed by hand), without logging it as a change.
+    reapply: bool,
 }
 
 impl PolicySync {
@@ -32,6 +35,7 @@ impl PolicySync {
             listed: [false; KINDS],
             data_dir,
             applied: None,
+            reapply: false,
         }
     }
 
@@ -97,10 +101,15 @@ impl PolicySync {
         let local = self.local_pods()?;
         let started = Instant::now();
         let ruleset = compile(&self.cache, &local);
-        if self.applied.as_ref() == Some(&ruleset) {
+        let unchanged = self.applied.as_ref() == Some(&ruleset);
+        if unchanged && !std::mem::take(&mut self.reapply) {
             return Ok(None);
         }
         let applied = nft::apply(&ruleset).map_err(|e| e.to_string())?;
+        if unchanged {
+            self.applied = Some(ruleset);
+            return Ok(None);
+        }
         let line = format!(
             "policy applied: {} local pod(s), {} ingress- and {} egress-isolated, {} chain(s), {} set(s), {} rule(s), {} element(s) in {:.0} ms ({} ms of it nft)",
             ruleset.pods.len(),
@@ -120,6 +129,11 @@ impl PolicySync {
     /// After a failed apply the table may be anything: compare against nothing next time.
     pub fn forget_applied(&mut self) {
         self.applied = None;
+    }
+
+    /// The next sync re-applies the table even if nothing changed (resync repairs).
+    pub fn reapply_next(&mut self) {
+        self.reapply = true;
     }
 }
 
