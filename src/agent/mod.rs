@@ -151,6 +151,11 @@ pub fn run(opts: AgentOptions) -> i32 {
             ),
         }
     );
+    let data_dir = opts
+        .install
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_DATA_DIR));
     let (tx, inputs) = std::sync::mpsc::channel();
     let client = Arc::new(client);
     let watcher = |name: &str, start: fn(Arc<ApiClient>, Arc<Health>, Sender<Input>, Duration)| {
@@ -168,7 +173,7 @@ pub fn run(opts: AgentOptions) -> i32 {
             .and_then(|_| watcher("namespace-watch", watch::resource::<Namespace>))
             .and_then(|_| watcher("netpol-watch", watch::resource::<NetworkPolicy>));
     } else {
-        policy::disable();
+        policy::disable(&data_dir);
     }
     let monitor_tx = tx.clone();
     started = started.and_then(|_| {
@@ -182,11 +187,7 @@ pub fn run(opts: AgentOptions) -> i32 {
         eprintln!("routed-cni agent: start threads: {e}");
         return 1;
     }
-    let data_dir = opts
-        .install
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_DATA_DIR));
+
     let mut agent = Agent {
         tunnel: TunnelSync::new(netlink.clone(), opts.tunnel.clone()),
         routes: RouteSync::new(netlink.handle),
@@ -275,6 +276,13 @@ impl Agent {
                     self.health.first_pass_done();
                 }
                 Input::ListFailed => self.health.first_pass_done(),
+                Input::PodRoutes => {
+                    // A pod was added or deleted on this node: its store record is there (or
+                    // gone), so its rules can be made (or dropped) now.
+                    if self.policy.is_some() && self.policy_due.is_none() {
+                        self.policy_due = Some(Instant::now() + POLICY_SETTLE);
+                    }
+                }
                 Input::Policy(change) => {
                     if let Some(p) = self.policy.as_mut() {
                         if p.update(change) && self.policy_due.is_none() {

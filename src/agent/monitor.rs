@@ -52,6 +52,18 @@ fn relevant(msg: &RouteMessage) -> Option<String> {
     }
 }
 
+/// A pod's host route (the /32 or /128 the plugin adds per pod): a pod came or went.
+fn pod_route(msg: &RouteMessage) -> bool {
+    let h = &msg.header;
+    let host = match h.address_family {
+        rtnetlink::packet_route::AddressFamily::Inet => 32,
+        _ => 128,
+    };
+    u8::from(h.protocol) != ROUTE_PROTOCOL
+        && route_table(msg) == MAIN_TABLE
+        && h.destination_prefix_length == host
+}
+
 /// Runs on its own thread until the agent loop is gone. A failure to subscribe is logged and
 /// the agent goes on with resync-time decisions only.
 pub fn local_routes(tx: Sender<Input>) {
@@ -85,10 +97,13 @@ pub fn local_routes(tx: Sender<Input>) {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) => ("removed", r),
                 _ => continue,
             };
-            if let Some(what) = relevant(&route) {
-                if tx.send(Input::LocalRoutes(format!("route {what} {verb}"))).is_err() {
-                    return;
-                }
+            let input = match relevant(&route) {
+                Some(what) => Input::LocalRoutes(format!("route {what} {verb}")),
+                None if pod_route(&route) => Input::PodRoutes,
+                None => continue,
+            };
+            if tx.send(input).is_err() {
+                return;
             }
         }
     });
@@ -113,8 +128,10 @@ mod tests {
             Some("100.64.0.0/24")
         );
         assert_eq!(relevant(&v4("0.0.0.0", 0)).as_deref(), Some("default"));
-        // A pod's host route.
+        // A pod's host route: not a path change, but a pod came or went.
         assert_eq!(relevant(&v4("10.244.1.7", 32)), None);
+        assert!(pod_route(&v4("10.244.1.7", 32)));
+        assert!(!pod_route(&v4("100.64.0.0", 24)));
         // Ours.
         let mut ours = v4("10.244.2.0", 24);
         ours.header.protocol = RouteProtocol::from(ROUTE_PROTOCOL);

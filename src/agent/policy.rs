@@ -3,15 +3,15 @@
 //! them (namespace/name, address, host veth: known at ADD, before the kubelet posts the pod's
 //! IP), and after each change the node's table made what the compiler says (policy/).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Instant;
 
 use super::watch::PolicyInput;
 use crate::policy::compile::{compile, LocalPod};
 use crate::policy::model::{PodKey, PolicyCache};
-use crate::policy::nft;
 use crate::policy::ruleset::Ruleset;
+use crate::policy::{holdback, nft};
 
 /// The kinds that must have been listed once before anything is enforced: compiling before the
 /// policies are known would lift nothing, before the namespaces would select too little.
@@ -98,6 +98,16 @@ impl PolicySync {
                 "waiting for the first list of pods, namespaces and networkpolicies".into(),
             );
         }
+        // First, so that ADDs from now on hold new pods of a namespace that just got its first
+        // policy back until the pods' rules exist (policy/holdback.rs).
+        let with_policy: BTreeSet<String> =
+            self.cache.policies().map(|p| p.namespace.clone()).collect();
+        holdback::write_namespaces(&self.data_dir, &with_policy).map_err(|e| {
+            format!(
+                "write {}: {e}",
+                self.data_dir.join(holdback::NAMESPACES_FILE).display()
+            )
+        })?;
         let local = self.local_pods()?;
         let started = Instant::now();
         let ruleset = compile(&self.cache, &local);
@@ -137,8 +147,17 @@ impl PolicySync {
     }
 }
 
-/// `--network-policy=false`: no table of ours. A node without nft has none to remove.
-pub fn disable() {
+/// `--network-policy=false`: no table of ours, and no namespace list telling ADD to hold pods
+/// back. A node without nft has no table to remove.
+pub fn disable(data_dir: &std::path::Path) {
+    match std::fs::remove_file(data_dir.join(holdback::NAMESPACES_FILE)) {
+        Ok(()) => crate::info!("NetworkPolicy enforcement off: ADD no longer holds pods back"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => crate::error!(
+            "NetworkPolicy enforcement off, but {} stays: {e}; remove it, or ADD keeps holding back pods of the namespaces it lists",
+            data_dir.join(holdback::NAMESPACES_FILE).display()
+        ),
+    }
     match nft::remove_table() {
         Ok(true) => crate::info!("NetworkPolicy enforcement off: table inet routed-cni removed"),
         Ok(false) => {}

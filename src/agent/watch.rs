@@ -38,6 +38,8 @@ pub enum Input {
     /// This node's own routes changed (an address added or removed, a link up or down): which
     /// nodes are reached directly may have changed.
     LocalRoutes(String),
+    /// A pod's host route came or went: a pod was added to or deleted from this node.
+    PodRoutes,
     /// NetworkPolicy's inputs (only with --network-policy).
     Policy(PolicyInput),
 }

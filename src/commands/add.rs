@@ -191,6 +191,26 @@ fn allocate_delegated(
     })
 }
 
+/// Before anything exists: a pod whose namespace has NetworkPolicies gets no traffic until the
+/// agent has installed its rules (policy/holdback.rs). Nothing to undo on a later failure: the
+/// hold names a veth that then never carries a packet.
+fn hold_back_for_policy(conf: &NetConf, att: &Attachment, host_veth: &str) -> Result<()> {
+    let Some(ns) = att.pod.namespace.as_deref() else {
+        return Ok(());
+    };
+    match crate::policy::holdback::hold_back(&conf.data_dir, ns, host_veth) {
+        Ok(true) => {
+            crate::debug!("namespace {ns} has NetworkPolicies: {host_veth} held back until the agent programs it");
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => Err(crate::cni::error::CniError::new(
+            crate::cni::error::Code::TryAgainLater,
+            e,
+        )),
+    }
+}
+
 pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
     // Validate the namespace before touching anything on the node.
     let netns = Netns::open(&att.netns)?;
@@ -198,6 +218,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<Value> {
         &conf.host_veth_prefix,
         &attachment_hash(&att.container_id, &att.ifname),
     );
+    hold_back_for_policy(conf, att, &host_veth)?;
     // Started before any address is taken: nothing that can fail may sit between allocation
     // and the rollback below (a runtime that cannot start used to leak the address).
     let rt = runtime()?;
