@@ -560,6 +560,43 @@ fn tcp_source_seen(server_ns: &str, server_ip: Ipv4Addr, client_ns: &str) -> Ipv
 
 // -------------------------------------------------------------------- tests
 
+/// Lines of the node's conntrack table (procfs) that name `ip` as a source or destination.
+fn conntrack_entries_of(w: &World, ip: Ipv4Addr) -> usize {
+    let table = run_ok(
+        "ip",
+        &["netns", "exec", &w.node, "cat", "/proc/net/nf_conntrack"],
+    );
+    table
+        .lines()
+        .filter(|l| l.contains(&format!("src={ip} ")) || l.contains(&format!("dst={ip} ")))
+        .count()
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
+fn del_forgets_the_connections_of_the_released_address() {
+    let mut w = World::new("ct", "10.244.9.0/24");
+    let p1 = w.pod("p1");
+    let p2 = w.pod("p2");
+    let ip1 = w.add_ok(&p1);
+    let _ip2 = w.add_ok(&p2);
+    // Forwarded traffic to and from p1 leaves entries in the node's table.
+    w.assert_ping(&p2, &ip1.to_string());
+    w.assert_ping(&p1, OUTSIDE_IP);
+    assert!(
+        conntrack_entries_of(&w, ip1) >= 2,
+        "no conntrack entries for {ip1} after pings"
+    );
+    w.del_ok(&p1);
+    // A pod that gets ip1 next must not inherit p1's flows.
+    assert_eq!(
+        conntrack_entries_of(&w, ip1),
+        0,
+        "DEL left conntrack entries of {ip1}"
+    );
+    w.del_ok(&p2);
+}
+
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it"]
 fn two_pods_reach_each_other_node_and_outside() {

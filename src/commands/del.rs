@@ -38,6 +38,7 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
         }
     };
     let mut removals = Vec::new();
+    let mut released = Vec::new();
     // IPv4 pool first, the order ADD locks them in.
     for store in &stores {
         // A lock timeout is a real fault: fail with code 11 so the runtime retries DEL.
@@ -45,7 +46,8 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
         inflight::forget(store, &att.container_id, &att.ifname);
         match lock.release(&att.container_id, &att.ifname) {
             Ok(Some(r)) => {
-                crate::debug!("released {} of {}/{}", r.ip, att.container_id, att.ifname)
+                crate::debug!("released {} of {}/{}", r.ip, att.container_id, att.ifname);
+                released.push(r.ip);
             }
             Ok(None) => {}
             Err(e) => errors.push(e),
@@ -69,6 +71,10 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
             errors.push(e);
         }
         drop(lock);
+    }
+    // With the veth gone no packet of the pod's can recreate them.
+    for ip in released {
+        dataplane::conntrack::forget_logged(ip, "released");
     }
     // Only once the plugin gave the addresses back and the veth is gone: until then the record
     // is what explains them, and a retried DEL or GC still finds it.

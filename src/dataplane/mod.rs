@@ -8,6 +8,7 @@
 //! current-thread runtime, the connection and its errors).
 
 mod addresses;
+pub mod conntrack;
 mod family;
 mod links;
 mod lookup;
