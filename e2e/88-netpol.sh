@@ -133,8 +133,13 @@ has_conflist() { [ -s "$(conflist "$1")" ]; }
 # installed (CNI_ARGS naming the pod, as the kubelet passes them), and its Pod object with the
 # addresses the ADD returned in status.podIPs, as the kubelet posts them.
 add_pod() {
+    make_pod "rcn-$1$2-$RUN_ID"
+    cni_add "$@"
+    write_pod "$1" "$2"
+}
+# cni_add NS POD NODE_NAME: the ADD alone, into the existing namespace rcn-NSPOD-RUN_ID
+cni_add() {
     local ns=$1 pod=$2 node=$3 netns=rcn-$1$2-$RUN_ID conf=$WORK/$3/plugin.json out
-    make_pod "$netns"
     jq '.plugins[0] + {name: .name, cniVersion: .cniVersion}' "$(conflist "$node")" >"$conf"
     out=$(ip netns exec "${NODE_NS[$node]}" env CNI_COMMAND=ADD CNI_CONTAINERID="$ns-$pod" \
         CNI_NETNS=/run/netns/$netns CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni \
@@ -145,7 +150,6 @@ add_pod() {
     POD_IP6[$ns/$pod]=$(jq -r '[.ips[].address | select(contains(":")) | split("/")[0]][0] // empty' <<<"$out")
     POD_VETH[$ns/$pod]=$(jq -r '[.interfaces[] | select(.sandbox == null) | .name][0] // empty' <<<"$out")
     [ -n "${POD_IP4[$ns/$pod]}" ] && [ -n "${POD_IP6[$ns/$pod]}" ] || die "ADD $ns/$pod: no IPv4 and IPv6 address in $out"
-    write_pod "$ns" "$pod"
 }
 
 # write_pod NS POD [JQ_FILTER]: the Pod object (one container per port and protocol, as the
@@ -469,6 +473,255 @@ matrix "the same policy updated to deny-all" tcp/81 '* x/* X'
 policies
 matrix "policy deleted: everything allowed again" tcp/81
 matrix "policy deleted: everything allowed again, IPv6" tcp/81/6
+
+# ---- no window for a new pod ------------------------------------------------------------------
+# ADD of a pod whose namespace has policies (listed in <dataDir>/policy-namespaces, which the
+# agent keeps) puts its host veth in set `pending` of table inet routed-cni before allocating its
+# address; the agent lifts the hold in the transaction that installs the pod's rules (puts the
+# veth in `pod-ifs`), on the pod's host route appearing. New pods come on node A as the kubelet
+# makes them: Pod object first (labels, no address), then the ADD, then status.podIPs. A probe
+# loop (lib/netpol-probe.py loop: a TCP connect every 10 ms from each client, each waiting
+# 0.5 s) targets the pod's address-to-be from before the ADD, and the pod's server listens on the
+# wildcard address before its eth0 exists, so any packet that gets through connects. Where the
+# veth is: sampled from the table as fast as nft answers; when the pod was programmed: the time
+# of the agent's "policy applied" line for it (nft 1.0.6's `nft monitor` loses element events
+# after a transaction re-adds the set, as every apply does).
+NEW=(x/n1 x/n2 x/n3 z/n1 x/n4 z/n4 x/n5)
+POOL_A=$WORK/node-a/store/${POD_CIDR_A/\//-}
+APPLIED_BEFORE=0 PROG_MISSED='' ADD_START='' ADD_DONE='' AFTER_ADD='' PREDICTED='' HELD='' LEAKED='' LOOP='' LOOP_OUT=''
+netns_of() { echo "rcn-${1%/*}${1#*/}-$RUN_ID"; }
+now_s() { echo "${EPOCHREALTIME/,/.}"; }
+# ms T0 T1: milliseconds from T0 to T1 (seconds, as $EPOCHREALTIME and the loop print them)
+ms() { jq -n "(($2) - ($1)) * 1000 | round + 0"; }
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+# next_ip: the address node A's next ADD takes (ipam/store.rs: round robin after last_reserved)
+next_ip() {
+    local last n
+    last=$(cat "$POOL_A/last_reserved") || return 1
+    n=${last##*.}
+    while n=$((n + 1)) && [ -e "$POOL_A/${last%.*}.$n" ]; do :; done
+    echo "${last%.*}.$n"
+}
+# set_elems SET: the elements of node A's SET, one a line
+set_elems() {
+    ip netns exec "$NODE_A" nft -j list set inet routed-cni "$1" 2>/dev/null | jq -r '.nftables[] | select(.set) | .set.elem // [] | .[]'
+}
+# where_is VETH: which of node A's sets pending and pod-ifs hold VETH, from one listing of the
+# table (nft reads it at one generation): "pending", "pod-ifs", "pending+pod-ifs" or "none"
+where_is() {
+    ip netns exec "$NODE_A" nft -j list table inet routed-cni 2>/dev/null | jq -r --arg v "$1" '
+        [.nftables[] | select(.set) | .set | select(.name == "pending" or .name == "pod-ifs")
+         | select((.elem // []) | index($v) != null) | .name] | sort | join("+") |
+        if . == "" then "none" else . end' || echo "none"
+}
+# applied_since N: the time (seconds) of node A's agent's "policy applied" line number N+1, the
+# first after N of them (empty when there is none)
+applied_lines() { grep -c 'policy applied' "$WORK/node-a/agent.log" || true; }
+applied_since() {
+    local ts
+    ts=$(grep 'policy applied' "$WORK/node-a/agent.log" | sed -n "$(($1 + 1))p" | cut -d' ' -f1)
+    [ -z "$ts" ] || date -d "$ts" +%s.%N
+}
+
+# new_pod NS/POD CLIENT...: the probe loop from CLIENTs (NS/POD, the allowed ones as +NS/POD)
+# against the address node A hands out next, then the ADD of NS/POD on node A; AFTER_ADD is
+# where its veth is as the ADD returns, then status.podIPs is posted as the kubelet does.
+new_pod() {
+    local p=$1 args=() c
+    shift
+    for c in "$@"; do
+        args+=(--client "${c#+}=$(netns_of "${c#+}")")
+        [ "${c:0:1}" != + ] || args+=(--allowed "${c#+}")
+    done
+    PREDICTED=$(next_ip) || die "no last_reserved in $POOL_A"
+    LOOP_OUT=$WORK/loop-${p/\//-}.json
+    rm -f "$WORK/loop.ready"
+    $PY "$PROBE" loop --target "$PREDICTED" --port 80 --stop "$WORK/loop.never" --ready "$WORK/loop.ready" \
+        --max 20 "${args[@]}" >"$LOOP_OUT" 2>>"$WORK/loop.log" &
+    LOOP=$!
+    BACKGROUND_PIDS+=("$LOOP")
+    until [ -e "$WORK/loop.ready" ]; do sleep 0.02; done
+    sleep 0.2 # attempts in flight, some timed out, before the pod exists
+    APPLIED_BEFORE=$(applied_lines)
+    ADD_START=$(now_s)
+    cni_add "${p%/*}" "${p#*/}" node-a
+    ADD_DONE=$(now_s)
+    AFTER_ADD=$(where_is "${POD_VETH[$p]}")
+    write_pod "${p%/*}" "${p#*/}"
+    kill -HUP "$SERVER_PID"
+    [ "${POD_IP4[$p]}" == "$PREDICTED" ] ||
+        fail "$p got ${POD_IP4[$p]}, not $PREDICTED: the probe loop aimed at the wrong address"
+    log "$p: ADD took $(ms "$ADD_START" "$ADD_DONE") ms, ${POD_IP4[$p]} on ${POD_VETH[$p]}, right after it: $AFTER_ADD"
+}
+# watch_veth NS/POD SECONDS: samples where the pod's veth is until it is in pod-ifs or SECONDS
+# have passed. HELD: seen in pending; LEAKED: seen in neither set before being programmed;
+# PROG_MISSED: never seen in pod-ifs.
+watch_veth() {
+    local veth=${POD_VETH[$1]} end=$(($(now_ms) + $2 * 1000)) w=$AFTER_ADD
+    HELD='' LEAKED='' PROG_MISSED=''
+    while :; do
+        case $w in
+        pending) HELD=yes ;;
+        none) LEAKED=yes ;;
+        *pod-ifs) return 0 ;;
+        esac
+        if (($(now_ms) > end)); then
+            PROG_MISSED=yes
+            return 0
+        fi
+        w=$(where_is "$veth")
+    done
+}
+# loop_done: waits for the probe loop (it stops a second after every allowed client connected)
+loop_done() {
+    wait "$LOOP" || fail "the probe loop failed: $(tail -3 "$WORK/loop.log")"
+    jq -e .clients "$LOOP_OUT" >/dev/null || die "no result from the probe loop: $(cat "$LOOP_OUT")"
+}
+# loop_stat CLIENT FILTER: FILTER over the client's counts in the loop's result ($t0: ADD_DONE)
+loop_stat() { jq -r --arg c "$1" --argjson t0 "$ADD_DONE" ".clients[\$c] | $2" "$LOOP_OUT"; }
+counts() { loop_stat "$1" '"\(.attempts) attempts, \(.connected) connected, \(.refused) refused, failed: \(.failed | tostring)"'; }
+# never_reached CLIENT WHAT: no connection and no RST from the pod, over the whole loop
+never_reached() {
+    if [ "$(loop_stat "$1" '.connected + .refused')" == 0 ]; then
+        ok "$2: $1 never reached it ($(counts "$1"))"
+    else
+        fail "$2: $1 reached it ($(counts "$1"), first at $(loop_stat "$1" 'if .first then "\((.first - $t0) * 1000 | round) ms after ADD returned" else "?" end'))"
+    fi
+}
+# first_ms CLIENT: ADD returned -> the client's first connection (ms), or empty
+first_ms() { loop_stat "$1" 'if .first then (.first - $t0) * 1000 | round else empty end'; }
+
+policies deny-ingress x '{"podSelector":{},"policyTypes":["Ingress"]}' \
+    from-b x "{\"podSelector\":{},\"policyTypes\":[\"Ingress\"],\"ingress\":[{\"from\":[{\"podSelector\":$POD_B}]}]}"
+wait_for 10 "node A's policy-namespaces lists x (and not z)" \
+    bash -c '[ "$(cat "$1")" == x ]' _ "$WORK/node-a/store/policy-namespaces"
+# The new pods' namespaces, their servers, and their Pod objects (as the API has them before
+# the kubelet runs CNI: labels and node, no address yet)
+for p in "${NEW[@]}"; do
+    make_pod "$(netns_of "$p")"
+    POD_NODE[$p]="node-a" POD_IP4[$p]="" POD_IP6[$p]=""
+    write_pod "${p%/*}" "${p#*/}" '.status = {phase: "Pending"}'
+done
+kill -HUP "$SERVER_PID"
+# shellcheck disable=SC2046 # one netns name per pod
+ip netns exec "$UNDERLAY" $PY "$PROBE" serve --ready "$WORK/new-servers.ready" $(for p in "${NEW[@]}"; do netns_of "$p"; done) \
+    2>>"$WORK/servers.log" &
+BACKGROUND_PIDS+=($!)
+wait_for 10 "servers listening in the new pods' namespaces before their ADD" test -s "$WORK/new-servers.ready"
+
+# 1. x has policies: held back from the ADD until programmed; denied clients never get through.
+PROGS=() FIRSTS=()
+for p in x/n1 x/n2 x/n3; do
+    new_pod $p +x/b y/a x/c y/b
+    case $AFTER_ADD in
+    pending) ok "$p: its veth is in pending as the ADD returns" ;;
+    pod-ifs) ok "$p: its veth is in pod-ifs as the ADD returns (the agent already lifted the hold)" ;;
+    *) fail "$p: its veth is in '$AFTER_ADD' as the ADD returns, not in pending (nor pod-ifs)" ;;
+    esac
+    watch_veth $p 10
+    [ -z "$LEAKED" ] && ok "$p: its veth was in pending or pod-ifs at every look until programmed" ||
+        fail "$p: its veth was in neither pending nor pod-ifs after the ADD (not held back)"
+    loop_done
+    for c in y/a x/c y/b; do never_reached $c "$p (x: deny-ingress, from pod=b only)"; done
+    first=$(first_ms x/b)
+    if [ -n "$first" ]; then
+        ok "$p: the allowed client x/b connects, first $first ms after the ADD returned ($(counts x/b))"
+        FIRSTS+=("$first")
+    else
+        fail "$p: the allowed client x/b never connected ($(counts x/b))"
+    fi
+    prog_at=$(applied_since "$APPLIED_BEFORE")
+    if [ -n "$prog_at" ] && [ -z "$PROG_MISSED" ]; then
+        PROGS+=("$(ms "$ADD_DONE" "$prog_at")")
+        log "$p: programmed (agent's policy applied) $(ms "$ADD_START" "$prog_at") ms after the ADD started, ${PROGS[-1]} ms after it returned"
+    else
+        fail "$p: not programmed (in pod-ifs) within 10 s of its ADD"
+    fi
+done
+((${#PROGS[@]} == 0)) || log "timing: ADD returned -> programmed: median $(median "${PROGS[@]}") ms (${PROGS[*]}; negative: before it returned)"
+((${#FIRSTS[@]} == 0)) || log "timing: ADD returned -> first allowed connection: median $(median "${FIRSTS[@]}") ms (${FIRSTS[*]})"
+
+# 2. z has no policy: never held back, reachable at once.
+new_pod z/n1 +y/a +x/b
+watch_veth z/n1 5
+loop_done
+[ -z "$HELD" ] && ok "z/n1 (no policy in z): its veth never in pending (right after the ADD: $AFTER_ADD)" ||
+    fail "z/n1 (no policy in z): its veth was held in pending"
+for c in y/a x/b; do
+    first=$(first_ms $c)
+    if [ -n "$first" ] && ((first <= 500)); then
+        ok "z/n1: $c connects, first $first ms after the ADD returned ($(counts $c))"
+    else
+        fail "z/n1: $c connects ${first:-never} (ms after the ADD returned), not within 500 ms ($(counts $c))"
+    fi
+done
+
+# 3. Node A's agent down while pods are added: the x pod stays held back (even from x/b) until
+# the agent is back; the z pod is reachable at once.
+stop_agent node-a
+new_pod x/n4 +x/b y/a
+[ "$AFTER_ADD" == pending ] && ok "agent down: x/n4's veth is in pending after its ADD" ||
+    fail "agent down: x/n4's veth is in '$AFTER_ADD' after its ADD, not in pending"
+X_LOOP=$LOOP X_OUT=$LOOP_OUT X_ADD_START=$ADD_START X_ADD_DONE=$ADD_DONE
+# the x/n4 loop goes on through the z pod's ADD and the agent's restart
+new_pod z/n4 +y/a +x/b
+loop_done
+[ "$AFTER_ADD" == none ] && ok "agent down: z/n4's veth is in neither set after its ADD" ||
+    fail "agent down: z/n4's veth is in '$AFTER_ADD' after its ADD"
+for c in y/a x/b; do
+    first=$(first_ms $c)
+    if [ -n "$first" ] && ((first <= 500)); then
+        ok "agent down: z/n4 reachable from $c, first $first ms after its ADD returned"
+    else
+        fail "agent down: z/n4 reachable from $c ${first:-never} (ms after its ADD), not within 500 ms ($(counts $c))"
+    fi
+done
+w=$(where_is "${POD_VETH[x/n4]}")
+[ "$w" == pending ] && ok "agent down: x/n4 still held back $(ms "$X_ADD_DONE" "$(now_s)") ms after its ADD" ||
+    fail "agent down: x/n4's veth is in '$w', not pending"
+LOOP=$X_LOOP LOOP_OUT=$X_OUT ADD_START=$X_ADD_START
+APPLIED_BEFORE=$(applied_lines)
+RESTART=$(now_s)
+start_agent node-a
+ADD_DONE=$RESTART AFTER_ADD=$w
+watch_veth x/n4 15
+loop_done
+[ -z "$LEAKED" ] || fail "agent back: x/n4's veth was in neither pending nor pod-ifs before being programmed"
+prog_at=$(applied_since "$APPLIED_BEFORE")
+if [ -n "$prog_at" ] && [ -z "$PROG_MISSED" ]; then
+    ok "agent back: x/n4 programmed $(ms "$RESTART" "$prog_at") ms after the agent started (its first policy applied)"
+else
+    fail "agent back: x/n4 not programmed (pod-ifs) within 15 s of the agent's start"
+fi
+never_reached y/a "x/n4 (held while the agent was down, then deny-ingress)"
+first=$(first_ms x/b)
+if [ -z "$first" ]; then
+    fail "agent back: x/b never connected to x/n4 ($(counts x/b))"
+elif ((first < 0)); then
+    fail "x/n4: x/b connected while node A's agent was down, $((-first)) ms before its restart"
+else
+    ok "agent back: x/b connects to x/n4, first $first ms after the agent started, never while it was down ($(counts x/b))"
+fi
+wait_for 15 "node A's agent is ready again" ready node-a
+
+# 4. The hold comes before the address: an ADD whose allocation fails (node A's IPv4 pool
+# directory made group-writable: the store refuses it, code 103) has held its veth back all the
+# same, and took no address.
+before=$(set_elems pending | sort)
+records=$(find "$POOL_A" -maxdepth 1 -type f | wc -l)
+chmod g+w "$POOL_A"
+conf=$WORK/node-a/plugin.json
+if out=$(ip netns exec "$NODE_A" env CNI_COMMAND=ADD CNI_CONTAINERID=x-n5 CNI_NETNS=/run/netns/"$(netns_of x/n5)" \
+    CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=n5" \
+    "$WORK/node-a/bin/routed-cni" <"$conf"); then
+    fail "ADD with a group-writable pool directory succeeded: $out"
+fi
+chmod g-w "$POOL_A"
+held=$(comm -13 <(echo "$before") <(set_elems pending | sort) | tr '\n' ' ')
+expect_eq "ADD refused by the store: its error code" "$(jq -r .code <<<"$out")" 103
+[ -n "$held" ] && ok "ADD refused by the store had already held its veth back: $held" ||
+    fail "ADD refused by the store held nothing back (pending: $(set_elems pending | tr '\n' ' ')): the hold comes after the allocation"
+expect_eq "ADD refused by the store: files in the pool" "$(find "$POOL_A" -maxdepth 1 -type f | wc -l)" "$records"
 
 # ---- --network-policy=false -----------------------------------------------------------------
 policies deny-all x '{"podSelector":{},"policyTypes":["Ingress","Egress"]}'

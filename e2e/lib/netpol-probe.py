@@ -23,6 +23,17 @@ usage: netpol-probe.py serve --ready FILE NETNS...
            again every second until they match or DEADLINE (10 s, as upstream) has passed since
            the first probe. Exits 0 when everything matched, else prints the expected matrix
            and the observed one (mismatches marked *) and exits 1.
+       netpol-probe.py loop --target ADDR --port N --client NAME=NETNS... --stop FILE
+           [--allowed NAME]... [--interval S] [--timeout S] [--linger S] [--max S] [--ready FILE]
+           The no-window probe: from each client's namespace, a new TCP connection attempt to
+           ADDR:PORT every INTERVAL (0.01 s), each with a TIMEOUT of its own (0.5 s: one SYN,
+           no retransmission), however many are in flight, from before the server's pod has
+           an address. Writes READY once running; stops when FILE exists, MAX (30 s) has
+           passed, or LINGER (1 s) after every --allowed client has connected once. Prints one
+           JSON object: {"start": T, "end": T, "clients": {NAME: {"attempts": N,
+           "connected": N, "refused": N, "first": T or null, "last": T or null, "failed":
+           {ERROR: N}}}}, T in CLOCK_REALTIME seconds (comparable with `date +%s.%N`);
+           "refused" counts RSTs, which also mean a packet reached the pod.
 """
 
 import argparse
@@ -33,6 +44,7 @@ import json
 import os
 import selectors
 import socket
+import struct
 import sys
 import time
 
@@ -251,6 +263,87 @@ def probe(args):
     return 1
 
 
+def loop(args):
+    clients = []
+    for c in args.client:
+        name, ns = c.split("=", 1)
+        clients.append((name, os.open("/run/netns/" + ns, os.O_RDONLY)))
+    unknown = set(args.allowed) - {name for name, _ in clients}
+    if unknown:
+        sys.exit("--allowed %s: not a --client" % ", ".join(sorted(unknown)))
+    stats = {name: {"attempts": 0, "connected": 0, "refused": 0, "first": None, "last": None,
+                    "failed": {}} for name, _ in clients}
+    sel = selectors.DefaultSelector()
+    deadlines = {}  # socket -> (client, monotonic deadline)
+
+    def done(sock, name, err):
+        st = stats[name]
+        if err == 0:
+            st["connected"] += 1
+            now = time.time()
+            st["first"] = st["first"] or now
+            st["last"] = now
+        elif err == errno.ECONNREFUSED:
+            st["refused"] += 1
+        else:
+            key = errno.errorcode.get(err, str(err)) if isinstance(err, int) else err
+            st["failed"][key] = st["failed"].get(key, 0) + 1
+        # An RST instead of a FIN: no TIME_WAIT left behind by hundreds of attempts a second.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+    def attempt(name, fd):
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            sys.exit("setns for %s: %s" % (name, os.strerror(ctypes.get_errno())))
+        s = socket.socket(socket.AF_INET6 if ":" in args.target else socket.AF_INET,
+                          socket.SOCK_STREAM)
+        s.setblocking(False)
+        stats[name]["attempts"] += 1
+        rc = s.connect_ex((args.target, args.port))
+        if rc == errno.EINPROGRESS:
+            sel.register(s, selectors.EVENT_WRITE, name)
+            deadlines[s] = (name, time.monotonic() + args.timeout)
+        else:
+            done(s, name, rc)
+
+    start = time.time()
+    began = time.monotonic()
+    next_at = began
+    linger_until = None
+    if args.ready:
+        with open(args.ready, "w") as f:
+            f.write("running\n")
+    while True:
+        now = time.monotonic()
+        if now - began >= args.max or os.path.exists(args.stop):
+            break
+        if args.allowed and all(stats[a]["first"] for a in args.allowed):
+            linger_until = linger_until or now + args.linger
+            if now >= linger_until:
+                break
+        if now >= next_at:
+            for name, fd in clients:
+                attempt(name, fd)
+            # No catching up after a stall: the rate stays at most one per INTERVAL.
+            next_at = max(next_at + args.interval, now)
+        wake = min([next_at] + [d for _, d in deadlines.values()])
+        for key, _ in sel.select(max(0.0, wake - time.monotonic())):
+            sel.unregister(key.fileobj)
+            del deadlines[key.fileobj]
+            done(key.fileobj, key.data, key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        now = time.monotonic()
+        for s, (name, d) in list(deadlines.items()):
+            if now >= d:
+                sel.unregister(s)
+                del deadlines[s]
+                done(s, name, "timeout")
+    for s, (name, _) in list(deadlines.items()):
+        sel.unregister(s)
+        done(s, name, "unfinished")
+    print(json.dumps({"start": start, "end": time.time(), "clients": stats}))
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -266,9 +359,22 @@ def main():
     p.add_argument("--timeout", type=float, default=1.0)
     p.add_argument("--deadline", type=float, default=10.0)
     p.add_argument("--expect", action="append", default=[])
+    w = sub.add_parser("loop")
+    w.add_argument("--target", required=True)
+    w.add_argument("--port", type=int, required=True)
+    w.add_argument("--client", action="append", required=True, metavar="NAME=NETNS")
+    w.add_argument("--allowed", action="append", default=[])
+    w.add_argument("--stop", required=True)
+    w.add_argument("--ready")
+    w.add_argument("--interval", type=float, default=0.01)
+    w.add_argument("--timeout", type=float, default=0.5)
+    w.add_argument("--linger", type=float, default=1.0)
+    w.add_argument("--max", type=float, default=30.0)
     args = ap.parse_args()
     if args.cmd == "serve":
         serve(args)
+    elif args.cmd == "loop":
+        return loop(args)
     elif args.cmd == "sctp":
         return 0 if sctp_available() else 1
     else:
