@@ -722,6 +722,12 @@ expect_eq "ADD refused by the store: its error code" "$(jq -r .code <<<"$out")" 
 [ -n "$held" ] && ok "ADD refused by the store had already held its veth back: $held" ||
     fail "ADD refused by the store held nothing back (pending: $(set_elems pending | tr '\n' ' ')): the hold comes after the allocation"
 expect_eq "ADD refused by the store: files in the pool" "$(find "$POOL_A" -maxdepth 1 -type f | wc -l)" "$records"
+# The runtime's DEL after a failed ADD lifts the hold: nothing is left in the set for good.
+out=$(ip netns exec "$NODE_A" env CNI_COMMAND=DEL CNI_CONTAINERID=x-n5 CNI_NETNS=/run/netns/"$(netns_of x/n5)" \
+    CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=n5" \
+    "$WORK/node-a/bin/routed-cni" <"$conf") || fail "DEL after the refused ADD: $out"
+left=$(comm -12 <(echo "$held" | tr ' ' '\n' | grep . | sort) <(set_elems pending | sort) | tr '\n' ' ')
+[ -z "$left" ] && ok "DEL after the refused ADD lifted its hold" || fail "DEL left $left in pending"
 
 # ---- --network-policy=false -----------------------------------------------------------------
 policies deny-all x '{"podSelector":{},"policyTypes":["Ingress","Egress"]}'

@@ -76,6 +76,12 @@ pub fn run(conf: &NetConf, att: &Attachment) -> Result<()> {
     for ip in released {
         dataplane::conntrack::forget_logged(ip, "released");
     }
+    if let Some(ns) = att.pod.namespace.as_deref() {
+        // Logged, not fatal: a name left in the set holds back nothing that exists.
+        if let Err(e) = crate::policy::holdback::release(&conf.data_dir, ns, &host_veth) {
+            crate::warn!("NetworkPolicy hold of {host_veth} not lifted: {e}");
+        }
+    }
     // Only once the plugin gave the addresses back and the veth is gone: until then the record
     // is what explains them, and a retried DEL or GC still finds it.
     if matches!(conf.ipam, Ipam::Delegated { .. }) && errors.is_empty() {

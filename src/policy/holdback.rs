@@ -70,6 +70,18 @@ pub fn hold_back(data_dir: &Path, namespace: &str, host_veth: &str) -> Result<bo
     })
 }
 
+/// DEL's side: lifts a hold an ADD placed (a pod deleted before the agent programmed it, or an
+/// ADD that failed after the hold). Only for namespaces with policies, the ones ADD holds:
+/// other DELs never run nft.
+pub fn release(data_dir: &Path, namespace: &str, host_veth: &str) -> Result<bool, String> {
+    let listed =
+        namespaces(data_dir).map_err(|e| format!("read {}: {e}", file(data_dir).display()))?;
+    if !listed.contains(namespace) {
+        return Ok(false);
+    }
+    super::nft::unmark_pending(host_veth).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -300,9 +300,29 @@ impl Nft {
             Err(e) => Err(e),
         }
     }
+
+    /// CNI DEL: takes `ifname` out of `pending` (an ADD that failed after holding the pod back
+    /// leaves it there; the agent only lifts holds of pods it programs). True when it was
+    /// there; false, and nothing done, when it was not or there is no table.
+    pub fn unmark_pending(&self, ifname: &str) -> Result<bool, PolicyError> {
+        check_ifname(ifname)?;
+        let batch = serde_json::json!({"nftables": [{"delete": {"element": {
+            "family": "inet", "table": TABLE, "name": PENDING, "elem": [ifname]
+        }}}]});
+        match self.run(
+            &["-j", "-f", "-"],
+            Some(&batch.to_string()),
+            "lifting a deleted pod's hold",
+            "the name stays in the pending set; harmless, but `nft delete element inet routed-cni pending { NAME }` removes it",
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if missing(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
-/// nft's error when the table (or the set in it) does not exist.
+/// nft's error when the table (or the set in it, or the element) does not exist.
 fn missing(e: &PolicyError) -> bool {
     matches!(e, PolicyError::Failed { stderr, .. } if stderr.contains("No such file or directory"))
 }
@@ -325,6 +345,11 @@ pub fn remove_table() -> Result<bool, PolicyError> {
 /// `Nft::find()?.mark_pending(ifname)`.
 pub fn mark_pending(ifname: &str) -> Result<bool, PolicyError> {
     Nft::find()?.mark_pending(ifname)
+}
+
+/// `Nft::find()?.unmark_pending(ifname)`.
+pub fn unmark_pending(ifname: &str) -> Result<bool, PolicyError> {
+    Nft::find()?.unmark_pending(ifname)
 }
 
 #[cfg(test)]
