@@ -249,9 +249,7 @@ pub fn pod_view(view: &View, namespace: &str, name: &str) -> Answer {
         "policies": policies,
         "tableApplied": view.applied.is_some(),
     });
-    body.as_object_mut()
-        .expect("object")
-        .extend(directions);
+    body.as_object_mut().expect("object").extend(directions);
     (200, body)
 }
 
