@@ -93,9 +93,12 @@ impl View {
                 return pod.selectable().then_some(pod);
             }
         }
+        // The API's address, unless the store gives that pod others (the store wins, as in
+        // compile); the cheap test first, the key (two allocations) only for a match.
         self.cache
             .pods()
-            .find(|p| p.selectable() && self.ips_of(p).contains(&ip))
+            .filter(|p| p.selectable() && p.ips.contains(&ip))
+            .find(|p| self.ips_of(p).contains(&ip))
     }
 
     /// Whether a pod runs here: the store has it (that is what enforcement targets).
