@@ -71,6 +71,7 @@ fn every_command_answers_help() {
         "uninstall",
         "audit",
         "agent",
+        "policy",
         "version",
     ] {
         for flag in ["--help", "-h"] {
@@ -98,6 +99,7 @@ fn every_command_answers_help() {
         "uninstall",
         "audit",
         "agent",
+        "policy",
         "version",
     ] {
         assert!(help.contains(sub), "top-level help lacks {sub}: {help}");
@@ -121,6 +123,7 @@ fn unknown_flags_and_commands_exit_2_naming_them() {
         "uninstall",
         "audit",
         "agent",
+        "policy",
         "version",
     ] {
         let out = cli(&[sub, "--frobnicate"], &[]);
@@ -334,6 +337,45 @@ fn agent_asks_for_node_name_and_reads_it_from_the_environment() {
         err.contains("/nonexistent/ca.crt") && !err.contains("https://"),
         "{err}"
     );
+}
+
+/// A loopback port nothing listens on (bound, then let go).
+fn closed_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    drop(l);
+    addr
+}
+
+#[test]
+fn policy_without_an_agent_says_where_it_asked_and_exits_3() {
+    let addr = closed_port();
+    let out = cli(&["policy", "--pod", "x/a", "--agent-addr", &addr], &[]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&addr) && err.contains("--network-policy") && out.stdout.is_empty(),
+        "{out:?}"
+    );
+    // --json: the same on stdout, as JSON.
+    let out = cli(
+        &["policy", "--pod", "x/a", "--agent-addr", &addr, "--json"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(doc["agentUnreachable"], true, "{doc}");
+    assert!(doc["error"].as_str().unwrap().contains(&addr), "{doc}");
+    // Usage: no pod, a pod without its namespace, an address that is not IP:PORT.
+    for args in [
+        &["policy"][..],
+        &["policy", "--pod", "a"],
+        &["policy", "--pod", "x/a", "--agent-addr", "localhost"],
+    ] {
+        let out = cli(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+    }
 }
 
 #[test]

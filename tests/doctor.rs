@@ -469,13 +469,21 @@ fn healthy_pod_passes_every_step_found_by_pod_container_or_netns() {
             "path-to",
             "path-mtu",
             "masquerade-to",
+            "policy",
             "allocation"
         ],
         "steps in packet-path order"
     );
+    // No agent in this node's namespace: the NetworkPolicy step is skipped, saying where it asked.
     for s in report["steps"].as_array().unwrap() {
-        assert_eq!(s["status"], "ok", "step {s:#}");
+        let want = if s["id"] == "policy" { "skip" } else { "ok" };
+        assert_eq!(s["status"], want, "step {s:#}");
     }
+    let policy = d.step("policy")["saw"].as_str().unwrap().to_string();
+    assert!(
+        policy.contains("http://127.0.0.1:9465") && policy.contains("--network-policy"),
+        "{policy}"
+    );
     assert!(
         d.step("masquerade-to")["saw"]
             .as_str()
@@ -859,12 +867,14 @@ fn dual_stack_pod_gets_both_walks() {
             "path-to",
             "path-mtu",
             "masquerade-to",
+            "policy",
             "allocation"
         ],
         "IPv6 steps in packet-path order"
     );
     for s in v6["steps"].as_array().unwrap() {
-        assert_eq!(s["status"], "ok", "step {s:#}");
+        let want = if s["id"] == "policy" { "skip" } else { "ok" };
+        assert_eq!(s["status"], want, "step {s:#}");
     }
     assert_eq!(
         d.step_in("ipv6", "pod-neighbour")["saw"],
@@ -884,7 +894,8 @@ fn dual_stack_pod_gets_both_walks() {
     assert!(masq["pkts"].as_u64().unwrap() >= 1, "{nat:#}");
     // The IPv4 walk is the IPv4 walk, its --to steps skipped for an IPv6 destination.
     let v4 = d.report("ipv4");
-    assert_eq!(v4["steps"].as_array().unwrap().len(), 20, "{v4:#}");
+    assert_eq!(v4["steps"].as_array().unwrap().len(), 21, "{v4:#}");
+    assert_eq!(d.step_in("ipv4", "policy")["status"], "skip");
     assert_eq!(d.step_in("ipv4", "pod-route-to")["status"], "skip");
     assert_eq!(d.step_in("ipv4", "rp-filter")["status"], "ok");
 

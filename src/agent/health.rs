@@ -12,10 +12,14 @@
 //! - readyz: the API server answered (a list, a watch request, a watch event or a watch that
 //!   ran to its end) within the staleness bound, the conflist is installed, the routes were
 //!   synced within the bound and every route of the last sync is in place. A 503 names why.
+//! - /policy and /policy/verdict: the agent's NetworkPolicy view as JSON (policy/explain.rs),
+//!   read under the view's read lock; `routed-cni policy` and doctor ask them.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::policy::explain::{self, View};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
@@ -239,7 +243,12 @@ impl Health {
 }
 
 /// Binds `addr` now (so a taken port fails the start, visibly) and serves on a thread.
-pub fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<()> {
+/// `policy` is the agent's NetworkPolicy view, `None` when enforcement is off.
+pub fn serve(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    policy: Option<Arc<RwLock<View>>>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr)?;
     std::thread::Builder::new()
         .name("health".into())
@@ -248,13 +257,13 @@ pub fn serve(addr: SocketAddr, health: Arc<Health>) -> std::io::Result<()> {
                 // One probe at a time is plenty; a silent client must not block the next.
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-                answer(conn, &health);
+                answer(conn, &health, policy.as_deref());
             }
         })?;
     Ok(())
 }
 
-fn answer(mut conn: TcpStream, health: &Health) {
+fn answer(mut conn: TcpStream, health: &Health, policy: Option<&RwLock<View>>) {
     let mut buf = [0u8; 2048];
     let mut got = 0;
     // The request line is all we need; stop at the end of the headers or when the buffer is full.
@@ -270,16 +279,35 @@ fn answer(mut conn: TcpStream, health: &Health) {
     let request = String::from_utf8_lossy(&buf[..got]);
     let mut words = request.split_whitespace();
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let policy_answer = match method {
+        "GET" | "HEAD" => explain::http(policy, path, query),
+        _ => None,
+    };
+    let mut content_type = "text/plain";
     let (code, body) = match (method, path) {
+        _ if policy_answer.is_some() => {
+            let (code, json) = policy_answer.expect("checked");
+            content_type = "application/json";
+            let status = match code {
+                200 => "200 OK",
+                400 => "400 Bad Request",
+                404 => "404 Not Found",
+                _ => "503 Service Unavailable",
+            };
+            (status, json.to_string())
+        }
         ("GET" | "HEAD", "/healthz" | "/livez") => verdict(health.live()),
         ("GET" | "HEAD", "/readyz") => verdict(health.ready()),
-        ("GET" | "HEAD", _) => ("404 Not Found", "try /healthz or /readyz".to_string()),
+        ("GET" | "HEAD", _) => (
+            "404 Not Found",
+            "try /healthz, /readyz, /policy?pod=NS/NAME or /policy/verdict?src=IP&dst=IP&proto=tcp&port=N".to_string(),
+        ),
         _ => ("405 Method Not Allowed", "GET only".to_string()),
     };
     let body = format!("{body}\n");
     let head = format!(
-        "HTTP/1.1 {code}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {code}\r\nContent-Type: {content_type}; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let _ = conn.write_all(head.as_bytes());
@@ -387,7 +415,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         drop(l);
-        serve(addr, h.clone()).unwrap();
+        serve(addr, h.clone(), None).unwrap();
         let get = |path: &str| {
             let mut c = TcpStream::connect(addr).unwrap();
             write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -414,5 +442,53 @@ mod tests {
         );
         assert!(get("/livez").starts_with("HTTP/1.1 200"));
         assert!(get("/nope").starts_with("HTTP/1.1 404"));
+        // Enforcement off: the policy endpoints say so, as JSON.
+        let off = get("/policy?pod=x/a");
+        assert!(
+            off.starts_with("HTTP/1.1 503") && off.contains("--network-policy=false"),
+            "{off}"
+        );
+    }
+
+    #[test]
+    fn serves_the_policy_view_as_json() {
+        use crate::policy::compile::harness::Cluster;
+        let c = Cluster::model();
+        let view = Arc::new(RwLock::new(View {
+            node: "n1".into(),
+            cache: c.cache.clone(),
+            listed: [true; 3],
+            local: c.local("n1"),
+            applied: Some(c.ruleset("n1")),
+        }));
+        let h = Health::new(Duration::from_secs(60), Duration::from_secs(10));
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        serve(addr, h, Some(view.clone())).unwrap();
+        // Through the client `routed-cni policy` and doctor use.
+        let (found, body) = crate::policy::client::pod(addr, "x", "a").unwrap();
+        assert!(found, "{body}");
+        assert_eq!(body["pod"]["hostVeth"], "rcni-x-a");
+        assert_eq!(body["ingress"]["isolated"], false);
+        let (found, body) = crate::policy::client::pod(addr, "x", "nope").unwrap();
+        assert!(!found && body["error"].is_string(), "{body}");
+        let v = crate::policy::client::verdict(
+            addr,
+            "fd00::2:2".parse().unwrap(),
+            "fd00::1:1".parse().unwrap(),
+            "tcp",
+            80,
+        )
+        .unwrap();
+        assert_eq!(v["allowed"], true, "{v}");
+        assert_eq!(v["ingress"]["onThisNode"], true, "{v}");
+        // Not listed yet: no view to give, and the client says why.
+        view.write().unwrap().listed[0] = false;
+        let e = crate::policy::client::pod(addr, "x", "a").unwrap_err();
+        assert!(
+            matches!(&e, crate::policy::client::AgentError::NoView(m) if m.contains("pods")),
+            "{e:?}"
+        );
     }
 }

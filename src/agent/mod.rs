@@ -100,7 +100,13 @@ pub fn run(opts: AgentOptions) -> i32 {
         return 1;
     }
     let health = Health::new(opts.stale_after, LIVENESS_GRACE);
-    if let Err(e) = health::serve(opts.health_addr, health.clone()) {
+    // NetworkPolicy's view, read by the listener's /policy endpoints, written by the loop.
+    let policy_view = opts.network_policy.then(|| {
+        Arc::new(std::sync::RwLock::new(crate::policy::explain::View::new(
+            &opts.node_name,
+        )))
+    });
+    if let Err(e) = health::serve(opts.health_addr, health.clone(), policy_view.clone()) {
         eprintln!(
             "routed-cni agent: health listener on {}: {e} (is another agent running? change --health-addr)",
             opts.health_addr
@@ -197,7 +203,7 @@ pub fn run(opts: AgentOptions) -> i32 {
         routed_for: BTreeMap::new(),
         installed_for: None,
         said: Vec::new(),
-        policy: opts.network_policy.then(|| PolicySync::new(data_dir)),
+        policy: policy_view.map(|v| PolicySync::new(data_dir, v)),
         policy_due: None,
         opts,
     };

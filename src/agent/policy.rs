@@ -5,67 +5,78 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use super::watch::PolicyInput;
 use crate::policy::compile::{compile, LocalPod};
-use crate::policy::model::{PodKey, PolicyCache};
-use crate::policy::ruleset::Ruleset;
+use crate::policy::explain::View;
+use crate::policy::model::PodKey;
 use crate::policy::{holdback, nft};
 
-/// The kinds that must have been listed once before anything is enforced: compiling before the
-/// policies are known would lift nothing, before the namespaces would select too little.
-const KINDS: usize = 3;
+/// The agent's view, shared with the health listener (`GET /policy`), which only reads it.
+pub type SharedView = Arc<RwLock<View>>;
 
+/// The cache, which kinds were listed once (`View::listed`: compiling before the policies are
+/// known would lift nothing, before the namespaces would select too little), this node's pods
+/// and what the table was last made (to skip an unchanged apply) live in the shared `View`;
+/// only this loop writes it, so its own reads never wait on more than a reader.
 pub struct PolicySync {
-    cache: PolicyCache,
-    listed: [bool; KINDS],
+    view: SharedView,
     data_dir: PathBuf,
-    /// What the table was last made, to skip an unchanged apply.
-    applied: Option<Ruleset>,
     /// The next sync applies even an unchanged Ruleset (a resync: the table may have been
     /// changed by hand), without logging it as a change.
     reapply: bool,
 }
 
 impl PolicySync {
-    pub fn new(data_dir: PathBuf) -> PolicySync {
+    pub fn new(data_dir: PathBuf, view: SharedView) -> PolicySync {
         PolicySync {
-            cache: PolicyCache::new(),
-            listed: [false; KINDS],
+            view,
             data_dir,
-            applied: None,
             reapply: false,
         }
     }
 
+    /// A panic elsewhere while holding the lock leaves the view as it was between two whole
+    /// updates (each update is one call under one guard): still the best answer there is.
+    fn read(&self) -> RwLockReadGuard<'_, View> {
+        self.view.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, View> {
+        self.view.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Applies one input to the cache; true when enforcement may have changed.
     pub fn update(&mut self, input: PolicyInput) -> bool {
+        let mut view = self.write();
+        let View { cache, listed, .. } = &mut *view;
         match input {
             PolicyInput::Pods(all) => {
                 // A list always counts: the first one may be what completes the inputs.
-                self.listed[0] = true;
-                self.cache.replace_pods(all);
+                listed[0] = true;
+                cache.replace_pods(all);
                 true
             }
-            PolicyInput::Pod(p) => self.cache.upsert_pod(p),
-            PolicyInput::PodGone(ns, name) => self.cache.delete_pod(&ns, &name),
+            PolicyInput::Pod(p) => cache.upsert_pod(p),
+            PolicyInput::PodGone(ns, name) => cache.delete_pod(&ns, &name),
             PolicyInput::Namespaces(all) => {
                 // A list always counts: the first one may be what completes the inputs.
-                self.listed[1] = true;
-                self.cache.replace_namespaces(all);
+                listed[1] = true;
+                cache.replace_namespaces(all);
                 true
             }
-            PolicyInput::Namespace(n) => self.cache.upsert_namespace(n),
-            PolicyInput::NamespaceGone(name) => self.cache.delete_namespace(&name),
+            PolicyInput::Namespace(n) => cache.upsert_namespace(n),
+            PolicyInput::NamespaceGone(name) => cache.delete_namespace(&name),
             PolicyInput::Policies(all) => {
                 // A list always counts: the first one may be what completes the inputs.
-                self.listed[2] = true;
-                self.cache.replace_policies(all);
+                listed[2] = true;
+                cache.replace_policies(all);
                 true
             }
-            PolicyInput::Policy(p) => self.cache.upsert_policy(p),
-            PolicyInput::PolicyGone(ns, name) => self.cache.delete_policy(&ns, &name),
+            PolicyInput::Policy(p) => cache.upsert_policy(p),
+            PolicyInput::PolicyGone(ns, name) => cache.delete_policy(&ns, &name),
         }
     }
 
@@ -93,7 +104,8 @@ impl PolicySync {
     /// Makes the node's table what the cache and the store say. `Ok(None)`: nothing to do
     /// (not every kind listed yet, or the same as last time); `Ok(Some(line))`: applied.
     pub fn sync(&mut self) -> Result<Option<String>, String> {
-        if self.listed.iter().any(|l| !l) {
+        let view = self.read();
+        if view.listed.iter().any(|l| !l) {
             return Err(
                 "waiting for the first list of pods, namespaces and networkpolicies".into(),
             );
@@ -101,7 +113,7 @@ impl PolicySync {
         // First, so that ADDs from now on hold new pods of a namespace that just got its first
         // policy back until the pods' rules exist (policy/holdback.rs).
         let with_policy: BTreeSet<String> =
-            self.cache.policies().map(|p| p.namespace.clone()).collect();
+            view.cache.policies().map(|p| p.namespace.clone()).collect();
         holdback::write_namespaces(&self.data_dir, &with_policy).map_err(|e| {
             format!(
                 "write {}: {e}",
@@ -110,14 +122,18 @@ impl PolicySync {
         })?;
         let local = self.local_pods()?;
         let started = Instant::now();
-        let ruleset = compile(&self.cache, &local);
-        let unchanged = self.applied.as_ref() == Some(&ruleset);
+        let ruleset = compile(&view.cache, &local);
+        let unchanged = view.applied.as_ref() == Some(&ruleset);
+        drop(view);
         if unchanged && !std::mem::take(&mut self.reapply) {
+            self.write().local = local;
             return Ok(None);
         }
         let applied = nft::apply(&ruleset).map_err(|e| e.to_string())?;
         if unchanged {
-            self.applied = Some(ruleset);
+            let mut view = self.write();
+            view.applied = Some(ruleset);
+            view.local = local;
             return Ok(None);
         }
         let line = format!(
@@ -132,13 +148,15 @@ impl PolicySync {
             started.elapsed().as_secs_f64() * 1000.0,
             applied.took.as_millis()
         );
-        self.applied = Some(ruleset);
+        let mut view = self.write();
+        view.applied = Some(ruleset);
+        view.local = local;
         Ok(Some(line))
     }
 
     /// After a failed apply the table may be anything: compare against nothing next time.
     pub fn forget_applied(&mut self) {
-        self.applied = None;
+        self.write().applied = None;
     }
 
     /// The next sync re-applies the table even if nothing changed (resync repairs).

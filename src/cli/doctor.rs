@@ -55,7 +55,8 @@ fn parse_container(v: &str) -> Result<String, String> {
 /// the conflist chains is in the CNI bin dir (a missing one fails every pod's ADD). IPv6 addresses get their own walk (the
 /// /128, fe80::ecee:eeff:feee:eeee on the host veth, IPv6 sysctls and forwarding, the /128
 /// route, ip6tables). --to adds the route each side takes to IP and whether it is
-/// masqueraded. Each step prints ✓ or ✗, what it saw and the command that fixes it. No
+/// masqueraded; with a PORT, the local agent's NetworkPolicy verdict for that TCP connection
+/// (which policy allows it, in which direction, or why it is denied). Each step prints ✓ or ✗, what it saw and the command that fixes it. No
 /// selector means --all. Exit 0 healthy, 1 broken, 2 usage, 3 no such pod.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("select").args(["pod", "container", "netns", "all"])))]
@@ -90,6 +91,9 @@ pub struct DoctorArgs {
     /// The CNI bin dir the runtime runs plugins from (install's --bin-dir)
     #[arg(long, value_name = "DIR", env = "ROUTED_CNI_BIN_DIR", default_value = DEFAULT_BIN_DIR)]
     bin_dir: PathBuf,
+    /// The local agent's health listener, asked for NetworkPolicy verdicts (agent --health-addr)
+    #[arg(long, value_name = "IP:PORT", default_value = crate::policy::client::DEFAULT_AGENT_ADDR)]
+    agent_addr: SocketAddr,
 }
 
 impl DoctorArgs {
@@ -107,6 +111,7 @@ impl DoctorArgs {
             json: self.json,
             conflist: self.conf_dir.join(self.conf_name),
             bin_dir: self.bin_dir,
+            agent_addr: self.agent_addr,
         }
     }
 }
@@ -139,6 +144,9 @@ mod tests {
         let to = o.to.unwrap();
         assert_eq!((to.ip, to.port), ("10.96.0.10".parse().unwrap(), Some(53)));
         assert!(o.json);
+        assert_eq!(o.agent_addr, "127.0.0.1:9465".parse().unwrap());
+        let o = doctor("--to 10.0.0.1:80 --agent-addr 127.0.0.1:9000").unwrap();
+        assert_eq!(o.agent_addr, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(doctor("").unwrap().select, Select::All);
         assert_eq!(doctor("--all").unwrap().select, Select::All);
         assert_eq!(
@@ -169,6 +177,7 @@ mod tests {
             "--to fd00::2:80:",
             "--to example.com",
             "--container",
+            "--agent-addr localhost",
             "--frobnicate",
         ] {
             let e = doctor(bad).unwrap_err();

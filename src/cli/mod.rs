@@ -1,11 +1,12 @@
 //! Commands for people (no CNI_COMMAND): `version`, `list`, `doctor`, `install`, `uninstall`,
-//! `audit`, `agent`. The flags, their environment fallbacks and the help text are declared here once,
+//! `audit`, `agent`, `policy`. The flags, their environment fallbacks and the help text are declared here once,
 //! with clap; each command module takes a plain typed options struct and never sees argv, so
 //! nothing imports this module back. CNI mode never reaches this module (see main.rs).
 
 mod agent;
 mod doctor;
 mod install;
+mod policy;
 
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -44,6 +45,7 @@ enum Command {
     Uninstall(install::UninstallArgs),
     Audit(AuditArgs),
     Agent(agent::AgentArgs),
+    Policy(policy::PolicyArgs),
 }
 
 /// Show the allocations of every pool in the store
@@ -156,6 +158,7 @@ where
             Ok(o) => crate::agent::run(o),
             Err(e) => usage_error("agent", e),
         },
+        Some(Command::Policy(a)) => crate::policy::show::run(&a.into_options()),
     }
 }
 
@@ -197,6 +200,7 @@ mod tests {
             "uninstall",
             "audit",
             "agent",
+            "policy",
             "version",
         ] {
             let e = parse(&[sub, "--help"]).unwrap_err();

@@ -3,7 +3,8 @@
 //! neighbour resolution), not only by whether an object exists. One walk serves both families;
 //! the steps live by what they walk: `pod` (the pod's side), `host` (the node's side of the
 //! veth), `forwarding` (forwarding, rp_filter, masquerade), `destination` (`--to`), `path`
-//! (`--to` off the node: direct or VXLAN, and the MTU that path carries).
+//! (`--to` off the node: direct or VXLAN, and the MTU that path carries), `policy` (`--to
+//! IP:PORT`: NetworkPolicy's verdict from the local agent).
 
 mod destination;
 mod filter;
@@ -12,6 +13,7 @@ mod host;
 mod path;
 pub mod plugins;
 mod pod;
+mod policy;
 
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::address::AddressFlags;
@@ -53,6 +55,8 @@ pub struct Node<'a> {
     pub rt: &'a Runtime,
     pub net: &'a Netlink,
     pub links: &'a HashMap<u32, String>,
+    /// The local agent's health listener, asked for NetworkPolicy verdicts.
+    pub agent_addr: std::net::SocketAddr,
 }
 
 const ENETUNREACH: i32 = 101;
@@ -400,6 +404,7 @@ pub fn check(
     w.nat(rules);
     if let Some(d) = w.to {
         w.destination(d, rules);
+        w.policy(d);
     }
     w.allocation();
 

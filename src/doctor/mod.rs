@@ -57,6 +57,8 @@ pub struct Options {
     /// there is checked once for the node, before the pods.
     pub conflist: PathBuf,
     pub bin_dir: PathBuf,
+    /// The local agent's health listener: `--to IP:PORT` asks it for NetworkPolicy's verdict.
+    pub agent_addr: std::net::SocketAddr,
 }
 
 /// (device, inode) of a namespace file, to match `--netns /proc/<pid>/ns/net` against the
@@ -239,6 +241,7 @@ pub fn run(o: Options) -> i32 {
         rt: &rt,
         net: &net,
         links: &links,
+        agent_addr: o.agent_addr,
     };
     // One read of the nat table per pool, however many pods it has.
     let mut nat: HashMap<String, Result<PoolRules, String>> = HashMap::new();

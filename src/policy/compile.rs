@@ -337,7 +337,7 @@ impl<'a> World<'a> {
 }
 
 #[cfg(test)]
-mod harness;
+pub(crate) mod harness;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
