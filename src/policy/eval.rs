@@ -24,12 +24,12 @@ pub fn allows(
             return false;
         }
     }
-    let passes = |chain: &str, peer: IpAddr| {
-        let chain = ruleset
-            .chains
-            .get(chain)
-            .unwrap_or_else(|| panic!("map names chain {chain} that does not exist"));
-        chain_passes(ruleset, chain, peer, dst_ip, protocol, port)
+    // A name without its chain or set cannot be in an applied table (nft refuses it, and
+    // nft.rs checks first); read here as the strictest thing it could mean: nothing passes.
+    // Never a panic: this runs on the agent's listener thread too.
+    let passes = |chain: &str, peer: IpAddr| match ruleset.chains.get(chain) {
+        Some(chain) => chain_passes(ruleset, chain, peer, dst_ip, protocol, port),
+        None => false,
     };
     if let Some(chain) = src_if.and_then(|i| ruleset.egress.get(i)) {
         if !passes(chain, dst_ip) {
@@ -56,32 +56,22 @@ pub fn matching_rule(
     chain.rules.iter().position(|rule| {
         let peer_ok = match &rule.peers {
             Peers::All => true,
-            Peers::Set(name) => {
-                let set = ruleset
-                    .address_sets
-                    .get(name)
-                    .unwrap_or_else(|| panic!("rule names address set {name} that does not exist"));
-                match peer {
-                    IpAddr::V4(a) => set.v4.iter().any(|&(s, e)| s <= a && a <= e),
-                    IpAddr::V6(a) => set.v6.iter().any(|&(s, e)| s <= a && a <= e),
-                }
-            }
+            Peers::Set(name) => match (ruleset.address_sets.get(name), peer) {
+                (Some(set), IpAddr::V4(a)) => set.v4.iter().any(|&(s, e)| s <= a && a <= e),
+                (Some(set), IpAddr::V6(a)) => set.v6.iter().any(|&(s, e)| s <= a && a <= e),
+                (None, _) => false,
+            },
         };
         let ports_ok = match &rule.ports {
             Ports::All => true,
             Ports::Listed(specs) => specs.iter().any(|s| {
                 s.protocol == protocol && s.range.is_none_or(|(lo, hi)| lo <= port && port <= hi)
             }),
-            Ports::Named(name) => {
-                let set = ruleset
-                    .port_sets
-                    .get(name)
-                    .unwrap_or_else(|| panic!("rule names port set {name} that does not exist"));
-                match dst_ip {
-                    IpAddr::V4(a) => set.v4.contains(&(a, protocol, port)),
-                    IpAddr::V6(a) => set.v6.contains(&(a, protocol, port)),
-                }
-            }
+            Ports::Named(name) => match (ruleset.port_sets.get(name), dst_ip) {
+                (Some(set), IpAddr::V4(a)) => set.v4.contains(&(a, protocol, port)),
+                (Some(set), IpAddr::V6(a)) => set.v6.contains(&(a, protocol, port)),
+                (None, _) => false,
+            },
         };
         peer_ok && ports_ok
     })
