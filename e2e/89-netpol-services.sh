@@ -51,7 +51,7 @@ mkdir -p "$NODES" "$PODS" "$NAMESPACES" "$NETPOLS"
 declare -A AGENT_PID NODE_NS POD_NODE POD_IP4 POD_IP6 POD_LABEL
 NODE_NS=([node-a]=$NODE_A [node-b]=$NODE_B)
 SERVER_PID=
-FLIPS_A=() FLIPS_B=()
+FLIPS=$WORK/flips # one line per timed flip: WANT NODE MS
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
@@ -273,10 +273,14 @@ flip() {
         fi
     done
     log "verdict $client -> web-a / web-b became $want ${got[0]} ms / ${got[1]} ms after: $what"
-    [ "${got[0]}" == - ] || FLIPS_A+=("${got[0]}")
-    [ "${got[1]}" == - ] || FLIPS_B+=("${got[1]}")
+    [ "${got[0]}" == - ] || echo "${FLIP_KIND:-$want} node-a ${got[0]}" >>"$FLIPS"
+    [ "${got[1]}" == - ] || echo "${FLIP_KIND:-$want} node-b ${got[1]}" >>"$FLIPS"
 }
-median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print (NR ? v[int((NR + 1) / 2)] : "-")}'; }
+# flips WANT NODE_PATTERN -> "N flips: T1 T2 ... ms, median M ms"
+flips() {
+    awk -v w="$1" -v n="$2" '$1 == w && $2 ~ n {print $3}' "$FLIPS" 2>/dev/null | sort -n |
+        awk '{v[NR] = $1; s = s " " $1} END {if (NR) printf "%d flips:%s ms, median %d ms", NR, s, v[int((NR + 1) / 2)]; else print "none"}'
+}
 
 # ---- the world --------------------------------------------------------------------------------
 make_cluster
@@ -349,14 +353,15 @@ log "--- 2. NodePort $NODE_PORT from outside ($OUTSIDE_ADDR) under allow-good"
 # nodeport ROUND NODE(A|B): 10 connections from outside to the node's NodePort -> the backends
 # that answered ("web-a web-b")
 nodeport() {
-    local round=$1 node=$2 addr answers
+    local round=$1 node=$2 addr answers seen
     addr=NODE_${node}_IP
     addr=${!addr}
     answers=$(for i in $(seq 10); do
         (in_ns "$OUTSIDE" timeout 4 socat -t2 -T2 - TCP:"$addr":$NODE_PORT,connect-timeout=1 </dev/null 2>/dev/null |
             tr -d '\r' | head -1) &
     done; wait)
-    log "$round: 10 connections outside -> node $node $addr:$NODE_PORT: $(sort <<<"$answers" | uniq -c | xargs)" >&2
+    seen=$(grep . <<<"$answers" | sort | uniq -c | xargs || true)
+    log "$round: 10 connections outside -> node $node $addr:$NODE_PORT: ${seen:-none answered}" >&2
     awk 'NF {print $1}' <<<"$answers" | sort -u | xargs
 }
 expect_eq "allow-good: NodePort on node A answered by" "$(nodeport allow-good A)" ""
@@ -426,7 +431,7 @@ netpol deny-all srv '{"podSelector":{},"policyTypes":["Ingress"]}'
 kill -HUP "$SERVER_PID"
 sleep 1
 service_allowed good/client-a "agents down, deny-all written (nobody applies it yet)"
-flip denied good/client-a start_agents
+FLIP_KIND=restart flip denied good/client-a start_agents
 wait_for 15 "node A's agent is ready again" ready node-a
 wait_for 15 "node B's agent is ready again" ready node-b
 touch "$WORK/watch.stop"
@@ -439,7 +444,11 @@ flip allowed good/client-b unnetpol deny-all srv
 service_allowed bad/client-a "no policy after the restart"
 
 # ---- timings and the end ----------------------------------------------------------------------
-log "verdict flips after a policy file was written (stand-in polled at once by SIGHUP; one SYN every 0.15 s): node A (web-a) ${FLIPS_A[*]} ms, median $(median "${FLIPS_A[@]}") ms; node B (web-b) ${FLIPS_B[*]} ms, median $(median "${FLIPS_B[@]}") ms (the restart's flip counts from the agents' start)"
+log "verdict flips, from the policy file written (the stand-in told to poll at once, SIGHUP) to the first probe SYN with the new verdict (probes every 0.15 s):"
+for w in denied allowed; do
+    log "  to $w: node A $(flips $w node-a); node B $(flips $w node-b); both $(flips $w .)"
+done
+log "  policy changed while the agents were down, from their start: $(flips restart .)"
 if [ "$FAILURES" -ne 0 ]; then
     for n in node-a node-b; do
         log "---- $n agent log (tail)"
