@@ -321,6 +321,13 @@ kube_proxy_sync "$NODE_B" "$WORK/kube-proxy.rules"
 ok "kube-proxy (iptables mode) on both nodes: $SVC_IP:80 and NodePort $NODE_PORT -> web-a, web-b :8080"
 log "note: kube-proxy's IPVS mode is not emulated and not supported: IPVS hands Service traffic to the backend from the INPUT/OUTPUT path of the node (its kube-ipvs0 address), around the forward hook where the policy table looks; the README says so"
 
+# Every client's first connections: routes between the nodes and the neighbours on the way
+# (a pod's first SYN can wait for ARP) in place before anything is counted.
+reaches_backends() { [ -n "$(tries "$1" "${POD_IP4[srv/web-a]}" 8080 1)" ] && [ -n "$(tries "$1" "${POD_IP4[srv/web-b]}" 8080 1)" ]; }
+for c in good/client-a good/client-b bad/client-a bad/client-b; do
+    wait_for 10 "$c reaches web-a and web-b on their pod addresses (no policy yet)" reaches_backends $c
+done
+
 # ---- 1. ClusterIP ---------------------------------------------------------------------------
 log "--- 1. ClusterIP: policy srv/allow-good (ingress to app=web from namespace good on port http)"
 service_allowed bad/client-a "no policy"
