@@ -2,8 +2,8 @@
 # it loads (scripts/image-root.sh: nft, 11 libraries, the dynamic loader; Debian bookworm's
 # nftables 1.0.6). Nothing else: no shell, no package manager, no /etc. nft is there because the
 # agent enforces NetworkPolicy with nftables (table inet routed-cni, one `nft -j -f -`
-# transaction per change) and the node may not have nft, or not the version we tested; the
-# agent finds it at /usr/sbin/nft. It needs only CAP_NET_ADMIN and no file under /etc (the
+# transaction per change), and a container sees none of the node's programs; the agent finds
+# it at /usr/sbin/nft. It needs only CAP_NET_ADMIN and no file under /etc (the
 # agent's rules use protocol and port numbers, never names). With ROUTED_CNI_NETWORK_POLICY=false
 # it is used once, to remove our table. Its default command is `routed-cni agent`, the
 # DaemonSet's long-running side: it reads the node's podCIDR from the API server, installs the
