@@ -14,10 +14,13 @@
 #
 # What nft needs at run time was found by running it in a chroot of this tree and under
 # strace: `nft --version`, `nft list tables`, and `nft -j -f -` / `nft -j list table` of the
-# agent's rule sets open no file outside the libraries below. The agent's rule sets use
-# protocol and port numbers, never names, so /etc/protocols and /etc/services are not needed,
-# and no rule uses realms, groups or marks by name, so neither is /etc/iproute2. The xtables
-# extensions (for listing iptables-nft rules) are left out: the agent only lists its own table.
+# agent's rule sets need no file outside the libraries below. nft tries /etc/iproute2/{group,
+# rt_marks,rt_realms} and /etc/connlabel.conf at start and goes on without them (no rule of ours
+# names a realm, group, mark or label). The agent's rules give protocols and ports as numbers,
+# never names, so /etc/protocols and /etc/services are not needed either; without
+# /etc/protocols a listing prints protocols as numbers (132 where the node's nft prints sctp),
+# which the agent never parses (it reads back only names: read.rs). The xtables extensions
+# (for listing iptables-nft rules) are left out: the agent only lists its own table.
 # Prints DEST on its last line.
 set -euo pipefail
 dest=${1:?usage: image-root.sh DEST [NFT]}
