@@ -13,13 +13,14 @@
 # `builder` stage (after apt-get install nftables), so both images hold the same files.
 #
 # What nft needs at run time was found by running it in a chroot of this tree and under
-# strace: `nft --version`, `nft list tables`, and `nft -j -f -` / `nft -j list table` of the
-# agent's rule sets need no file outside the libraries below. nft tries /etc/iproute2/{group,
+# strace (tests/policy_nft.rs passes with it: the agent's real batches, real packets): besides
+# the libraries below only /dev/stdin (`nft -f -`, how the agent hands it a batch) and
+# /dev/urandom, which every container runtime provides in /dev. nft tries /etc/iproute2/{group,
 # rt_marks,rt_realms} and /etc/connlabel.conf at start and goes on without them (no rule of ours
 # names a realm, group, mark or label). The agent's rules give protocols and ports as numbers,
 # never names, so /etc/protocols and /etc/services are not needed either; without
 # /etc/protocols a listing prints protocols as numbers (132 where the node's nft prints sctp),
-# which the agent never parses (it reads back only names: read.rs). The xtables extensions
+# which the agent never relies on (applying reads back only chain, set and map names). The xtables extensions
 # (for listing iptables-nft rules) are left out: the agent only lists its own table.
 # Prints DEST on its last line.
 set -euo pipefail
