@@ -20,8 +20,9 @@
 # names a realm, group, mark or label). The agent's rules give protocols and ports as numbers,
 # never names, so /etc/protocols and /etc/services are not needed either; without
 # /etc/protocols a listing prints protocols as numbers (132 where the node's nft prints sctp),
-# which the agent never relies on (applying reads back only chain, set and map names). The xtables extensions
-# (for listing iptables-nft rules) are left out: the agent only lists its own table.
+# which the agent never relies on (applying reads back only chain, set and map names). The
+# xtables extensions (for listing iptables-nft rules) are left out: the agent only lists its
+# own table.
 # Prints DEST on its last line.
 set -euo pipefail
 dest=${1:?usage: image-root.sh DEST [NFT]}
