@@ -4,10 +4,12 @@
 Usage: check-manifests.py FILE.yaml...   (all files together describe one deployment)
 
 A JSON schema says a field is well-formed; these say the deployment is the one we mean:
-least-privilege RBAC, a host-network agent that is not privileged, lands on every node, mounts
-only the CNI directories and the node's /etc (for the udev .link file and the NetworkManager
-drop-in, without ever creating their directories), runs `routed-cni agent`, is probed where the
-agent listens (startup and liveness on /healthz, readiness on /readyz) and has a
+least-privilege RBAC (read-only: nodes, and for NetworkPolicy pods, namespaces and
+networkpolicies), a host-network agent that is not privileged, lands on every node, mounts
+only the CNI directories, the node's /etc (for the udev .link file and the NetworkManager
+drop-in, without ever creating their directories) and the plugin's store at the node's own
+path, runs `routed-cni agent`, is probed where the agent listens (startup and liveness on
+/healthz, readiness on /readyz), says whether it enforces NetworkPolicy and has a
 ROUTED_CNI_API_SERVER to set.
 Exit 0 when every check passes, 1 with one line per failed check otherwise.
 """
@@ -26,6 +28,18 @@ CONF_DIR = "/etc/cni/net.d"
 NODE_ETC = "/etc"
 NODE_ETC_DIRS = (("ROUTED_CNI_SYSTEMD_NETWORK_DIR", "systemd/network"),
                  ("ROUTED_CNI_NETWORKMANAGER_CONF_DIR", "NetworkManager/conf.d"))
+# The plugin's store (its default ipam.dataDir, the agent's default --data-dir): the agent
+# reads the records and writes policy-namespaces there, which CNI ADD on the node reads. The
+# path must be the same inside the container as on the node, because install writes the
+# agent's data dir into the conflist as ipam.dataDir when one is set.
+STORE = "/run/routed-cni"
+# Everything the ClusterRole may grant, one rule per API group: (apiGroup, resources). Verbs
+# are read-only (get/list/watch) and nothing else: the agent never writes an API object.
+RBAC_RULES = {
+    "": {"nodes", "pods", "namespaces"},
+    "networking.k8s.io": {"networkpolicies"},
+}
+READ_VERBS = ["get", "list", "watch"]
 # Taints a CNI DaemonSet must tolerate: a node is NotReady (and tainted) until its CNI config
 # exists, and it is this DaemonSet that writes it. Plus taints nobody can predict.
 TAINTS = [
@@ -87,14 +101,27 @@ def check_rbac(docs):
     if role:
         check("aggregationRule" not in role, "ClusterRole must not aggregate other roles")
         rules = role.get("rules") or []
-        check(len(rules) == 1, f"ClusterRole has {len(rules)} rules, want exactly one (nodes)")
+        granted = {}
         for r in rules:
-            check(r.get("apiGroups") == [""], f"ClusterRole rule apiGroups {r.get('apiGroups')}, want [\"\"] (core)")
-            check(r.get("resources") == ["nodes"], f"ClusterRole rule resources {r.get('resources')}, want [nodes]")
-            check(sorted(r.get("verbs") or []) == ["get", "list", "watch"],
-                  f"ClusterRole rule verbs {r.get('verbs')}, want exactly get/list/watch")
-            check(not r.get("resourceNames"), "ClusterRole rule has resourceNames: the agent reads every node")
+            groups = r.get("apiGroups") or []
+            resources = r.get("resources") or []
+            # One group per rule, so a resource can never be read as belonging to another group
+            # (["", "apps"] with ["pods"] would grant apps/pods too).
+            if not check(len(groups) == 1 and groups[0] in RBAC_RULES,
+                         f"ClusterRole rule apiGroups {groups}, want one of {sorted(RBAC_RULES)}"):
+                continue
+            allowed = RBAC_RULES[groups[0]]
+            check(resources and set(resources) <= allowed,
+                  f"ClusterRole rule resources {resources} in group {groups[0]!r}, allowed only {sorted(allowed)}"
+                  " (no wildcards, no subresources, no secrets)")
+            check(sorted(r.get("verbs") or []) == READ_VERBS,
+                  f"ClusterRole rule verbs {r.get('verbs')}, want exactly get/list/watch (read-only)")
+            check(not r.get("resourceNames"), "ClusterRole rule has resourceNames: the agent reads every object")
             check(not r.get("nonResourceURLs"), "ClusterRole rule grants nonResourceURLs")
+            granted.setdefault(groups[0], set()).update(set(resources) & allowed)
+        # Every resource the agent watches must be granted, or its watch is refused (403).
+        check(granted == RBAC_RULES,
+              f"ClusterRole grants {dict(sorted(granted.items()))}, want read access to exactly {RBAC_RULES}")
     binding = one(docs, "ClusterRoleBinding", "routed-cni")
     if binding:
         check(binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
@@ -130,8 +157,8 @@ def check_daemonset(docs):
     for name, v in volumes.items():
         if check("hostPath" in v, f"volume {name} is not a hostPath: nothing else is needed"):
             host_paths[name] = v["hostPath"]["path"].rstrip("/")
-    check(sorted(host_paths.values()) == sorted([BIN_DIR, CONF_DIR, NODE_ETC]),
-          f"hostPath volumes {sorted(host_paths.values())}, want exactly {BIN_DIR}, {CONF_DIR} and {NODE_ETC}")
+    check(sorted(host_paths.values()) == sorted([BIN_DIR, CONF_DIR, NODE_ETC, STORE]),
+          f"hostPath volumes {sorted(host_paths.values())}, want exactly {BIN_DIR}, {CONF_DIR}, {NODE_ETC} and {STORE}")
     for name, path in host_paths.items():
         if path == NODE_ETC:
             # Directory: never created. "" and DirectoryOrCreate would make the kubelet or the
@@ -177,6 +204,22 @@ def check_daemonset(docs):
                 check(at[0]["mountPath"].rstrip("/") == want,
                       f"{name}: {host_dir} mounted at {at[0]['mountPath']} but {var} makes install write to {want}")
                 check(not at[0].get("readOnly"), f"{name}: {host_dir} mounted read-only, install writes it")
+
+        # The plugin's store at the node's own path (see STORE), writable (policy-namespaces),
+        # and no data dir elsewhere: install would write it into the conflist for the plugin.
+        store_at = [m for n, m in mounts.items() if host_paths.get(n) == STORE]
+        if check(len(store_at) == 1, f"{name}: {STORE} (the plugin's store) is not mounted (once)"):
+            check(store_at[0]["mountPath"].rstrip("/") == STORE,
+                  f"{name}: {STORE} mounted at {store_at[0]['mountPath']}, want the same path as on the node")
+            check(not store_at[0].get("readOnly"),
+                  f"{name}: {STORE} mounted read-only, the agent writes policy-namespaces there")
+        data_dir = env.get("ROUTED_CNI_DATA_DIR")
+        check(data_dir is None or data_dir.get("value", "").rstrip("/") == STORE,
+              f"{name}: ROUTED_CNI_DATA_DIR {data_dir}, want unset (the plugin's default {STORE})")
+        # Enforcement is on or off by choice, written out for the operator to change.
+        policy = env.get("ROUTED_CNI_NETWORK_POLICY")
+        check(policy is not None and policy.get("value") in ("true", "false"),
+              f"{name}: ROUTED_CNI_NETWORK_POLICY {policy}, want an explicit \"true\" or \"false\"")
 
         # The udev and NetworkManager dirs install writes must be those of the node's /etc.
         etc_at = [m for n, m in mounts.items() if host_paths.get(n) == NODE_ETC]

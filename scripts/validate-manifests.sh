@@ -3,11 +3,13 @@
 #  1. every *.yaml under conf/ against the Kubernetes OpenAPI schemas bundled in the PyPI
 #     package kubernetes-validate, in strict mode (unknown fields are errors, as with
 #     `kubectl apply --validate=strict`), for each version in KUBE_VERSIONS;
-#  2. scripts/check-manifests.py: what a schema cannot say (RBAC is read-only on nodes, the
+#  2. scripts/check-manifests.py: what a schema cannot say (RBAC is read-only: get/list/watch
+#     on nodes, pods, namespaces and networking.k8s.io networkpolicies, nothing more; the
 #     DaemonSet is host-network, not privileged, tolerates every taint, mounts only the CNI
-#     directories and the node's /etc (type Directory, for the udev and NetworkManager files),
-#     runs `routed-cni agent`, probes the agent's health port: startup and liveness on /healthz,
-#     readiness on /readyz, a startup window for the first sync; has a ROUTED_CNI_API_SERVER
+#     directories, the node's /etc (type Directory, for the udev and NetworkManager files) and
+#     the plugin's store /run/routed-cni at the same path, runs `routed-cni agent`, probes the
+#     agent's health port: startup and liveness on /healthz, readiness on /readyz, a startup
+#     window for the first sync; says ROUTED_CNI_NETWORK_POLICY; has a ROUTED_CNI_API_SERVER
 #     that is empty or https://);
 #  3. negative controls: broken copies of the manifest (a typo'd field, a wrong type, and one
 #     copy per policy rule) must each be rejected, or this script fails.
@@ -75,8 +77,14 @@ expect_policy_reject() { # NAME SED_EXPR
 expect_schema_reject typo-field 's/hostNetwork: true/hostNetwrok: true/'
 expect_schema_reject wrong-type 's/terminationGracePeriodSeconds: 10/terminationGracePeriodSeconds: ten/'
 expect_policy_reject privileged 's/privileged: false/privileged: true/'
-expect_policy_reject write-verb 's/verbs: \["get", "list", "watch"\]/verbs: ["get", "list", "watch", "patch"]/'
+expect_policy_reject write-verb '/resources: \["nodes"\]/{n;s/"watch"\]/"watch", "patch"]/}'
+expect_policy_reject pods-write-verb '/resources: \["pods", "namespaces"\]/{n;s/"watch"\]/"watch", "delete"]/}'
 expect_policy_reject secrets 's/resources: \["nodes"\]/resources: ["nodes", "secrets"]/'
+expect_policy_reject pods-exec 's/resources: \["pods", "namespaces"\]/resources: ["pods", "pods\/exec", "namespaces"]/'
+expect_policy_reject wildcard-resource '/apiGroups: \["networking.k8s.io"\]/{n;s/\["networkpolicies"\]/["*"]/}'
+expect_policy_reject wildcard-group 's/apiGroups: \["networking.k8s.io"\]/apiGroups: ["*"]/'
+expect_policy_reject two-groups 's/apiGroups: \["networking.k8s.io"\]/apiGroups: ["networking.k8s.io", "apps"]/'
+expect_policy_reject no-namespaces 's/resources: \["pods", "namespaces"\]/resources: ["pods"]/'
 expect_policy_reject pod-network 's/hostNetwork: true/hostNetwork: false/'
 expect_policy_reject no-noexecute 's/effect: NoExecute/effect: NoSchedule/'
 expect_policy_reject wide-mount 's|path: /etc$|path: /|'
@@ -90,6 +98,11 @@ expect_policy_reject liveness-on-readyz '/livenessProbe:/,/failureThreshold/ s|p
 expect_policy_reject startup-on-readyz '/startupProbe:/,/failureThreshold/ s|path: /healthz|path: /readyz|'
 expect_policy_reject short-startup '/startupProbe:/,/failureThreshold/ s/failureThreshold: 30/failureThreshold: 6/'
 expect_policy_reject no-startup 's/^\( *\)startupProbe:/\1# startupProbe:/; /# startupProbe:/,/failureThreshold/ s/^\( *\)\([a-z]\)/\1# \2/'
+expect_policy_reject store-elsewhere 's|mountPath: /run/routed-cni|mountPath: /host/run/routed-cni|'
+expect_policy_reject store-read-only 's|^\( *\)mountPath: /run/routed-cni|&\n\1readOnly: true|'
+expect_policy_reject no-store 's|path: /run/routed-cni|path: /var/lib/routed-cni|'
+expect_policy_reject data-dir-env 's|^\( *\)- name: ROUTED_CNI_NETWORK_POLICY|\1- name: ROUTED_CNI_DATA_DIR\n\1  value: /host/run/routed-cni\n&|'
+expect_policy_reject policy-not-bool '/name: ROUTED_CNI_NETWORK_POLICY/{n;s/value: "true"/value: "yes"/}'
 expect_policy_reject api-server-http '/name: ROUTED_CNI_API_SERVER/{n;s|value: ""|value: "http://10.0.0.1:6443"|}'
 expect_policy_reject no-api-server 's/name: ROUTED_CNI_API_SERVER/name: ROUTED_CNI_API_SERVR/'
 [ $bad = 0 ] || exit 1
