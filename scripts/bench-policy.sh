@@ -32,7 +32,7 @@ DOC=${1:-$REPO/docs/benchmarks.md}
 ROUNDS=${BENCH_POLICY_ROUNDS:-3}       # throughput rounds (each: 0 and 1,000 policies)
 SECS=${BENCH_POLICY_SECONDS:-3}        # per iperf3 and connection-rate test
 EVENTS=${BENCH_POLICY_EVENTS:-50}      # latency samples
-CNI_N=${BENCH_POLICY_CNI_N:-25}        # ADD/DEL pairs per block (two blocks per mode)
+CNI_N=${BENCH_POLICY_CNI_N:-20}        # ADD/DEL pairs per block (two blocks per mode)
 LOCAL_PODS=${BENCH_POLICY_LOCAL_PODS:-30}
 PY=/usr/bin/python3
 HARNESS=$REPO/scripts/bench-policy.py
@@ -146,12 +146,13 @@ stop_agent() {
     wait "${AGENT_PID[$1]}" || die "$1's agent exited non-zero on SIGTERM: $(tail -3 "$TMP/$1/agent.log")"
 }
 applied_count() { grep -c 'policy applied' "$TMP/$1/agent.log" || true; }
+applied_since() { (($(applied_count "$1") > $2)); } # NODE_NAME MARK (re-counted at each call)
 has_table() { grep -qx 'table inet routed-cni' <<<"$(ip netns exec "$(node_ns "$1")" nft list tables)"; }
 no_table() { ! has_table "$1"; }
 # settle NODE_NAME MARK: the stand-in polls now; wait for NODE's next "policy applied" after MARK
 settle() {
     kill -HUP "$SERVER_PID"
-    wait_until 30 "$1's agent applied the change" test "$(applied_count "$1")" -gt "$2"
+    wait_until 30 "$1's agent applied the change" applied_since "$1" "$2"
 }
 last_applied() { grep 'policy applied' "$TMP/$1/agent.log" | tail -1 | sed 's/.*policy applied: /policy applied: /'; }
 
@@ -210,9 +211,9 @@ for spec in node-a:server node-a:client-a node-b:client-b; do
     netns_add "$PREFIX-p-perf-${spec#*:}"
     add_pod "${spec%%:*}" perf "${spec#*:}" >>"$TMP/local-pods"
 done
+mark=$(applied_count node-a) # before: the stand-in's own poll may deliver it at once
 "$PY" "$HARNESS" gen --api "$APIDIR" --local-pods "$TMP/local-pods" --perf-out "$TMP/perf-policies.json" \
     --meta "$RES/meta.json"
-mark=$(applied_count node-a)
 log "loading the cluster into the agents"
 settle node-a "$mark"
 # the agent may apply twice while the initial burst arrives: wait until it is quiet for 2 s
@@ -239,12 +240,19 @@ log "latency: $EVENTS events, one at a time"
 # Pod namespaces for the timed ADDs, made up front (namespace creation is never timed).
 for i in 1 2 3 4 5; do netns_add "$PREFIX-t-$i"; done
 printf '%s\n' "$PREFIX"-t-{1..5} >"$TMP/timed-netns"
+# the agent's CPU time so far, in clock ticks (utime + stime): what it spends reacting to ADDs
+agent_ticks() { awk '{print $14 + $15}' "/proc/${AGENT_PID[node-a]}/stat"; }
 cni_block() { # MODE ROUND
-    local ns
+    local ns t0
     for ns in nopol ns-01; do
+        t0=$(agent_ticks)
+        # 0.25 s between pods: the agent's reaction to one (100 ms settle, then a compile) is
+        # over before the next ADD, so the figure is ADD's own cost, not CPU contention
         ip netns exec "$A" "$PY" "$HARNESS" cni-times --bin "$TMP/node-a/bin/routed-cni" \
             --conflist "$TMP/node-a/net.d/10-routed-cni.conflist" --netns-list "$TMP/timed-netns" \
-            --namespace "$ns" --mode "$1" --tag "$1$2" --n "$CNI_N" --out "$RES/cni-$1$2-$ns.json"
+            --namespace "$ns" --mode "$1" --tag "$1$2" --n "$CNI_N" --gap 0.25 --out "$RES/cni-$1$2-$ns.json"
+        jq --argjson t "$(($(agent_ticks) - t0))" --argjson hz "$(getconf CLK_TCK)" '.agent_cpu_ms = $t * 1000 / $hz' \
+            "$RES/cni-$1$2-$ns.json" >"$RES/.cni.tmp" && mv "$RES/.cni.tmp" "$RES/cni-$1$2-$ns.json"
     done
 }
 log "CNI ADD/DEL: enforcement on vs off, alternating blocks"
@@ -259,7 +267,7 @@ for round in 1 2; do
     mark=$(applied_count node-a)
     start_agent node-a true
     wait_until 30 "node-a's agent ready (policy on)" ready "$A"
-    wait_until 30 "node-a's agent applied policy after the restart" test "$(applied_count node-a)" -gt "$mark"
+    wait_until 30 "node-a's agent applied policy after the restart" applied_since node-a "$mark"
 done
 
 # ------------------------------------------------------------------ (3) throughput, conn rate
