@@ -20,6 +20,10 @@
 #        sudo scripts/bench.sh --encap      pod -> pod throughput (iperf3) direct vs VXLAN vs
 #                                            node -> node, in scripts/bench-encap.sh; writes its
 #                                            own section of the docs (separate markers), ~2 min
+#        sudo scripts/bench.sh --policy     NetworkPolicy: API event -> rules active, nft sizes,
+#                                            throughput and connection rate with 0 vs 1,000
+#                                            policies, ADD with enforcement on vs off; in
+#                                            scripts/bench-policy.sh, its own section, ~3-4 min
 #        BENCH_KEEP=dir keeps the raw results (JSON) and strace profiles there
 #        BENCH_DOC=file writes the report there instead of docs/benchmarks.md
 set -euo pipefail
@@ -38,6 +42,7 @@ command -v cargo >/dev/null || { echo "bench.sh: cargo not found; install Rust (
 need=()
 pkgs=(containernetworking-plugins time strace python3 iproute2 iptables)
 [ "${1:-}" = "--encap" ] && pkgs=(iperf3 python3 iproute2 iptables openssl jq)
+[ "${1:-}" = "--policy" ] && pkgs=(iperf3 python3 iproute2 iptables nftables openssl jq)
 for pkg in "${pkgs[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -47,6 +52,7 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 [ "${1:-}" = "--encap" ] && exec "$REPO/scripts/bench-encap.sh" "$DOC"
+[ "${1:-}" = "--policy" ] && exec "$REPO/scripts/bench-policy.sh" "$DOC"
 for f in /usr/lib/cni/ptp /usr/lib/cni/host-local /usr/bin/time; do
     [ -x "$f" ] || { echo "bench.sh: $f missing after install" >&2; exit 1; }
 done
