@@ -542,3 +542,53 @@ fn cost_grows_with_policies_not_pods() {
         81
     ));
 }
+
+#[test]
+fn many_policies_allowing_the_same_ports_make_one_rule_with_one_set() {
+    let mut c = Cluster::model();
+    // Three policies selecting x/a, each letting another pod in on TCP 80, and one on TCP 81.
+    for (name, from) in [("p1", "b"), ("p2", "c"), ("p3", "a")] {
+        c.policy(
+            "y",
+            name,
+            json!({
+                "podSelector": {"matchLabels": {"pod": "a"}},
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "x"}},
+                                       "podSelector": {"matchLabels": {"pod": from}}}],
+                             "ports": [{"port": 80}]}],
+            }),
+        );
+    }
+    c.policy(
+        "y",
+        "p4",
+        json!({
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [{"from": [{"namespaceSelector": {}}], "ports": [{"port": 81}]}],
+        }),
+    );
+    let n1 = c.ruleset("n1");
+    let chain = &n1.chains[&n1.ingress["rcni-y-a"]];
+    assert_eq!(chain.rules.len(), 2, "{:?}", chain.rules);
+    // Only the merged and the port-81 sets are in the table, not the three that fed the union.
+    let used: Vec<&String> = chain
+        .rules
+        .iter()
+        .filter_map(|r| match &r.peers {
+            Peers::Set(s) => Some(s),
+            Peers::All => None,
+        })
+        .collect();
+    assert_eq!(
+        n1.address_sets.len(),
+        used.len(),
+        "{:?}",
+        n1.address_sets.keys()
+    );
+    Expect::all(true)
+        .set_where("", "y/a", false)
+        .set("x/a", "y/a", true)
+        .set("x/b", "y/a", true)
+        .set("x/c", "y/a", true)
+        .check(&c, Tcp, 80);
+}
