@@ -25,6 +25,7 @@
 //!
 //! `nft` is the only program run; errors carry its stderr and what to do. Nothing here prints.
 
+mod lookup;
 mod read;
 mod render;
 mod validate;

@@ -409,8 +409,60 @@ fn forward_rules() -> Vec<(Vec<Statement<'static>>, &'static str)> {
 }
 
 /// The whole batch that makes the table exactly `rs`, given what is installed (`names`).
+/// The name of a chain's lookup set of one family (lookup.rs).
+fn lookup_set(chain: &str, fam: Fam) -> String {
+    format!("{chain}-l{}", if fam == Fam::V4 { 4 } else { 6 })
+}
+
+/// A lookup element: `addr-range . proto . port-range`, single values where a range has one.
+fn lookup_element(e: &super::lookup::Element, to_ip: fn(u128) -> IpAddr) -> Expression<'static> {
+    let (lo, hi, proto, a, b) = *e;
+    let addr = if lo == hi {
+        s(to_ip(lo).to_string())
+    } else {
+        Expression::Range(Box::new(Range {
+            range: [s(to_ip(lo).to_string()), s(to_ip(hi).to_string())],
+        }))
+    };
+    let port = if a == b {
+        Expression::Number(a.into())
+    } else {
+        Expression::Range(Box::new(Range {
+            range: [Expression::Number(a.into()), Expression::Number(b.into())],
+        }))
+    };
+    Expression::Named(NamedExpression::Concat(vec![
+        addr,
+        Expression::Number(proto.number().into()),
+        port,
+    ]))
+}
+
 pub fn render(rs: &Ruleset, names: &Names) -> Result<Rendered, PolicyError> {
-    let derived = super::validate::validate(rs)?;
+    let mut derived = super::validate::validate(rs)?;
+    // Chains with two or more peer-and-port rules get one lookup set per family instead.
+    let mut lookups: BTreeMap<&str, Vec<(Fam, Vec<super::lookup::Element>)>> = BTreeMap::new();
+    for (name, ch) in &rs.chains {
+        let rules: Vec<&Rule> = ch
+            .rules
+            .iter()
+            .filter(|r| super::lookup::combinable(r))
+            .collect();
+        if rules.len() < 2 {
+            continue;
+        }
+        let per_fam = [Fam::V4, Fam::V6]
+            .into_iter()
+            .map(|f| (f, super::lookup::elements(rs, &rules, f == Fam::V4)))
+            .filter(|(_, e)| !e.is_empty())
+            .collect::<Vec<_>>();
+        for (f, _) in &per_fam {
+            let set_name = lookup_set(name, *f);
+            super::validate::check_name(&set_name)?;
+            derived.insert(set_name);
+        }
+        lookups.insert(name.as_str(), per_fam);
+    }
     let mut out = Rendered::default();
     let mut b: Vec<Cmd<'static>> = Vec::new();
     let table = Table {
@@ -445,6 +497,16 @@ pub fn render(rs: &Ruleset, names: &Names) -> Result<Rendered, PolicyError> {
         for (suffix, addr) in [("-4", SetType::Ipv4Addr), ("-6", SetType::Ipv6Addr)] {
             let t = concat(&[addr, SetType::InetProto, SetType::InetService]);
             sets.push(set(&format!("{name}{suffix}"), t, false));
+        }
+    }
+    for (chain, per_fam) in &lookups {
+        for (f, _) in per_fam {
+            let addr = match f {
+                Fam::V4 => SetType::Ipv4Addr,
+                Fam::V6 => SetType::Ipv6Addr,
+            };
+            let t = concat(&[addr, SetType::InetProto, SetType::InetService]);
+            sets.push(set(&lookup_set(chain, *f), t, true));
         }
     }
     b.push(cmd(NfCmd::Add(NfListObject::Set(Box::new(set(
@@ -549,6 +611,14 @@ pub fn render(rs: &Ruleset, names: &Names) -> Result<Rendered, PolicyError> {
         add(&mut b, &format!("{name}-6"), e6);
     }
 
+    for (chain, per_fam) in &lookups {
+        for (f, elems) in per_fam {
+            let to_ip = if *f == Fam::V4 { v4 } else { v6 };
+            let elem = elems.iter().map(|e| lookup_element(e, to_ip)).collect();
+            add(&mut b, &lookup_set(chain, *f), elem);
+        }
+    }
+
     // Rules.
     for (name, ch) in &rs.chains {
         // A chain unused by both maps is never jumped to: its direction does not matter.
@@ -557,7 +627,32 @@ pub fn render(rs: &Ruleset, names: &Names) -> Result<Rendered, PolicyError> {
         } else {
             Dir::Ingress
         };
+        let field = match dir {
+            Dir::Ingress => "saddr",
+            Dir::Egress => "daddr",
+        };
+        let lookup = lookups.get(name.as_str());
+        for (f, _) in lookup.into_iter().flatten() {
+            let key = NamedExpression::Concat(vec![
+                payload(f.proto(), field),
+                meta(MetaKey::L4proto),
+                payload("th", "dport"),
+            ]);
+            let stmts = vec![
+                matches(
+                    Expression::Named(key),
+                    Operator::EQ,
+                    set_ref(&lookup_set(name, *f)),
+                ),
+                Statement::Return(None),
+            ];
+            b.push(rule(name, stmts, None));
+            out.rules += 1;
+        }
         for r in &ch.rules {
+            if lookup.is_some() && super::lookup::combinable(r) {
+                continue;
+            }
             for stmts in render_rule(rs, dir, r) {
                 b.push(rule(name, stmts, None));
                 out.rules += 1;
