@@ -391,6 +391,52 @@ fn ingress_default_deny_lets_replies_out_and_allows_only_what_a_rule_names() {
 
 #[test]
 #[ignore = "needs root: scripts/test.sh runs it"]
+fn a_chain_of_many_rules_is_one_lookup_that_allows_the_same() {
+    let lab = Lab::new("lookup");
+    // Ten rules, as ten policies each allowing their own port would give: A on TCP 72-80, one
+    // port per rule; C on UDP 80 and TCP 80, overlapping A's rule for TCP 80.
+    let mut rules: Vec<Rule> = (72..=80)
+        .map(|port| Rule {
+            peers: Peers::Set("from-a".into()),
+            ports: tcp(port),
+        })
+        .collect();
+    rules.push(Rule {
+        peers: Peers::Set("from-c".into()),
+        ports: Ports::Listed(vec![
+            PortSpec {
+                protocol: Protocol::Udp,
+                range: Some((80, 80)),
+            },
+            PortSpec {
+                protocol: Protocol::Tcp,
+                range: Some((80, 80)),
+            },
+        ]),
+    });
+    let mut rs = ingress_on_b(&lab, rules);
+    rs.address_sets.insert("from-a".into(), lab.set_of(&[A]));
+    rs.address_sets.insert("from-c".into(), lab.set_of(&[C]));
+    lab.nft.apply(&rs).unwrap();
+    let text = lab.nft_text();
+    assert!(
+        text.contains("ing-b-l4") && text.contains("ing-b-l6"),
+        "no lookup sets: {text}"
+    );
+    assert!(lab.reaches(A, B, "tcp", 80, false), "{text}");
+    assert!(
+        lab.reaches(A, B, "tcp", 80, true),
+        "IPv6 through the -l6 set"
+    );
+    assert!(!lab.reaches(A, B, "tcp", 81, false));
+    assert!(!lab.reaches(A, B, "udp", 80, false), "UDP 80 is C's only");
+    assert!(lab.reaches(C, B, "udp", 80, false));
+    assert!(lab.reaches(C, B, "tcp", 80, false));
+    assert!(!lab.reaches(C, B, "tcp", 81, false));
+}
+
+#[test]
+#[ignore = "needs root: scripts/test.sh runs it"]
 fn egress_chain_limits_where_a_pod_may_connect() {
     let lab = Lab::new("egress");
     let mut rs = Ruleset {

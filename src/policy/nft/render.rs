@@ -440,7 +440,7 @@ fn lookup_element(e: &super::lookup::Element, to_ip: fn(u128) -> IpAddr) -> Expr
 
 pub fn render(rs: &Ruleset, names: &Names) -> Result<Rendered, PolicyError> {
     let mut derived = super::validate::validate(rs)?;
-    // Chains with two or more peer-and-port rules get one lookup set per family instead.
+    // Chains with many peer-and-port rules get one lookup set per family instead (lookup.rs).
     let mut lookups: BTreeMap<&str, Vec<(Fam, Vec<super::lookup::Element>)>> = BTreeMap::new();
     for (name, ch) in &rs.chains {
         let rules: Vec<&Rule> = ch
@@ -448,7 +448,7 @@ pub fn render(rs: &Ruleset, names: &Names) -> Result<Rendered, PolicyError> {
             .iter()
             .filter(|r| super::lookup::combinable(r))
             .collect();
-        if rules.len() < 2 {
+        if rules.len() < super::lookup::MIN_RULES {
             continue;
         }
         let per_fam = [Fam::V4, Fam::V6]
