@@ -433,6 +433,13 @@ fn a_chain_of_many_rules_is_one_lookup_that_allows_the_same() {
     assert!(lab.reaches(C, B, "udp", 80, false));
     assert!(lab.reaches(C, B, "tcp", 80, false));
     assert!(!lab.reaches(C, B, "tcp", 81, false));
+    // Reading the table back copes with the concatenated ranges (apply's retry path reads it).
+    let installed = lab.nft.read().unwrap().expect("the table is there");
+    assert!(
+        installed.sets.contains_key("ing-b-l4"),
+        "{:?}",
+        installed.sets.keys()
+    );
 }
 
 #[test]
