@@ -56,7 +56,7 @@ balance_check() { # balance_check ROUND CLIENT_NS CLIENT_IP
 }
 
 held_connection_check() { # held_connection_check ROUND: a2 -> REMOTE_IP (endpoint b1 on node B)
-    local r="[$1]" held peer local_port ct_a ct_b i
+    local r="[$1]" held peer local_port wire_port ct_a ct_b i
     (sleep 2 | in_ns "$PA2" socat -t3 -T5 - TCP:$REMOTE_IP:80 >"$WORK/held.out" 2>&1) &
     held=$!
     peer=""
@@ -68,15 +68,19 @@ held_connection_check() { # held_connection_check ROUND: a2 -> REMOTE_IP (endpoi
     local_port=${local_port##*:}
     expect_eq "$r client a2's socket has the ClusterIP as its peer" "$peer" "$REMOTE_IP:80"
     ct_a=$(in_ns "$NODE_A" cat /proc/net/nf_conntrack | grep "src=$A2 dst=$REMOTE_IP sport=$local_port dport=80 " || true)
-    ct_b=$(in_ns "$NODE_B" cat /proc/net/nf_conntrack | grep "src=$A2 dst=$B1 sport=$local_port dport=8080 " || true)
+    # The port a2's packets carry on the wire: conntrack on node A may remap the
+    # source port when an earlier a2 -> b1:8080 flow (still in TIME_WAIT) used
+    # the same one, so node B's entry is looked up by the reply tuple's port.
+    wire_port=$(grep -o "src=$B1 dst=$A2 sport=8080 dport=[0-9]*" <<<"$ct_a" | head -1 | sed 's/.*dport=//')
+    ct_b=$(in_ns "$NODE_B" cat /proc/net/nf_conntrack | grep "src=$A2 dst=$B1 sport=${wire_port:-$local_port} dport=8080 " || true)
     log "$r node A conntrack: $(xargs <<<"$ct_a")"
     log "$r node B conntrack: $(xargs <<<"$ct_b")"
-    [[ $ct_a == *"src=$B1 dst=$A2 sport=8080 dport=$local_port"* ]] &&
+    [ -n "$wire_port" ] &&
         ok "$r node A: conntrack maps the reply from b1:8080 back to $REMOTE_IP:80 (DNAT reversed)" ||
         fail "$r node A has no DNAT conntrack entry for a2:$local_port -> $REMOTE_IP:80 -> b1:8080"
-    [[ $ct_b == *"src=$B1 dst=$A2 sport=8080 dport=$local_port"* ]] &&
+    [[ $ct_b == *"src=$B1 dst=$A2 sport=8080 dport=${wire_port:-$local_port}"* ]] &&
         ok "$r node B: the same flow is plain routed a2 -> b1:8080, no NAT" ||
-        fail "$r node B has no un-NATed conntrack entry a2:$local_port -> b1:8080"
+        fail "$r node B has no un-NATed conntrack entry a2:${wire_port:-$local_port} -> b1:8080"
     wait "$held" || true
     expect_eq "$r held connection answered by b1, which saw a2" "$(head -1 "$WORK/held.out" | tr -d '\r')" "b1 $A2"
 }
