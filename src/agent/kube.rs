@@ -12,8 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 
-/// Every node of a large cluster fits in a list well below this; a runaway body does not.
-const MAX_LIST_BYTES: u64 = 256 << 20;
+/// Lists are decoded as they arrive, so this bounds time, not memory: the 150,000 pods of a
+/// cluster at Kubernetes' limits are ~0.5-1.5 GB of JSON (with managedFields); a runaway body
+/// is cut off here.
+const MAX_LIST_BYTES: u64 = 8 << 30;
+/// Read buffer for a list body (serde_json reads byte by byte from it).
+const LIST_READ_BUFFER: usize = 256 << 10;
 /// One watch event is one Node object; kubelet's status updates keep it far below this.
 const MAX_EVENT_BYTES: u64 = 16 << 20;
 /// Connecting plus TLS (ureq's connect phase covers both). Short on purpose: the API server is
@@ -383,18 +387,24 @@ impl ApiClient {
             items: Vec<T>,
         }
         let mut resp = self.get(path, LIST_TIMEOUT)?;
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_LIST_BYTES)
-            .read_to_vec()
-            .map_err(|e| KubeError::Transport {
-                url: format!("{}{path}", self.base),
-                detail: format!("reading the {what}: {e}"),
-            })?;
-        let list: List<T> = serde_json::from_slice(&body).map_err(|e| KubeError::Decode {
-            what: what.into(),
-            detail: e.to_string(),
+        // Decoded as it arrives, each item straight into what the agent keeps of it: a list of
+        // 150,000 pods is ~450 MB of JSON, which must never be in memory at once.
+        let reader = std::io::BufReader::with_capacity(
+            LIST_READ_BUFFER,
+            resp.body_mut().with_config().limit(MAX_LIST_BYTES).reader(),
+        );
+        let list: List<T> = serde_json::from_reader(reader).map_err(|e| {
+            if e.is_io() {
+                KubeError::Transport {
+                    url: format!("{}{path}", self.base),
+                    detail: format!("reading the {what}: {e}"),
+                }
+            } else {
+                KubeError::Decode {
+                    what: what.into(),
+                    detail: e.to_string(),
+                }
+            }
         })?;
         Ok((list.items, list.metadata.resource_version))
     }
