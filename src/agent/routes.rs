@@ -219,6 +219,13 @@ pub struct SyncReport {
     pub failures: Vec<String>,
 }
 
+impl SyncReport {
+    /// Whether the next change gets a log line of its own (the sync's summary counts all).
+    fn listed(&self) -> bool {
+        self.added + self.replaced + self.removed < super::LISTED_CHANGES
+    }
+}
+
 /// `dev`: the VXLAN device's index for a route through the tunnel (onlink: the tunnel
 /// address is on no subnet of the device, and needs none: its neighbour entry is permanent).
 fn route_message(dst: IpNetwork, via: IpAddr, dev: Option<u32>) -> RouteMessage {
@@ -331,7 +338,9 @@ impl RouteSync {
                 let via = r.via.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
                 match self.handle.route().del(r.msg.clone()).execute().await {
                     Ok(()) => {
-                        crate::info!("route removed: {dst} via {via} (node {node} left or no longer has this podCIDR)");
+                        if report.listed() {
+                            crate::info!("route removed: {dst} via {via} (node {node} left or no longer has this podCIDR)");
+                        }
                         report.removed += 1;
                     }
                     Err(e) if errno(&e) == Some(ESRCH) => {}
@@ -402,7 +411,9 @@ impl RouteSync {
             };
             match result {
                 Ok(()) if have.is_empty() => {
-                    crate::info!("route added: {what}");
+                    if report.listed() {
+                        crate::info!("route added: {what}");
+                    }
                     report.added += 1;
                 }
                 Ok(()) => {
@@ -410,7 +421,9 @@ impl RouteSync {
                         .iter()
                         .map(|r| r.via.map(|v| v.to_string()).unwrap_or_else(|| "-".into()))
                         .collect();
-                    crate::info!("route replaced: {what} (was via {})", old.join(", "));
+                    if report.listed() {
+                        crate::info!("route replaced: {what} (was via {})", old.join(", "));
+                    }
                     report.replaced += 1;
                     // Extra routes of ours to this destination (another metric) are stale.
                     for r in have.iter().skip(1) {

@@ -108,7 +108,9 @@ pub struct TunnelReport {
 
 impl TunnelReport {
     fn changed(&mut self, line: String) {
-        crate::info!("{line}");
+        if self.changes.len() < super::LISTED_CHANGES {
+            crate::info!("{line}");
+        }
         self.changes.push(line);
     }
     fn failed(&mut self, line: String) {
