@@ -406,7 +406,7 @@ impl<'a> World<'a> {
         self.named.get_or_init(|| {
             let mut index: HashMap<(&str, Protocol), Vec<(IpAddr, u16)>> = HashMap::new();
             for (pod, ips) in self.peers.values().flatten() {
-                for np in &pod.named_ports {
+                for np in pod.named_ports.iter() {
                     let entry = index.entry((np.name.as_str(), np.protocol)).or_default();
                     entry.extend(ips.iter().map(|&ip| (ip, np.port)));
                 }

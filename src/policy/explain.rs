@@ -265,7 +265,7 @@ fn pod_json(view: &View, pod: &Pod) -> Value {
         "local": local.is_some(),
         "hostVeth": local.map(|l| &l.ifname),
         "ips": view.ips_of(pod),
-        "labels": pod.labels,
+        "labels": &*pod.labels,
         "hostNetwork": pod.host_network,
         "terminated": pod.terminated,
         "namedPorts": pod.named_ports.iter().map(|n| json!({

@@ -13,7 +13,9 @@ use super::selector::LabelSelector;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
+pub mod intern;
 mod wire;
 
 pub type Labels = BTreeMap<String, String>;
@@ -41,7 +43,7 @@ impl fmt::Display for PodKey {
 }
 
 /// A container port that has a name (the only ones a policy can refer to other than by number).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NamedPort {
     pub name: String,
     pub protocol: Protocol,
@@ -53,12 +55,15 @@ pub struct NamedPort {
 pub struct Pod {
     pub namespace: String,
     pub name: String,
+    /// Empty once cached: only the watch reads it, from the event's object.
     pub resource_version: String,
-    pub labels: Labels,
+    /// Shared with every pod of the same labels (intern.rs).
+    pub labels: Arc<Labels>,
     pub node_name: String,
     pub host_network: bool,
-    /// Named ports of `spec.containers[].ports[]` (unnamed ones are never looked up).
-    pub named_ports: Vec<NamedPort>,
+    /// Named ports of `spec.containers[].ports[]` (unnamed ones are never looked up); shared
+    /// like the labels.
+    pub named_ports: Arc<[NamedPort]>,
     /// Phase Succeeded or Failed: no container runs, the address may already be reused.
     pub terminated: bool,
     /// `status.podIPs` (or `status.podIP` from servers that only set that), parsed.
@@ -178,7 +183,8 @@ impl PolicyCache {
 
     /// Stores a pod from a watch ADDED/MODIFIED event or a list; returns whether anything
     /// enforcement reads changed (so the agent can skip recompiling on status noise).
-    pub fn upsert_pod(&mut self, pod: Pod) -> bool {
+    pub fn upsert_pod(&mut self, mut pod: Pod) -> bool {
+        pod.resource_version = String::new();
         let by_name = self.pods.entry(pod.namespace.clone()).or_default();
         let changed = match by_name.get(&pod.name) {
             Some(old) => !same_but_version(old, &pod, |p| p.resource_version.clear()),

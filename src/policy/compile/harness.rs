@@ -97,7 +97,7 @@ impl Cluster {
 
     pub fn relabel_pod(&mut self, ns: &str, name: &str, labels: Value) {
         let mut pod: Pod = self.cache.pod(ns, name).unwrap().clone();
-        pod.labels = parse(labels);
+        pod.labels = std::sync::Arc::new(parse(labels));
         self.cache.upsert_pod(pod);
     }
 

@@ -160,7 +160,7 @@ fn insert(triples: &mut PortKey, ip: IpAddr, protocol: Protocol, port: u16) {
 fn ingress_named(targets: &[(&Pod, &LocalPod)], named: &[(Protocol, &str)]) -> PortKey {
     let mut triples = PortKey::default();
     for (pod, lp) in targets {
-        for np in &pod.named_ports {
+        for np in pod.named_ports.iter() {
             if named.contains(&(np.protocol, np.name.as_str())) {
                 for &ip in &lp.ips {
                     insert(&mut triples, ip, np.protocol, np.port);

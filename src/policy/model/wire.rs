@@ -107,10 +107,10 @@ impl From<Pod> for super::Pod {
             namespace: pod.metadata.namespace,
             name: pod.metadata.name,
             resource_version: pod.metadata.resource_version,
-            labels: pod.metadata.labels.unwrap_or_default(),
+            labels: super::intern::labels(pod.metadata.labels.unwrap_or_default()),
             node_name: pod.spec.node_name,
             host_network: pod.spec.host_network,
-            named_ports,
+            named_ports: super::intern::named_ports(named_ports),
             terminated: matches!(pod.status.phase.as_str(), "Succeeded" | "Failed"),
             ips,
         }
