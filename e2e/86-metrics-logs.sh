@@ -94,8 +94,24 @@ pools_match() {
 }
 count_ours() { echo $(($(ip -n "$1" -4 route show proto 77 | wc -l) + $(ip -n "$1" -6 route show proto 77 | wc -l))); }
 routes_are() { [ "$(count_ours "$1")" -eq "$2" ]; }
-# metric_at_least NS KEY MIN
-metric_at_least() { jq -en --argjson v "$(metric "$1" "$2")" --argjson min "$3" '$v != null and $v >= $min' >/dev/null; }
+# wait_metric SECONDS WHAT NS KEY MIN: polls until the sample is at least MIN; a failure shows
+# the last answer (the sample, or why the scrape failed).
+wait_metric() {
+    local secs=$1 what=$2 ns=$3 key=$4 min=$5 end got
+    end=$(($(now_ms) + secs * 1000))
+    while :; do
+        got=$(metric "$ns" "$key" 2>&1) || true
+        if jq -en --argjson v "$got" --argjson min "$min" '$v != null and $v >= $min' >/dev/null 2>&1; then
+            ok "$what ($key = $got)"
+            return 0
+        fi
+        if (($(now_ms) > end)); then
+            fail "$what (not within ${secs}s; last: $got)"
+            return 0
+        fi
+        sleep 0.2
+    done
+}
 
 start_agent() { # start_agent NS NODE_NAME [TOKEN_FILE]
     local ns=$1 name=$2 token=${3:-$WORK/token} dir=$WORK/$2
@@ -201,8 +217,8 @@ expect_eq "routed_cni_policy_objects{kind=chain} = the chains of table inet rout
 jq -en --argjson v "$(s 'routed_cni_last_successful_sync_timestamp_seconds{sync=routes}')" --argjson now "$(date +%s)" '$now - $v < 10' >/dev/null &&
     ok "last successful route sync within 10 s" || fail "last route sync: $(s 'routed_cni_last_successful_sync_timestamp_seconds{sync=routes}')"
 # Each watch lasts a resync period (2 s) here; by now at least one has ended and started again.
-wait_for 5 "a finished node watch counted as a rewatch" metric_at_least "$NODE_A" 'routed_cni_watch_restarts_total{action=rewatch,resource=node}' 1
-wait_for 5 "B's 401s counted in routed_cni_api_errors_total" metric_at_least "$NODE_B" 'routed_cni_api_errors_total{reason=http_401,resource=node}' 1
+wait_metric 10 "a finished node watch counted as a rewatch" "$NODE_A" 'routed_cni_watch_restarts_total{action=rewatch,resource=node}' 1
+wait_metric 10 "B's 401s counted in routed_cni_api_errors_total" "$NODE_B" 'routed_cni_api_errors_total{reason=http_401,resource=node}' 1
 
 # ---- the logs -----------------------------------------------------------------------------------
 for n in node-a node-b; do
