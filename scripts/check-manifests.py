@@ -139,6 +139,11 @@ def check_daemonset(docs):
     upd = ds["spec"].get("updateStrategy", {})
     check(upd.get("type") == "RollingUpdate" and upd.get("rollingUpdate", {}).get("maxUnavailable") == 1,
           f"updateStrategy {upd}, want RollingUpdate with maxUnavailable 1")
+    # The usual scrape annotations, pointing at the agent's /metrics on its health port.
+    notes = ds["spec"]["template"].get("metadata", {}).get("annotations") or {}
+    want = {"prometheus.io/scrape": "true", "prometheus.io/port": str(HEALTH_PORT), "prometheus.io/path": "/metrics"}
+    got = {k: notes.get(k) for k in want}
+    check(got == want, f"pod template scrape annotations {got}, want {want}")
     pod = ds["spec"]["template"]["spec"]
     check(pod.get("hostNetwork") is True, "pod is not hostNetwork: it could not manage the node's routes")
     for f in ("hostPID", "hostIPC"):
@@ -184,6 +189,8 @@ def check_daemonset(docs):
         check((caps.get("add") or []) == ["NET_ADMIN"], f"{name}: capabilities add {caps.get('add')}, want [NET_ADMIN]")
         check(not c.get("ports") or all(p.get("containerPort") == HEALTH_PORT for p in c["ports"]),
               f"{name}: exposes ports other than health")
+        check(any(p.get("containerPort") == HEALTH_PORT and p.get("name") for p in c.get("ports") or []),
+              f"{name}: the health port {HEALTH_PORT} has no name (Prometheus and people find it by one)")
 
         env = {e["name"]: e for e in c.get("env") or []}
         node = env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")

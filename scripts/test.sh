@@ -29,7 +29,7 @@ stage() { # stage NAME COMMAND...
 
 packages() {
     local need=() pkg
-    for pkg in iproute2 iptables iputils-ping socat jq python3 openssl containernetworking-plugins python3-venv shellcheck ufw nftables firewalld; do
+    for pkg in iproute2 iptables iputils-ping socat jq python3 openssl containernetworking-plugins python3-venv python3-prometheus-client shellcheck ufw nftables firewalld; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
     done
     # ufw: e2e/46-firewalls.sh runs it inside a node namespace only; installed, it stays

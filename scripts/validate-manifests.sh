@@ -9,7 +9,8 @@
 #     directories, the node's /etc (type Directory, for the udev and NetworkManager files) and
 #     the plugin's store /run/routed-cni at the same path, runs `routed-cni agent`, probes the
 #     agent's health port: startup and liveness on /healthz, readiness on /readyz, a startup
-#     window for the first sync; says ROUTED_CNI_NETWORK_POLICY; has a ROUTED_CNI_API_SERVER
+#     window for the first sync; names that port and has the prometheus.io scrape annotations
+#     for its /metrics; says ROUTED_CNI_NETWORK_POLICY; has a ROUTED_CNI_API_SERVER
 #     that is empty or https://);
 #  3. negative controls: broken copies of the manifest (a typo'd field, a wrong type, and one
 #     copy per policy rule) must each be rejected, or this script fails.
@@ -92,6 +93,9 @@ expect_policy_reject extra-cap 's/add: \["NET_ADMIN"\]/add: ["NET_ADMIN", "SYS_A
 expect_policy_reject install-cmd 's|command: \["/routed-cni", "agent"\]|command: ["/routed-cni", "install"]|'
 expect_policy_reject bin-dir-env 's|value: /host/opt/cni/bin|value: /opt/cni/bin|'
 expect_policy_reject probe-port 's/port: 9465/port: 9466/'
+expect_policy_reject scrape-path 's|prometheus.io/path: /metrics|prometheus.io/path: /metric|'
+expect_policy_reject scrape-port 's|prometheus.io/port: "9465"|prometheus.io/port: "9466"|'
+expect_policy_reject unnamed-port 's/- name: metrics$/- name: ""/'
 expect_policy_reject etc-created 's/type: Directory$/type: DirectoryOrCreate/'
 expect_policy_reject nm-dir-env 's|value: /host/node-etc/NetworkManager/conf.d|value: /etc/NetworkManager/conf.d|'
 expect_policy_reject liveness-on-readyz '/livenessProbe:/,/failureThreshold/ s|path: /healthz|path: /readyz|'

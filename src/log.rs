@@ -1,4 +1,6 @@
 //! Minimal logging to stderr or the configured file. Never stdout: stdout carries the protocol.
+//! Text by default (`<time> <level> pid=<pid> <message>`); the agent can write one JSON object
+//! per line instead (`--log-format json`), as cluster log pipelines expect.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -36,15 +38,50 @@ impl Level {
     }
 }
 
+/// How a line looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    /// `{"time":..,"level":..,"message":..,"fields":{"thread":..,..}}`, one per line.
+    Json,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Format, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(Format::Text),
+            "json" => Ok(Format::Json),
+            _ => Err(format!("{s:?} is not a log format (text or json)")),
+        }
+    }
+}
+
 struct Sink {
     level: Level,
     file: Option<std::fs::File>,
+    format: Format,
+    /// Added to every JSON line's fields (the component, the node).
+    fields: Vec<(String, String)>,
 }
 
 static SINK: Mutex<Sink> = Mutex::new(Sink {
     level: Level::Info,
     file: None,
+    format: Format::Text,
+    fields: Vec::new(),
 });
+
+/// Further lines in `format`; `fields` go into every JSON line (besides the thread's name).
+pub fn set_format(format: Format, fields: &[(&str, &str)]) {
+    let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
+    sink.format = format;
+    sink.fields = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+}
 
 /// Sends further lines to `file` (appended, 0600) at `level`. A symlink there is refused, not
 /// followed (root must not append to whatever file a link points at). If the file cannot be
@@ -88,14 +125,19 @@ pub fn write(level: Level, msg: std::fmt::Arguments<'_>) {
     if level > sink.level {
         return;
     }
-    // One event, one line: messages quoting other programs' output may carry newlines.
-    let msg = msg.to_string().replace('\n', " | ");
-    let line = format!(
-        "{} {} pid={} {msg}\n",
-        timestamp(),
-        level.as_str(),
-        std::process::id()
-    );
+    let line = match sink.format {
+        Format::Text => {
+            // One event, one line: messages quoting other programs' output may carry newlines.
+            let msg = msg.to_string().replace('\n', " | ");
+            format!(
+                "{} {} pid={} {msg}\n",
+                timestamp(),
+                level.as_str(),
+                std::process::id()
+            )
+        }
+        Format::Json => json_line(level, &msg.to_string(), &sink.fields),
+    };
     // One write call per line keeps lines whole when many plugin processes share the file.
     let written = match sink.file.as_mut() {
         Some(f) => f.write_all(line.as_bytes()).is_ok(),
@@ -104,6 +146,26 @@ pub fn write(level: Level, msg: std::fmt::Arguments<'_>) {
     if !written {
         let _ = std::io::stderr().write_all(line.as_bytes());
     }
+}
+
+/// One JSON object and a newline (JSON escapes the message's own newlines). Keys in a fixed
+/// order, time first, for people reading the raw stream.
+fn json_line(level: Level, msg: &str, extra: &[(String, String)]) -> String {
+    let thread = std::thread::current();
+    let mut fields = serde_json::Map::new();
+    fields.insert("thread".into(), thread.name().unwrap_or("unnamed").into());
+    fields.insert("pid".into(), std::process::id().into());
+    for (k, v) in extra {
+        fields.insert(k.clone(), v.as_str().into());
+    }
+    let s = |v: &str| serde_json::Value::from(v).to_string();
+    format!(
+        "{{\"time\":{},\"level\":{},\"message\":{},\"fields\":{}}}\n",
+        s(&timestamp()),
+        s(level.as_str()),
+        s(msg),
+        serde_json::Value::Object(fields)
+    )
 }
 
 /// RFC 3339 UTC with milliseconds, without a date crate.
@@ -157,6 +219,31 @@ mod tests {
             t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T',
             "{t}"
         );
+    }
+
+    #[test]
+    fn json_lines_are_one_object_each() {
+        let extra = [("component".to_string(), "agent".to_string())];
+        let line = std::thread::Builder::new()
+            .name("node-watch".into())
+            .spawn(move || json_line(Level::Warn, "a \"quoted\"\nsecond line\t\u{1}", &extra))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(
+            line.ends_with('\n') && line.matches('\n').count() == 1,
+            "{line}"
+        );
+        assert!(line.starts_with("{\"time\":\""), "{line}");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "warn");
+        assert_eq!(v["message"], "a \"quoted\"\nsecond line\t\u{1}");
+        assert_eq!(v["fields"]["thread"], "node-watch");
+        assert_eq!(v["fields"]["component"], "agent");
+        assert_eq!(v["fields"]["pid"], std::process::id());
+        assert_eq!(v["time"].as_str().unwrap().len(), 24);
+        assert_eq!("JSON".parse::<Format>(), Ok(Format::Json));
+        assert!("xml".parse::<Format>().is_err());
     }
 
     #[test]

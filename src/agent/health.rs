@@ -12,6 +12,7 @@
 //! - readyz: the API server answered (a list, a watch request, a watch event or a watch that
 //!   ran to its end) within the staleness bound, the conflist is installed, the routes were
 //!   synced within the bound and every route of the last sync is in place. A 503 names why.
+//! - /metrics: the Prometheus exposition (metrics.rs).
 //! - /policy and /policy/verdict: the agent's NetworkPolicy view as JSON (policy/explain.rs),
 //!   read under the view's read lock; `routed-cni policy` and doctor ask them.
 
@@ -284,11 +285,11 @@ fn answer(mut conn: TcpStream, health: &Health, policy: Option<&RwLock<View>>) {
         "GET" | "HEAD" => explain::http(policy, path, query),
         _ => None,
     };
-    let mut content_type = "text/plain";
+    let mut content_type = "text/plain; charset=utf-8";
     let (code, body) = match (method, path) {
         _ if policy_answer.is_some() => {
             let (code, json) = policy_answer.expect("checked");
-            content_type = "application/json";
+            content_type = "application/json; charset=utf-8";
             let status = match code {
                 200 => "200 OK",
                 400 => "400 Bad Request",
@@ -299,15 +300,19 @@ fn answer(mut conn: TcpStream, health: &Health, policy: Option<&RwLock<View>>) {
         }
         ("GET" | "HEAD", "/healthz" | "/livez") => verdict(health.live()),
         ("GET" | "HEAD", "/readyz") => verdict(health.ready()),
+        ("GET" | "HEAD", "/metrics") => {
+            content_type = super::metrics::CONTENT_TYPE;
+            ("200 OK", super::metrics::text())
+        }
         ("GET" | "HEAD", _) => (
             "404 Not Found",
-            "try /healthz, /readyz, /policy?pod=NS/NAME or /policy/verdict?src=IP&dst=IP&proto=tcp&port=N".to_string(),
+            "try /healthz, /readyz, /metrics, /policy?pod=NS/NAME or /policy/verdict?src=IP&dst=IP&proto=tcp&port=N".to_string(),
         ),
         _ => ("405 Method Not Allowed", "GET only".to_string()),
     };
     let body = format!("{body}\n");
     let head = format!(
-        "HTTP/1.1 {code}\r\nContent-Type: {content_type}; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {code}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let _ = conn.write_all(head.as_bytes());
@@ -442,6 +447,13 @@ mod tests {
         );
         assert!(get("/livez").starts_with("HTTP/1.1 200"));
         assert!(get("/nope").starts_with("HTTP/1.1 404"));
+        let m = get("/metrics");
+        assert!(
+            m.starts_with("HTTP/1.1 200")
+                && m.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n")
+                && m.contains("# TYPE routed_cni_watch_events_total counter"),
+            "{m}"
+        );
         // Enforcement off: the policy endpoints say so, as JSON.
         let off = get("/policy?pod=x/a");
         assert!(

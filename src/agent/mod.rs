@@ -23,6 +23,7 @@ pub mod backoff;
 pub mod firewall;
 pub mod health;
 pub mod kube;
+pub mod metrics;
 mod monitor;
 pub mod policy;
 pub mod routes;
@@ -79,17 +80,23 @@ pub struct AgentOptions {
     pub tunnel: TunnelOptions,
     /// Enforce NetworkPolicy (watches Pods, Namespaces, NetworkPolicies; table inet routed-cni).
     pub network_policy: bool,
+    /// How the agent's log lines look on stderr.
+    pub log_format: crate::log::Format,
 }
 
 /// Runs the agent until SIGTERM/SIGINT. Returns the exit code for a start-up failure.
 pub fn run(opts: AgentOptions) -> i32 {
+    crate::log::set_format(
+        opts.log_format,
+        &[("component", "agent"), ("node", &opts.node_name)],
+    );
     // Before any thread exists, so every thread inherits the mask and only the signal thread
     // ever sees these signals.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
     if let Err(e) = signals.thread_block() {
-        eprintln!("routed-cni agent: block signals: {e}");
+        crate::error!("block signals: {e}");
         return 1;
     }
     let spawned = std::thread::Builder::new()
@@ -101,7 +108,7 @@ pub fn run(opts: AgentOptions) -> i32 {
             std::process::exit(0);
         });
     if let Err(e) = spawned {
-        eprintln!("routed-cni agent: start signal thread: {e}");
+        crate::error!("start signal thread: {e}");
         return 1;
     }
     let health = Health::new(opts.stale_after, LIVENESS_GRACE);
@@ -112,8 +119,8 @@ pub fn run(opts: AgentOptions) -> i32 {
         )))
     });
     if let Err(e) = health::serve(opts.health_addr, health.clone(), policy_view.clone()) {
-        eprintln!(
-            "routed-cni agent: health listener on {}: {e} (is another agent running? change --health-addr)",
+        crate::error!(
+            "health listener on {}: {e} (is another agent running? change --health-addr)",
             opts.health_addr
         );
         return 1;
@@ -121,21 +128,21 @@ pub fn run(opts: AgentOptions) -> i32 {
     let client = match ApiClient::new(&opts.api_server, &opts.token_file, &opts.ca_file) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("routed-cni agent: {e}");
+            crate::error!("{e}");
             return 1;
         }
     };
     let rt = match crate::dataplane::runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("routed-cni agent: {e}");
+            crate::error!("{e}");
             return 1;
         }
     };
     let netlink = match rt.block_on(async { crate::dataplane::Netlink::connect() }) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("routed-cni agent: {e}");
+            crate::error!("{e}");
             return 1;
         }
     };
@@ -167,6 +174,16 @@ pub fn run(opts: AgentOptions) -> i32 {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_DATA_DIR));
+    metrics::start(
+        &[
+            env!("CARGO_PKG_VERSION"),
+            &opts.node_name,
+            &opts.tunnel.mode.to_string(),
+            &opts.network_policy.to_string(),
+        ],
+        opts.install.conf_dir.join(&opts.install.conf_name),
+        data_dir.clone(),
+    );
     let (tx, inputs) = std::sync::mpsc::channel();
     let client = Arc::new(client);
     let watcher = |name: &str, start: fn(Arc<ApiClient>, Arc<Health>, Sender<Input>, Duration)| {
@@ -195,7 +212,7 @@ pub fn run(opts: AgentOptions) -> i32 {
     });
     drop(tx);
     if let Err(e) = started {
-        eprintln!("routed-cni agent: start threads: {e}");
+        crate::error!("start threads: {e}");
         return 1;
     }
 
@@ -353,6 +370,7 @@ impl Agent {
         self.health
             .step("applying install and routes", RECONCILE_BOUND);
         let _busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
+        let started = Instant::now();
         let mut notes = Vec::new();
         let local = self.local_side(&mut notes);
         self.install(full, local.as_ref(), &mut notes);
@@ -365,6 +383,7 @@ impl Agent {
             .block_on(self.tunnel.device(local.as_ref(), &mut tunnel));
         let reach = self.reach(local.as_ref());
         let plan: Plan = routes::plan(&self.nodes, &self.opts.node_name, &reach);
+        metrics::planned(&plan, self.nodes.len());
         for n in self.nodes.values() {
             notes.extend(n.problems.iter().map(|p| format!("node {}: {p}", n.name)));
         }
@@ -419,13 +438,20 @@ impl Agent {
                     );
                 }
                 report.failures.append(&mut tunnel.failures);
+                if report.failures.is_empty() {
+                    metrics::synced("routes");
+                } else {
+                    metrics::SYNC_ERRORS.inc(&["routes"]);
+                }
                 self.health.synced(report.failures);
             }
             Err(e) => {
                 crate::error!("routes: {e}");
+                metrics::SYNC_ERRORS.inc(&["routes"]);
                 self.health.sync_failed(format!("routes: {e}"));
             }
         }
+        metrics::SYNC_DURATION.observe_duration(&[], started.elapsed());
         self.routed_for = plan
             .routes
             .into_iter()
@@ -499,10 +525,15 @@ impl Agent {
         match p.sync() {
             Ok(Some(line)) => {
                 crate::info!("{line}");
+                metrics::synced("policy");
                 self.health.policy_synced(None);
             }
-            Ok(None) => self.health.policy_synced(None),
+            Ok(None) => {
+                metrics::synced("policy");
+                self.health.policy_synced(None)
+            }
             Err(e) => {
+                metrics::SYNC_ERRORS.inc(&["policy"]);
                 p.forget_applied();
                 crate::error!("NetworkPolicy: {e}");
                 self.health.policy_synced(Some(e));
@@ -529,6 +560,7 @@ impl Agent {
         }
         for f in &done.failures {
             crate::error!("{f}");
+            metrics::SYNC_ERRORS.inc(&["firewall"]);
         }
         self.health.firewall_checked(done.failures);
     }
@@ -606,6 +638,7 @@ impl Agent {
             Err(e) => {
                 let why = format!("install for podCIDR {cidr} failed: {e}");
                 crate::error!("{why}");
+                metrics::SYNC_ERRORS.inc(&["install"]);
                 self.health.install_problem(why);
             }
         }

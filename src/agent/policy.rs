@@ -130,6 +130,12 @@ impl PolicySync {
             return Ok(None);
         }
         let applied = nft::apply(&ruleset).map_err(|e| e.to_string())?;
+        let pods = [
+            ruleset.pods.len(),
+            ruleset.ingress.len(),
+            ruleset.egress.len(),
+        ];
+        super::metrics::policy_applied(pods, &applied, started.elapsed());
         if unchanged {
             let mut view = self.write();
             view.applied = Some(ruleset);

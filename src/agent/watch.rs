@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::backoff::Backoff;
 use super::health::Health;
 use super::kube::{ApiClient, KubeError, Node, NodeInfo, WatchEvent};
+use super::metrics;
 use crate::policy::model::{Namespace, NetworkPolicy, Pod};
 use serde::de::DeserializeOwned;
 
@@ -153,6 +154,7 @@ pub fn resource<T: Watched>(
         let (items, mut version) = match client.list::<T>(T::PATH, &format!("{} list", T::WHAT)) {
             Ok(l) => l,
             Err(e) => {
+                metrics::api_error(T::WHAT, &e);
                 let wait = backoff.next_delay();
                 crate::error!("API: {e}; retrying in {:.1}s", wait.as_secs_f64());
                 health.api_failed(e.to_string());
@@ -165,11 +167,15 @@ pub fn resource<T: Watched>(
         };
         backoff.reset();
         health.api_answered();
+        metrics::LISTS.inc(&[T::WHAT]);
         if tx.send(T::listed(items)).is_err() {
             return;
         }
         match watch::<T>(&client, &health, &tx, &mut version, watch_for, &mut backoff) {
-            Some(()) => pause(&mut backoff), // relist, jittered: after an API server restart every node relists
+            Some(()) => {
+                metrics::WATCH_RESTARTS.inc(&[T::WHAT, "relist"]);
+                pause(&mut backoff) // relist, jittered: after an API server restart every node relists
+            }
             None => return,
         }
     }
@@ -192,10 +198,13 @@ fn watch<T: Watched>(
                 s
             }
             Err(KubeError::Gone(why)) => {
+                metrics::API_ERRORS.inc(&[T::WHAT, "expired"]);
                 crate::info!("watch: resource version {version} expired ({why}); relisting");
                 return Some(());
             }
             Err(e) => {
+                metrics::api_error(T::WHAT, &e);
+                metrics::WATCH_RESTARTS.inc(&[T::WHAT, "rewatch"]);
                 let wait = backoff.next_delay();
                 crate::error!("API: {e}; retrying in {:.1}s", wait.as_secs_f64());
                 health.api_failed(e.to_string());
@@ -206,25 +215,35 @@ fn watch<T: Watched>(
         let started = Instant::now();
         for event in stream {
             let input = match event {
-                Ok(WatchEvent::Added(o)) | Ok(WatchEvent::Modified(o)) => {
+                Ok(WatchEvent::Added(o)) => {
+                    metrics::WATCH_EVENTS.inc(&[T::WHAT, "added"]);
+                    *version = o.version();
+                    o.upserted()
+                }
+                Ok(WatchEvent::Modified(o)) => {
+                    metrics::WATCH_EVENTS.inc(&[T::WHAT, "modified"]);
                     *version = o.version();
                     o.upserted()
                 }
                 Ok(WatchEvent::Deleted(o)) => {
+                    metrics::WATCH_EVENTS.inc(&[T::WHAT, "deleted"]);
                     *version = o.version();
                     o.deleted()
                 }
                 Ok(WatchEvent::Bookmark(v)) => {
+                    metrics::WATCH_EVENTS.inc(&[T::WHAT, "bookmark"]);
                     *version = v;
                     health.api_answered();
                     continue;
                 }
                 Err(KubeError::Gone(why)) => {
+                    metrics::API_ERRORS.inc(&[T::WHAT, "expired"]);
                     crate::info!("watch: resource version {version} expired ({why}); relisting");
                     return Some(());
                 }
                 Err(e) => {
                     // A broken stream or an ERROR event: the cache may have missed events.
+                    metrics::api_error(T::WHAT, &e);
                     crate::error!("API: {e}; relisting");
                     health.api_failed(e.to_string());
                     return Some(());
@@ -235,6 +254,7 @@ fn watch<T: Watched>(
         }
         // Ended without an error: the server was there until the end.
         health.api_answered();
+        metrics::WATCH_RESTARTS.inc(&[T::WHAT, "rewatch"]);
         // A server that ends every watch at once must not turn this into a busy loop.
         if started.elapsed() < QUICK_WATCH_END {
             std::thread::sleep(backoff.next_delay());

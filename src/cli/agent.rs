@@ -105,6 +105,16 @@ pub struct AgentArgs {
     #[arg(long, value_name = "BOOL", env = "ROUTED_CNI_NETWORK_POLICY", default_value = "true",
           value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
     network_policy: bool,
+    /// How the agent's log lines on stderr look: text (`<time> <level> pid=<pid> <message>`)
+    /// or json (one object per line: time, level, message, fields with thread, component and
+    /// node)
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "ROUTED_CNI_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: crate::log::Format,
     /// Refused with a reason: the agent reads the podCIDR from the Node object.
     #[arg(long, value_name = "CIDR", hide = true)]
     pod_subnet: Option<String>,
@@ -162,6 +172,7 @@ impl AgentArgs {
                 port: self.vxlan_port,
             },
             network_policy: self.network_policy,
+            log_format: self.log_format,
         })
     }
 }
@@ -227,6 +238,31 @@ mod tests {
             &[],
         );
         assert!(!off.unwrap().network_policy);
+        assert_eq!(o.log_format, crate::log::Format::Text);
+        let json = agent(
+            &[
+                "--node-name",
+                "n1",
+                "--api-server",
+                "https://x",
+                "--log-format",
+                "json",
+            ],
+            &[],
+        );
+        assert_eq!(json.unwrap().log_format, crate::log::Format::Json);
+        let bad = agent(
+            &[
+                "--node-name",
+                "n1",
+                "--api-server",
+                "https://x",
+                "--log-format",
+                "xml",
+            ],
+            &[],
+        );
+        assert!(bad.unwrap_err().contains("text or json"));
         let maybe = agent(
             &[
                 "--node-name",

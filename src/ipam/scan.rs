@@ -71,6 +71,41 @@ pub fn scan(data_dir: &Path) -> Result<Vec<PoolScan>> {
     Ok(out)
 }
 
+/// Per pool directory under `data_dir`, how many addresses have a record (readable or not:
+/// either keeps its address taken), counted without the pool lock. A record appears by rename
+/// and goes by unlink, so the count is exact at the moment the directory is read; a reader
+/// that never takes the lock (the agent's metrics) can never make an ADD or DEL wait.
+pub fn allocated(data_dir: &Path) -> Result<Vec<(IpNetwork, usize)>> {
+    let Some(data) = TrustedDir::open(data_dir, false)? else {
+        return Ok(Vec::new());
+    };
+    let mut names: Vec<String> = data.names()?;
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let Some(subnet) = pool_subnet(&name) else {
+            continue;
+        };
+        match std::fs::symlink_metadata(data.path().join(&name)) {
+            Ok(m) if m.is_dir() || m.file_type().is_symlink() => {}
+            _ => continue,
+        }
+        let Some(dir) = data.child(&name, false)? else {
+            continue;
+        };
+        if !dir.exists(LOCK_FILE)? {
+            continue;
+        }
+        let n = dir
+            .names()?
+            .iter()
+            .filter(|n| n.parse::<IpAddr>().is_ok())
+            .count();
+        out.push((subnet, n));
+    }
+    Ok(out)
+}
+
 /// `None` when `name` is not a pool directory (not a directory, or never locked).
 fn read_pool(
     data: &TrustedDir,
@@ -151,6 +186,11 @@ mod tests {
         std::fs::write(store.dir().join("keys").join(&key), b"10.0.7.5").unwrap();
         std::fs::write(base.join("10.9.9.0-24"), b"a file, not a pool").unwrap();
         std::fs::write(base.join("notes"), b"ignored").unwrap();
+        // The lock-free count sees the readable record and the unreadable one; leftover temp
+        // files and key files are not addresses.
+        std::fs::write(store.dir().join(".tmp.10.0.7.6.1"), b"{").unwrap();
+        let counted = allocated(&base).unwrap();
+        assert_eq!(counted, vec![("10.0.7.0/29".parse().unwrap(), 2)]);
         let pools = scan(&base).unwrap();
         assert_eq!(pools.len(), 1, "{pools:?}");
         let p = &pools[0];
