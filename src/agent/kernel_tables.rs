@@ -367,8 +367,16 @@ impl KernelTables {
             match std::fs::write(sysctl_path(&self.root, c.key), format!("{}\n", c.target)) {
                 Ok(()) => crate::info!("raised {} from {have} to {}: {}", c.key, c.target, c.why),
                 Err(e) => problems.push(format!(
-                    "{} is {have}, below {} ({}), and could not be raised: {e}",
-                    c.key, c.target, c.why
+                    "{} is {have}, below {} ({}), and could not be raised: {e}{}",
+                    c.key,
+                    c.target,
+                    c.why,
+                    // The DaemonSet's container is not privileged: its /proc/sys is read-only.
+                    if e.raw_os_error() == Some(nix::libc::EROFS) {
+                        " (/proc/sys is read-only in an unprivileged container: set it on the node, e.g. in /etc/sysctl.d)"
+                    } else {
+                        ""
+                    }
                 )),
             }
         }
