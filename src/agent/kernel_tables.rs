@@ -33,8 +33,11 @@
 //! - gc_thresh3 ≥ 2 × need: the hard limit must leave room for what is not ours to count
 //!   (entries for the node's default gateway, DNS, the API server, other hosts on the link,
 //!   incomplete and failed entries awaiting GC, pods coming and going).
-//! - gc_thresh2 ≥ 1.5 × need: the steady state stays under the soft limit, so forced GC does
-//!   not evict peers in use; gc_thresh3 is raised first so the order 2 ≤ 3 always holds.
+//! - gc_thresh2 ≥ need: the steady state stays under the soft limit, so forced GC does not run
+//!   at every new entry; above it, forced GC evicts only unreferenced entries unused for 5 s
+//!   (idle peers, resolved again when used), so the limit needs no headroom of its own, and the
+//!   defaults then hold exactly as long as gc_thresh3's (need ≤ 512). gc_thresh3 is raised
+//!   first so the order 2 ≤ 3 always holds.
 //! - gc_thresh1 is left alone: it is the floor under which the periodic GC keeps even stale
 //!   entries; raising it only keeps dead entries longer.
 //! - Rounded up to a multiple of 256, so a growing cluster writes rarely (every ~100 nodes),
@@ -138,7 +141,7 @@ const LIMITS: [Limit; 5] = [
         key: "net.ipv4.neigh.default.gc_thresh2",
         default: 512,
         v6: false,
-        target: |n, k| round_up(entries(n, k) * 3 / 2, 256),
+        target: |n, k| round_up(entries(n, k), 256),
     },
     Limit {
         key: "net.ipv6.neigh.default.gc_thresh3",
@@ -150,7 +153,7 @@ const LIMITS: [Limit; 5] = [
         key: "net.ipv6.neigh.default.gc_thresh2",
         default: 512,
         v6: true,
-        target: |n, k| round_up(entries(n, k) * 3 / 2, 256),
+        target: |n, k| round_up(entries(n, k), 256),
     },
     // Twice the dsts of every route in use on every CPU (the pre-6.3 dst cache).
     Limit {
@@ -428,7 +431,8 @@ mod tests {
     #[test]
     fn small_clusters_need_nothing_raised() {
         // The e2e and bench worlds: a few nodes, a few pods; and a /24's worth of pods.
-        for need in [family(2, 3), family(100, 110), family(200, 110)] {
+        // Up to 512 entries the defaults (512, 1024) hold.
+        for need in [family(2, 3), family(100, 110), family(402, 110)] {
             let needs = Needs { v4: need, v6: need };
             assert_eq!(decide(&needs, &defaults(), NOW), vec![], "{need:?}");
             // Unreadable (a test namespace): assumed default, still nothing to say.
@@ -442,14 +446,20 @@ mod tests {
             v4: family(1000, 110),
             v6: FamilyNeed::default(),
         };
+        // One entry past the defaults: both limits move.
+        let past = Needs {
+            v4: family(403, 110),
+            ..needs
+        };
+        assert_eq!(decide(&past, &defaults(), NOW).len(), 2);
         let c = decide(&needs, &defaults(), NOW);
         let got: Vec<_> = c.iter().map(|c| (c.key, c.current, c.target)).collect();
-        // 1110 entries: 2220 -> 2304; 1665 -> 1792.
+        // 1110 entries: 2220 -> 2304; 1110 -> 1280.
         assert_eq!(
             got,
             vec![
                 ("net.ipv4.neigh.default.gc_thresh3", Some(1024), 2304),
-                ("net.ipv4.neigh.default.gc_thresh2", Some(512), 1792),
+                ("net.ipv4.neigh.default.gc_thresh2", Some(512), 1280),
             ]
         );
         assert!(
@@ -471,7 +481,7 @@ mod tests {
             .iter()
             .map(|c| c.target)
             .collect();
-        assert_eq!(again, vec![2304, 1792]);
+        assert_eq!(again, vec![2304, 1280]);
     }
 
     #[test]
@@ -617,7 +627,7 @@ mod tests {
         let mut t = KernelTables::at(TablesMode::Raise, dir.clone(), NOW);
         t.check(&needs, &h);
         assert_eq!(read("net.ipv4.neigh.default.gc_thresh3"), "4352");
-        assert_eq!(read("net.ipv4.neigh.default.gc_thresh2"), "3328");
+        assert_eq!(read("net.ipv4.neigh.default.gc_thresh2"), "2304");
         assert_eq!(
             read("net.ipv6.neigh.default.gc_thresh3"),
             "1024",
