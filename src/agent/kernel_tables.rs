@@ -298,7 +298,9 @@ pub struct KernelTables {
     /// /proc/sys; a directory of the same layout in tests.
     root: PathBuf,
     kernel: Kernel,
-    said: Option<String>,
+    /// The limits (and targets) of the problems last logged: the text carries counts that
+    /// move with every node that joins, the targets only every 256 entries.
+    said: Vec<(&'static str, u64)>,
 }
 
 fn sysctl_path(root: &Path, key: &str) -> PathBuf {
@@ -315,7 +317,7 @@ impl KernelTables {
             mode,
             root,
             kernel,
-            said: None,
+            said: Vec::new(),
         }
     }
 
@@ -341,8 +343,11 @@ impl KernelTables {
             }
         }
         let mut problems = Vec::new();
+        let mut standing = Vec::new();
         for c in decide(needs, &current, self.kernel) {
+            let key = (c.key, c.target);
             let Some(have) = c.current else {
+                standing.push(key);
                 let e = unreadable
                     .get(c.key)
                     .map(String::as_str)
@@ -361,6 +366,7 @@ impl KernelTables {
                 continue;
             };
             if self.mode == TablesMode::Report {
+                standing.push(key);
                 problems.push(format!(
                     "{} is {have}, below {} ({}); not raised (--kernel-tables=report)",
                     c.key, c.target, c.why
@@ -369,7 +375,9 @@ impl KernelTables {
             }
             match std::fs::write(sysctl_path(&self.root, c.key), format!("{}\n", c.target)) {
                 Ok(()) => crate::info!("raised {} from {have} to {}: {}", c.key, c.target, c.why),
-                Err(e) => problems.push(format!(
+                Err(e) => {
+                    standing.push(key);
+                    problems.push(format!(
                     "{} is {have}, below {} ({}), and could not be raised: {e}{}",
                     c.key,
                     c.target,
@@ -380,20 +388,18 @@ impl KernelTables {
                     } else {
                         ""
                     }
-                )),
+                ));
+                }
             }
         }
         let text =
             (!problems.is_empty()).then(|| format!("kernel tables: {}", problems.join("; ")));
-        if text != self.said {
+        if standing != self.said {
             match &text {
                 Some(t) => crate::warn!("{t}"),
-                None if self.said.is_some() => {
-                    crate::info!("kernel tables: every limit is enough again")
-                }
-                None => {}
+                None => crate::info!("kernel tables: every limit is enough again"),
             }
-            self.said = text.clone();
+            self.said = standing;
         }
         health.kernel_tables_problem(text);
     }
@@ -622,6 +628,20 @@ mod tests {
         assert!(
             ok && why.contains("gc_thresh3 is 1024, below 4352") && why.contains("report"),
             "{why}"
+        );
+        // One more node: the text follows, the log does not repeat (same limits and targets).
+        let said = t.said.clone();
+        assert_eq!(said.len(), 2, "{said:?}");
+        let plus_one = Needs {
+            v4: family(2001, 50),
+            ..needs
+        };
+        t.check(&plus_one, &h);
+        assert_eq!(t.said, said);
+        assert!(
+            ready(&h).1.contains("2051 neighbour entries"),
+            "{:?}",
+            ready(&h)
         );
         // Raise: written, thresh3 first; nothing left to say.
         let mut t = KernelTables::at(TablesMode::Raise, dir.clone(), NOW);
