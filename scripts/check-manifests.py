@@ -5,7 +5,7 @@ Usage: check-manifests.py FILE.yaml...   (all files together describe one deploy
 
 A JSON schema says a field is well-formed; these say the deployment is the one we mean:
 least-privilege RBAC (read-only: nodes, and for NetworkPolicy pods, namespaces and
-networkpolicies), a host-network agent that is not privileged, lands on every node, mounts
+networkpolicies; the one write is patch on nodes/status, for the NetworkUnavailable condition), a host-network agent that is not privileged, lands on every node, mounts
 only the CNI directories, the node's /etc (for the udev .link file and the NetworkManager
 drop-in, without ever creating their directories) and the plugin's store at the node's own
 path, runs `routed-cni agent`, is probed where the agent listens (startup and liveness on
@@ -33,13 +33,16 @@ NODE_ETC_DIRS = (("ROUTED_CNI_SYSTEMD_NETWORK_DIR", "systemd/network"),
 # path must be the same inside the container as on the node, because install writes the
 # agent's data dir into the conflist as ipam.dataDir when one is set.
 STORE = "/run/routed-cni"
-# Everything the ClusterRole may grant, one rule per API group: (apiGroup, resources). Verbs
-# are read-only (get/list/watch) and nothing else: the agent never writes an API object.
+# Everything the ClusterRole may grant for reading, one rule per API group: (apiGroup,
+# resources), verbs exactly get/list/watch.
 RBAC_RULES = {
     "": {"nodes", "pods", "namespaces"},
     "networking.k8s.io": {"networkpolicies"},
 }
 READ_VERBS = ["get", "list", "watch"]
+# The only writes: (apiGroup, subresource) -> verbs. The agent sets its own Node's
+# NetworkUnavailable condition; the status subresource cannot touch spec, labels or taints.
+WRITE_RULES = {("", "nodes/status"): ["patch"]}
 # Taints a CNI DaemonSet must tolerate: a node is NotReady (and tainted) until its CNI config
 # exists, and it is this DaemonSet that writes it. Plus taints nobody can predict.
 TAINTS = [
@@ -102,9 +105,17 @@ def check_rbac(docs):
         check("aggregationRule" not in role, "ClusterRole must not aggregate other roles")
         rules = role.get("rules") or []
         granted = {}
+        writes = set()
         for r in rules:
             groups = r.get("apiGroups") or []
             resources = r.get("resources") or []
+            if len(groups) == 1 and len(resources) == 1 and (groups[0], resources[0]) in WRITE_RULES:
+                want = WRITE_RULES[(groups[0], resources[0])]
+                check(sorted(r.get("verbs") or []) == want,
+                      f"ClusterRole rule verbs {r.get('verbs')} on {resources[0]}, want exactly {want}")
+                check(not r.get("resourceNames"), f"ClusterRole rule on {resources[0]} has resourceNames")
+                writes.add((groups[0], resources[0]))
+                continue
             # One group per rule, so a resource can never be read as belonging to another group
             # (["", "apps"] with ["pods"] would grant apps/pods too).
             if not check(len(groups) == 1 and groups[0] in RBAC_RULES,
@@ -122,6 +133,9 @@ def check_rbac(docs):
         # Every resource the agent watches must be granted, or its watch is refused (403).
         check(granted == RBAC_RULES,
               f"ClusterRole grants {dict(sorted(granted.items()))}, want read access to exactly {RBAC_RULES}")
+        # The condition patch is refused (403) without it.
+        check(writes == set(WRITE_RULES),
+              f"ClusterRole grants writes {sorted(writes)}, want exactly {sorted(WRITE_RULES)}")
     binding = one(docs, "ClusterRoleBinding", "routed-cni")
     if binding:
         check(binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",

@@ -13,6 +13,9 @@
 //!   ran to its end) within the staleness bound, the conflist is installed, the routes were
 //!   synced within the bound and every route of the last sync is in place. A 503 names why.
 //! - /metrics: the Prometheus exposition (metrics.rs).
+//!   Problems that leave the node's pods networked (the NetworkUnavailable patch failed, a
+//!   kernel table limit the agent could not raise) are named after "ok" without making it
+//!   unready: a restart or a held-back rollout would not fix them.
 //! - /policy and /policy/verdict: the agent's NetworkPolicy view as JSON (policy/explain.rs),
 //!   read under the view's read lock; `routed-cni policy` and doctor ask them.
 
@@ -45,6 +48,12 @@ struct State {
     firewall_failures: Vec<String>,
     /// Why NetworkPolicy enforcement is not what the API says (not yet computed, nft failed).
     policy_problem: Option<String>,
+    /// Why the Node's NetworkUnavailable condition is not what the agent would say
+    /// (condition.rs). Said, not unready.
+    condition_problem: Option<String>,
+    /// Which kernel table limit is below what the cluster needs and why the agent did not
+    /// raise it (kernel_tables.rs). Said, not unready.
+    kernel_tables_problem: Option<String>,
 }
 
 /// Shared between the agent loop (writer) and the listener (reader).
@@ -113,6 +122,17 @@ impl Health {
     /// says.
     pub fn policy_synced(&self, problem: Option<String>) {
         self.state().policy_problem = problem;
+    }
+
+    /// The outcome of the last NetworkUnavailable patch decision: `None` when the condition
+    /// says what the agent would.
+    pub fn condition_problem(&self, problem: Option<String>) {
+        self.state().condition_problem = problem;
+    }
+
+    /// The outcome of the last kernel table check: `None` when the limits are enough.
+    pub fn kernel_tables_problem(&self, problem: Option<String>) {
+        self.state().kernel_tables_problem = problem;
     }
 
     /// The API server answered: the cache the routes come from is current.
@@ -239,7 +259,15 @@ impl Health {
             return (false, format!("NetworkPolicy: {p}"));
         }
         let age = s.last_sync.map(|t| t.elapsed().as_secs()).unwrap_or(0);
-        (true, format!("ok: {installed}; last sync {age}s ago"))
+        let notes = [&s.condition_problem, &s.kernel_tables_problem]
+            .into_iter()
+            .flatten()
+            .map(|p| format!("; but {p}"))
+            .collect::<String>();
+        (
+            true,
+            format!("ok: {installed}; last sync {age}s ago{notes}"),
+        )
     }
 }
 
@@ -396,6 +424,19 @@ mod tests {
         assert!(!ready && why.contains("10.244.1.0/24"), "{why}");
         h.firewall_checked(vec![]);
         assert!(h.ready().0);
+        // A failed condition patch or a table limit left low is named, not unready.
+        h.condition_problem(Some(
+            "could not set node condition NetworkUnavailable=False".into(),
+        ));
+        h.kernel_tables_problem(Some("net.ipv4.neigh.default.gc_thresh3 is 1024".into()));
+        let (ready, why) = h.ready();
+        assert!(
+            ready && why.contains("NetworkUnavailable=False") && why.contains("gc_thresh3"),
+            "{why}"
+        );
+        h.condition_problem(None);
+        h.kernel_tables_problem(None);
+        assert!(!h.ready().1.contains("but"), "{:?}", h.ready());
         // The API server goes away; routes re-applied from the cache do not hide it.
         h.api_failed("cannot reach the API server".into());
         std::thread::sleep(MS(250));

@@ -1,6 +1,7 @@
 //! The little of the Kubernetes API the agent needs: list and watch Node objects, over HTTPS
-//! with the pod's service account (bearer token + cluster CA), and the Node fields that matter
-//! for routing (podCIDRs, InternalIP addresses).
+//! with the pod's service account (bearer token + cluster CA), the Node fields that matter
+//! for routing (podCIDRs, InternalIP addresses) and the one condition the agent reports on
+//! (NetworkUnavailable, PATCHed on nodes/status: condition.rs).
 
 use ipnetwork::IpNetwork;
 use serde::de::DeserializeOwned;
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
+
+pub use super::condition::{NetworkCondition, RawCondition};
 
 /// Lists are decoded as they arrive, so this bounds time, not memory: the 150,000 pods of a
 /// cluster at Kubernetes' limits are ~0.5-1.5 GB of JSON (with managedFields); a runaway body
@@ -29,6 +32,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The list of a large cluster can take a while to arrive, but not forever.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(60);
+/// One small PATCH (a node's status): the server answers in milliseconds, or it is in trouble
+/// and the agent tries again at a later pass rather than holding its loop.
+pub const PATCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Slack past the watch's own timeoutSeconds before we stop waiting for the server to end it.
 pub const WATCH_GRACE: Duration = Duration::from_secs(15);
 
@@ -49,6 +55,14 @@ pub enum KubeError {
         code: u16,
         message: String,
     },
+    /// A PATCH refused: its own hint, since a 403 here means the write permission is missing
+    /// (the read ones were enough to get this far).
+    #[error("PATCH {url}: HTTP {code}: {message}{}", patch_hint(*.code))]
+    Patch {
+        url: String,
+        code: u16,
+        message: String,
+    },
     /// The resource version we watch from is older than the API server keeps: relist.
     #[error("watch resource version is too old (410 Gone): {0}")]
     Gone(String),
@@ -64,6 +78,16 @@ fn hint(code: u16) -> &'static str {
         404 => " (check --api-server: this does not look like a Kubernetes API server)",
         429 | 500..=599 => " (the API server is overloaded or failing; retrying)",
         _ => "",
+    }
+}
+
+fn patch_hint(code: u16) -> &'static str {
+    match code {
+        403 => {
+            " (RBAC: the ClusterRole bound to this ServiceAccount must allow patch on nodes/status)"
+        }
+        404 => " (no such Node: check NODE_NAME/--node-name)",
+        _ => hint(code),
     }
 }
 
@@ -101,6 +125,9 @@ pub struct NodeSpec {
 pub struct NodeStatus {
     #[serde(default)]
     pub addresses: Vec<NodeAddress>,
+    /// Only type, status and reason are decoded: messages and times are skipped unread.
+    #[serde(default)]
+    pub conditions: Vec<RawCondition>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -140,6 +167,10 @@ pub struct NodeInfo {
     pub internal_ips: Vec<IpAddr>,
     /// Values we could not use, for the log.
     pub problems: Vec<String>,
+    /// The NetworkUnavailable condition, if the Node has one. Not a routing input:
+    /// `same_routing` ignores it, so the agent's own status patch (which comes back as a
+    /// MODIFIED event) does not make it reconcile.
+    pub network_unavailable: Option<NetworkCondition>,
 }
 
 impl NodeInfo {
@@ -179,12 +210,22 @@ impl NodeInfo {
                 Err(_) => problems.push(format!("InternalIP {:?} is not an address", a.address)),
             }
         }
+        let network_unavailable = super::condition::project(&node.status.conditions);
         NodeInfo {
             name: node.metadata.name.clone(),
             pod_cidrs,
             internal_ips,
             problems,
+            network_unavailable,
         }
+    }
+
+    /// Whether routing and install would see the same node: everything but the condition.
+    pub fn same_routing(&self, other: &NodeInfo) -> bool {
+        self.name == other.name
+            && self.pod_cidrs == other.pod_cidrs
+            && self.internal_ips == other.internal_ips
+            && self.problems == other.problems
     }
 
     /// What install configures: the first podCIDR of each family, IPv4 first (the API server
@@ -258,6 +299,16 @@ pub struct ApiClient {
     base: String,
     token_file: PathBuf,
     agent: ureq::Agent,
+}
+
+/// The message of an error answer: its Status's, else the start of the body.
+fn refusal(body: &str) -> String {
+    let status: Status = serde_json::from_str(body).unwrap_or_default();
+    if status.message.is_empty() {
+        body.trim().chars().take(200).collect()
+    } else {
+        status.message
+    }
 }
 
 /// The cluster CA's certificates from a PEM file.
@@ -349,16 +400,54 @@ impl ApiClient {
             .limit(64 << 10)
             .read_to_string()
             .unwrap_or_default();
-        let status: Status = serde_json::from_str(&body).unwrap_or_default();
-        let message = if status.message.is_empty() {
-            body.trim().chars().take(200).collect()
-        } else {
-            status.message
-        };
+        let message = refusal(&body);
         if code == 410 {
             return Err(KubeError::Gone(message));
         }
         Err(KubeError::Status { url, code, message })
+    }
+
+    /// PATCHes `path` with `body` of `content_type` (for Node status: a strategic merge patch,
+    /// which merges status.conditions by type; a JSON merge patch would replace the whole
+    /// list) and decodes the object the server answers.
+    pub fn patch<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<T, KubeError> {
+        let url = format!("{}{path}", self.base);
+        let token = self.token()?;
+        let transport = |detail: String| KubeError::Transport {
+            url: url.clone(),
+            detail,
+        };
+        let mut resp = self
+            .agent
+            .patch(&url)
+            .header("Authorization", format!("Bearer {token}"))
+            .header("Accept", "application/json")
+            .content_type(content_type)
+            .config()
+            .timeout_per_call(Some(PATCH_TIMEOUT))
+            .build()
+            .send(body)
+            .map_err(|e| transport(e.to_string()))?;
+        let code = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_EVENT_BYTES)
+            .read_to_string()
+            .map_err(|e| transport(format!("reading the answer: {e}")))?;
+        if code != 200 {
+            let message = refusal(&text);
+            return Err(KubeError::Patch { url, code, message });
+        }
+        serde_json::from_str(&text).map_err(|e| KubeError::Decode {
+            what: format!("the answer to PATCH {path}"),
+            detail: e.to_string(),
+        })
     }
 
     pub fn list_nodes(&self) -> Result<NodeList, KubeError> {

@@ -392,7 +392,7 @@ pub fn api_error(resource: &str, e: &super::kube::KubeError) {
     let reason = match e {
         KubeError::Token { .. } | KubeError::Ca { .. } => "credentials",
         KubeError::Transport { .. } => "transport",
-        KubeError::Status { code: c, .. } => {
+        KubeError::Status { code: c, .. } | KubeError::Patch { code: c, .. } => {
             code = format!("http_{c}");
             &code
         }

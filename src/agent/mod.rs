@@ -18,10 +18,16 @@
 //! loop tells `health` what it starts and how long that may take: that heartbeat is the
 //! liveness probe, the API server's state is readiness only. On SIGTERM it exits and leaves
 //! the routes: pods keep working while the agent restarts or is upgraded.
+//!
+//! After each reconcile the agent reports on its own Node: NetworkUnavailable=False once the
+//! conflist and routes are in place, True when the podCIDR goes (condition.rs); and it checks
+//! the kernel table limits the plan needs (kernel_tables.rs).
 
 pub mod backoff;
+pub mod condition;
 pub mod firewall;
 pub mod health;
+pub mod kernel_tables;
 pub mod kube;
 pub mod metrics;
 mod monitor;
@@ -39,7 +45,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::install::{self, InstallSettings};
+use condition::{ConditionSync, Network};
 use health::Health;
+use kernel_tables::{KernelTables, TablesMode};
 use kube::{ApiClient, NodeInfo};
 use policy::PolicySync;
 use routes::{Plan, Reach, RouteSync};
@@ -82,6 +90,8 @@ pub struct AgentOptions {
     pub network_policy: bool,
     /// How the agent's log lines look on stderr.
     pub log_format: crate::log::Format,
+    /// Raise kernel table limits the cluster needs, or only report them.
+    pub kernel_tables: TablesMode,
 }
 
 /// Runs the agent until SIGTERM/SIGINT. Returns the exit code for a start-up failure.
@@ -227,6 +237,8 @@ pub fn run(opts: AgentOptions) -> i32 {
         said: Vec::new(),
         policy: policy_view.map(|v| PolicySync::new(data_dir, v)),
         policy_due: None,
+        condition: ConditionSync::new(client, &opts.node_name, opts.resync),
+        kernel: KernelTables::new(opts.kernel_tables),
         opts,
     };
     agent.run(inputs)
@@ -251,6 +263,10 @@ struct Agent {
     /// When the policy inputs that arrived are to be applied (a burst of pod events is taken
     /// whole first).
     policy_due: Option<Instant>,
+    /// This node's NetworkUnavailable condition.
+    condition: ConditionSync,
+    /// The kernel table limits the plan needs.
+    kernel: KernelTables,
 }
 
 impl Agent {
@@ -320,7 +336,9 @@ impl Agent {
                 }
                 Input::Upserted(info) => {
                     let old = self.nodes.insert(info.name.clone(), info.clone());
-                    if old.as_ref() != Some(&info) {
+                    // A change of status alone (kubelet's heartbeats, our own condition patch)
+                    // is kept in the cache but routes nothing differently.
+                    if !old.as_ref().is_some_and(|o| o.same_routing(&info)) {
                         crate::info!(
                             "node {} {}: podCIDRs [{}], InternalIPs [{}]",
                             info.name,
@@ -369,7 +387,7 @@ impl Agent {
     fn reconcile(&mut self, full: bool) {
         self.health
             .step("applying install and routes", RECONCILE_BOUND);
-        let _busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
+        let busy = BUSY.lock().unwrap_or_else(|p| p.into_inner());
         let started = Instant::now();
         let mut notes = Vec::new();
         let local = self.local_side(&mut notes);
@@ -400,6 +418,7 @@ impl Agent {
                     .add_entries(index, &plan.vxlan_peers, &mut tunnel),
             );
         }
+        let mut routes_in_place = false;
         match self
             .rt
             .block_on(self.routes.sync(&plan, &self.routed_for, device))
@@ -438,6 +457,7 @@ impl Agent {
                     );
                 }
                 report.failures.append(&mut tunnel.failures);
+                routes_in_place = report.failures.is_empty();
                 if report.failures.is_empty() {
                     metrics::synced("routes");
                 } else {
@@ -452,11 +472,61 @@ impl Agent {
             }
         }
         metrics::SYNC_DURATION.observe_duration(&[], started.elapsed());
+        let own_subnets = self
+            .nodes
+            .get(&self.opts.node_name)
+            .map(|n| n.install_subnets())
+            .unwrap_or_default();
+        let needs = kernel_tables::needs(
+            &plan,
+            self.opts.tunnel.mode,
+            &own_subnets,
+            kernel_tables::local_pods(),
+        );
+        self.kernel.check(&needs, &self.health);
+        let network = self.network(&own_subnets, routes_in_place, &plan);
         self.routed_for = plan
             .routes
             .into_iter()
             .map(|(dst, r)| (dst, r.node))
             .collect();
+        // The node is consistent now; a slow API server must not hold SIGTERM back.
+        drop(busy);
+        self.report_condition(&network);
+    }
+
+    /// What the condition should say of this node after a pass (condition.rs).
+    fn network(&self, own_subnets: &[IpNetwork], routes_in_place: bool, plan: &Plan) -> Network {
+        match self.nodes.get(&self.opts.node_name) {
+            Some(_) if own_subnets.is_empty() => Network::NoPodCidr,
+            Some(_)
+                if routes_in_place
+                    && self.installed_for.as_ref().map(|(s, _)| s.as_slice())
+                        == Some(own_subnets) =>
+            {
+                Network::Up {
+                    pod_cidrs: join(own_subnets),
+                    nodes: self.nodes.len().saturating_sub(1),
+                    via_vxlan: plan.vxlan_peers.len(),
+                }
+            }
+            _ => Network::Unsettled,
+        }
+    }
+
+    /// Patches this node's NetworkUnavailable condition when there is something new to say,
+    /// and keeps what the server answered in the cache, so the next pass compares with it.
+    fn report_condition(&mut self, network: &Network) {
+        let name = &self.opts.node_name;
+        let seen = self
+            .nodes
+            .get(name)
+            .and_then(|n| n.network_unavailable.clone());
+        if let Some(now) = self.condition.report(network, seen.as_ref(), &self.health) {
+            if let Some(n) = self.nodes.get_mut(name) {
+                n.network_unavailable = Some(now);
+            }
+        }
     }
 
     /// This node's side of the tunnel (`None` in never mode, or before its Node object has an

@@ -463,6 +463,7 @@ mod tests {
                 pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
                 internal_ips: ips.iter().map(|c| c.parse().unwrap()).collect(),
                 problems: vec![],
+                network_unavailable: None,
             },
         )
     }

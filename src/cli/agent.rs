@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::install::SettingsArgs;
+use crate::agent::kernel_tables::TablesMode;
 use crate::agent::tunnel::{Encapsulation, TunnelOptions};
 use crate::agent::AgentOptions;
 use crate::dataplane::vxlan::{DEFAULT_VXLAN_PORT, DEFAULT_VXLAN_VNI};
@@ -115,6 +116,17 @@ pub struct AgentArgs {
         default_value = "text"
     )]
     log_format: crate::log::Format,
+    /// What to do when a kernel table limit is below what the cluster needs (the neighbour
+    /// tables' gc_thresh2/3 for thousands of directly routed nodes, IPv6 route/max_size on old
+    /// kernels): raise it (never lowers one), or report (log and /readyz text only, for nodes
+    /// whose sysctls another tool owns)
+    #[arg(
+        long,
+        value_name = "MODE",
+        env = "ROUTED_CNI_KERNEL_TABLES",
+        default_value = "raise"
+    )]
+    kernel_tables: TablesMode,
     /// Refused with a reason: the agent reads the podCIDR from the Node object.
     #[arg(long, value_name = "CIDR", hide = true)]
     pod_subnet: Option<String>,
@@ -173,6 +185,7 @@ impl AgentArgs {
             },
             network_policy: self.network_policy,
             log_format: self.log_format,
+            kernel_tables: self.kernel_tables,
         })
     }
 }
@@ -227,6 +240,7 @@ mod tests {
         assert_eq!(o.tunnel, TunnelOptions::default());
         assert_eq!(o.tunnel.mode, Encapsulation::CrossSubnet);
         assert!(o.network_policy);
+        assert_eq!(o.kernel_tables, TablesMode::Raise);
         let off = agent(
             &[
                 "--node-name",
@@ -287,6 +301,18 @@ mod tests {
             &[],
         );
         assert_eq!(v.unwrap().tunnel.vni, 4097);
+        let r = agent(
+            &[
+                "--node-name",
+                "n1",
+                "--api-server",
+                "https://x",
+                "--kernel-tables",
+                "report",
+            ],
+            &[],
+        );
+        assert_eq!(r.unwrap().kernel_tables, TablesMode::Report);
         let err = |v: &[&str]| agent(v, &[]).unwrap_err();
         let base = ["--node-name", "n1", "--api-server", "https://x"];
         let with =
@@ -302,6 +328,7 @@ mod tests {
         assert!(err(&with(&["--encapsulation", "ipip"])).contains("never, vxlan or crosssubnet"));
         assert!(err(&with(&["--vxlan-vni", "16777216"])).contains("VNI"));
         assert!(err(&with(&["--vxlan-port", "70000"])).contains("--vxlan-port"));
+        assert!(err(&with(&["--kernel-tables", "lower"])).contains("raise or report"));
         assert!(err(&["--api-server", "https://x"]).contains("NODE_NAME"));
     }
 
