@@ -117,7 +117,7 @@ start_agent() { # start_agent NS NODE_NAME [TOKEN_FILE]
     local ns=$1 name=$2 token=${3:-$WORK/token} dir=$WORK/$2
     mkdir -p "$dir"
     ip netns exec "$ns" env NODE_NAME="$name" ROUTED_CNI_CLUSTER_CIDR="$CLUSTER_CIDR,$CLUSTER_CIDR6" \
-        ROUTED_CNI_LOG_FORMAT=json "$BIN" agent \
+        ROUTED_CNI_LOG_FORMAT=json ROUTED_CNI_METRICS_ADDR=0.0.0.0:9466 "$BIN" agent \
         --api-server $API --token-file "$token" --ca-file "$WORK/ca.crt" \
         --resync-seconds $RESYNC --encapsulation never \
         --bin-dir "$dir/bin" --conf-dir "$dir/net.d" --data-dir "$dir/store" --log-file "$dir/cni.log" \
@@ -157,6 +157,15 @@ CONFLIST=$WORK/node-a/net.d/10-routed-cni.conflist
 wait_for 15 "A installs its conflist" test -s "$CONFLIST"
 wait_for 10 "A routes B's podCIDRs (proto 77)" routes_are "$NODE_A" 2
 wait_for 10 "A's first route sync is counted" metric_is "$NODE_A" "routed_cni_routes{path=direct}" 2
+
+# The metrics-only listener (what the DaemonSet's scrape annotations point at): reached from
+# node B over the link, /metrics and nothing else.
+http_code() { ip netns exec "$NODE_B" curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://$NODE_A_IP:9466$1"; }
+expect_eq "/metrics on the metrics listener, from another node" "$(http_code /metrics)" 200
+expect_eq "the same scrape parses" "$(ip netns exec "$NODE_B" curl -s --max-time 5 "http://$NODE_A_IP:9466/metrics" |
+    $PY -c 'import sys; from prometheus_client.parser import text_string_to_metric_families as p; print(any(f.name == "routed_cni_routes" for f in p(sys.stdin.read())))')" True
+expect_eq "/policy is not on the metrics listener" "$(http_code /policy)" 404
+expect_eq "/readyz is not on the metrics listener" "$(http_code /readyz)" 404
 
 out=$(scrape "$NODE_A")
 expect_eq "Content-Type of /metrics" "$(jq -r .content_type <<<"$out")" "text/plain; version=0.0.4; charset=utf-8"

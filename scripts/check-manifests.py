@@ -19,6 +19,7 @@ import sys
 import yaml
 
 HEALTH_PORT = 9465
+METRICS_PORT = 9466  # the metrics-only listener (ROUTED_CNI_METRICS_ADDR), what Prometheus scrapes
 # The agent's first pass at worst: the node list (60 s, connect included) plus install and the
 # first route sync (60 s). The startupProbe must wait at least this long before liveness.
 FIRST_PASS_SECONDS = 120
@@ -153,9 +154,9 @@ def check_daemonset(docs):
     upd = ds["spec"].get("updateStrategy", {})
     check(upd.get("type") == "RollingUpdate" and upd.get("rollingUpdate", {}).get("maxUnavailable") == 1,
           f"updateStrategy {upd}, want RollingUpdate with maxUnavailable 1")
-    # The usual scrape annotations, pointing at the agent's /metrics on its health port.
+    # The usual scrape annotations, pointing at the agent's metrics-only listener.
     notes = ds["spec"]["template"].get("metadata", {}).get("annotations") or {}
-    want = {"prometheus.io/scrape": "true", "prometheus.io/port": str(HEALTH_PORT), "prometheus.io/path": "/metrics"}
+    want = {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT), "prometheus.io/path": "/metrics"}
     got = {k: notes.get(k) for k in want}
     check(got == want, f"pod template scrape annotations {got}, want {want}")
     pod = ds["spec"]["template"]["spec"]
@@ -201,10 +202,10 @@ def check_daemonset(docs):
         caps = sc.get("capabilities") or {}
         check("ALL" in (caps.get("drop") or []), f"{name}: capabilities do not drop ALL")
         check((caps.get("add") or []) == ["NET_ADMIN"], f"{name}: capabilities add {caps.get('add')}, want [NET_ADMIN]")
-        check(not c.get("ports") or all(p.get("containerPort") == HEALTH_PORT for p in c["ports"]),
-              f"{name}: exposes ports other than health")
-        check(any(p.get("containerPort") == HEALTH_PORT and p.get("name") for p in c.get("ports") or []),
-              f"{name}: the health port {HEALTH_PORT} has no name (Prometheus and people find it by one)")
+        check(not c.get("ports") or all(p.get("containerPort") == METRICS_PORT for p in c["ports"]),
+              f"{name}: exposes ports other than metrics")
+        check(any(p.get("containerPort") == METRICS_PORT and p.get("name") for p in c.get("ports") or []),
+              f"{name}: the metrics port {METRICS_PORT} has no name (Prometheus and people find it by one)")
 
         env = {e["name"]: e for e in c.get("env") or []}
         node = env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
@@ -238,6 +239,12 @@ def check_daemonset(docs):
         check(data_dir is None or data_dir.get("value", "").rstrip("/") == STORE,
               f"{name}: ROUTED_CNI_DATA_DIR {data_dir}, want unset (the plugin's default {STORE})")
         # Enforcement is on or off by choice, written out for the operator to change.
+        metrics = env.get("ROUTED_CNI_METRICS_ADDR", {}).get("value")
+        check(metrics == f"0.0.0.0:{METRICS_PORT}",
+              f"{name}: ROUTED_CNI_METRICS_ADDR {metrics}, want 0.0.0.0:{METRICS_PORT} (what the annotations point at)")
+        health_addr = env.get("ROUTED_CNI_HEALTH_ADDR", {}).get("value", "127.0.0.1:9465")
+        check(health_addr.startswith("127.0.0.1:"),
+              f"{name}: ROUTED_CNI_HEALTH_ADDR {health_addr} opens /policy (the node's pods) to the network")
         policy = env.get("ROUTED_CNI_NETWORK_POLICY")
         check(policy is not None and policy.get("value") in ("true", "false"),
               f"{name}: ROUTED_CNI_NETWORK_POLICY {policy}, want an explicit \"true\" or \"false\"")

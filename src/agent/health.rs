@@ -278,21 +278,39 @@ pub fn serve(
     health: Arc<Health>,
     policy: Option<Arc<RwLock<View>>>,
 ) -> std::io::Result<()> {
+    listen(addr, "health", Some(health), policy)
+}
+
+/// `--metrics-addr`: a second listener with /metrics alone, for a Prometheus outside the node
+/// (the DaemonSet runs in the host's network namespace, where the health listener's loopback
+/// address is out of its reach, and opening that listener would also open /policy, which
+/// names the node's pods).
+pub fn serve_metrics(addr: SocketAddr) -> std::io::Result<()> {
+    listen(addr, "metrics", None, None)
+}
+
+fn listen(
+    addr: SocketAddr,
+    name: &str,
+    health: Option<Arc<Health>>,
+    policy: Option<Arc<RwLock<View>>>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr)?;
     std::thread::Builder::new()
-        .name("health".into())
+        .name(name.into())
         .spawn(move || {
             for conn in listener.incoming().flatten() {
                 // One probe at a time is plenty; a silent client must not block the next.
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
                 let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-                answer(conn, &health, policy.as_deref());
+                answer(conn, health.as_deref(), policy.as_deref());
             }
         })?;
     Ok(())
 }
 
-fn answer(mut conn: TcpStream, health: &Health, policy: Option<&RwLock<View>>) {
+/// `health`: `None` on the metrics-only listener.
+fn answer(mut conn: TcpStream, health: Option<&Health>, policy: Option<&RwLock<View>>) {
     let mut buf = [0u8; 2048];
     let mut got = 0;
     // The request line is all we need; stop at the end of the headers or when the buffer is full.
@@ -310,7 +328,7 @@ fn answer(mut conn: TcpStream, health: &Health, policy: Option<&RwLock<View>>) {
     let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let policy_answer = match method {
-        "GET" | "HEAD" => explain::http(policy, path, query),
+        "GET" | "HEAD" if health.is_some() => explain::http(policy, path, query),
         _ => None,
     };
     let mut content_type = "text/plain; charset=utf-8";
@@ -326,12 +344,16 @@ fn answer(mut conn: TcpStream, health: &Health, policy: Option<&RwLock<View>>) {
             };
             (status, json.to_string())
         }
-        ("GET" | "HEAD", "/healthz" | "/livez") => verdict(health.live()),
-        ("GET" | "HEAD", "/readyz") => verdict(health.ready()),
         ("GET" | "HEAD", "/metrics") => {
             content_type = super::metrics::CONTENT_TYPE;
             ("200 OK", super::metrics::text())
         }
+        ("GET" | "HEAD", _) if health.is_none() => (
+            "404 Not Found",
+            "this listener serves /metrics only".to_string(),
+        ),
+        ("GET" | "HEAD", "/healthz" | "/livez") => verdict(health.expect("checked").live()),
+        ("GET" | "HEAD", "/readyz") => verdict(health.expect("checked").ready()),
         ("GET" | "HEAD", _) => (
             "404 Not Found",
             "try /healthz, /readyz, /metrics, /policy?pod=NS/NAME or /policy/verdict?src=IP&dst=IP&proto=tcp&port=N".to_string(),

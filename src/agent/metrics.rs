@@ -318,6 +318,12 @@ pub static POLICY_DURATION: Histogram = Histogram::new(
     &[],
     DURATION_BUCKETS,
 );
+pub static POLICY_PROGRAMMED: Histogram = Histogram::new(
+    "routed_cni_policy_event_to_programmed_seconds",
+    "From a Pod, Namespace or NetworkPolicy change reaching the agent to the node's table enforcing it (the settle window, compile and nft apply; changes that alter nothing enforced count when the sync that found so ends).",
+    &[],
+    DURATION_BUCKETS,
+);
 pub static SYNC_ERRORS: Counter = Counter::new(
     "routed_cni_sync_errors_total",
     "Failed syncs, by what: install, routes, policy, firewall.",
@@ -356,6 +362,7 @@ static ALL: &[&dyn Render] = &[
     &LAST_SYNC,
     &SYNC_DURATION,
     &POLICY_DURATION,
+    &POLICY_PROGRAMMED,
     &SYNC_ERRORS,
     &API_ERRORS,
     &WATCH_RESTARTS,

@@ -84,6 +84,8 @@ pub struct AgentOptions {
     pub resync: Duration,
     pub stale_after: Duration,
     pub health_addr: SocketAddr,
+    /// A listener for /metrics alone (health.rs `serve_metrics`).
+    pub metrics_addr: Option<SocketAddr>,
     pub install: InstallSettings,
     pub tunnel: TunnelOptions,
     /// Enforce NetworkPolicy (watches Pods, Namespaces, NetworkPolicies; table inet routed-cni).
@@ -134,6 +136,14 @@ pub fn run(opts: AgentOptions) -> i32 {
             opts.health_addr
         );
         return 1;
+    }
+    if let Some(addr) = opts.metrics_addr {
+        if let Err(e) = health::serve_metrics(addr) {
+            crate::error!(
+                "metrics listener on {addr}: {e} (is another agent running? change --metrics-addr)"
+            );
+            return 1;
+        }
     }
     let client = match ApiClient::new(&opts.api_server, &opts.token_file, &opts.ca_file) {
         Ok(c) => c,
@@ -327,9 +337,9 @@ impl Agent {
                         self.policy_due = Some(Instant::now() + POLICY_SETTLE);
                     }
                 }
-                Input::Policy(change) => {
+                Input::Policy(change, version) => {
                     if let Some(p) = self.policy.as_mut() {
-                        if p.update(change) && self.policy_due.is_none() {
+                        if p.update(change, version) && self.policy_due.is_none() {
                             self.policy_due = Some(Instant::now() + POLICY_SETTLE);
                         }
                     }

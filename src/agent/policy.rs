@@ -27,6 +27,12 @@ pub struct PolicySync {
     /// The next sync applies even an unchanged Ruleset (a resync: the table may have been
     /// changed by hand), without logging it as a change.
     reapply: bool,
+    /// When each change not yet in force arrived: the next successful sync observes each in
+    /// the event-to-programmed histogram.
+    waiting: Vec<Instant>,
+    /// The newest resourceVersion among the changes received, named by "policy applied" so a
+    /// benchmark can tell which API events a sync included.
+    through: Option<u64>,
 }
 
 impl PolicySync {
@@ -35,6 +41,8 @@ impl PolicySync {
             view,
             data_dir,
             reapply: false,
+            waiting: Vec::new(),
+            through: None,
         }
     }
 
@@ -48,8 +56,22 @@ impl PolicySync {
         self.view.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies one input to the cache; true when enforcement may have changed.
-    pub fn update(&mut self, input: PolicyInput) -> bool {
+    /// Applies one input (an event at resourceVersion `version`, or a list) to the cache; true
+    /// when enforcement may have changed.
+    pub fn update(&mut self, input: PolicyInput, version: String) -> bool {
+        let changed = self.apply_input(input);
+        if changed {
+            self.waiting.push(Instant::now());
+        }
+        // resourceVersions are opaque to clients, but every API server so far hands out etcd's
+        // revision, a number: a non-number is simply not named.
+        if let Ok(v) = version.parse::<u64>() {
+            self.through = Some(self.through.map_or(v, |t| t.max(v)));
+        }
+        changed
+    }
+
+    fn apply_input(&mut self, input: PolicyInput) -> bool {
         let mut view = self.write();
         let View { cache, listed, .. } = &mut *view;
         match input {
@@ -127,6 +149,7 @@ impl PolicySync {
         drop(view);
         if unchanged && !std::mem::take(&mut self.reapply) {
             self.write().local = local;
+            self.programmed();
             return Ok(None);
         }
         let applied = nft::apply(&ruleset).map_err(|e| e.to_string())?;
@@ -136,6 +159,7 @@ impl PolicySync {
             ruleset.egress.len(),
         ];
         super::metrics::policy_applied(pods, &applied, started.elapsed());
+        self.programmed();
         if unchanged {
             let mut view = self.write();
             view.applied = Some(ruleset);
@@ -143,7 +167,7 @@ impl PolicySync {
             return Ok(None);
         }
         let line = format!(
-            "policy applied: {} local pod(s), {} ingress- and {} egress-isolated, {} chain(s), {} set(s), {} rule(s), {} element(s) in {:.0} ms ({} ms of it nft)",
+            "policy applied: {} local pod(s), {} ingress- and {} egress-isolated, {} chain(s), {} set(s), {} rule(s), {} element(s) in {:.0} ms ({} ms of it nft){}",
             ruleset.pods.len(),
             ruleset.ingress.len(),
             ruleset.egress.len(),
@@ -152,12 +176,25 @@ impl PolicySync {
             applied.rules,
             applied.elements,
             started.elapsed().as_secs_f64() * 1000.0,
-            applied.took.as_millis()
+            applied.took.as_millis(),
+            match self.through {
+                Some(v) => format!("; API changes through resourceVersion {v}"),
+                None => String::new(),
+            }
         );
         let mut view = self.write();
         view.applied = Some(ruleset);
         view.local = local;
         Ok(Some(line))
+    }
+
+    /// Every change received so far is in force now.
+    fn programmed(&mut self) {
+        let now = Instant::now();
+        for arrived in self.waiting.drain(..) {
+            super::metrics::POLICY_PROGRAMMED
+                .observe_duration(&[], now.saturating_duration_since(arrived));
+        }
     }
 
     /// After a failed apply the table may be anything: compare against nothing next time.

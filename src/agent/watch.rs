@@ -41,8 +41,9 @@ pub enum Input {
     LocalRoutes(String),
     /// A pod's host route came or went: a pod was added to or deleted from this node.
     PodRoutes,
-    /// NetworkPolicy's inputs (only with --network-policy).
-    Policy(PolicyInput),
+    /// NetworkPolicy's inputs (only with --network-policy), with the resourceVersion of the
+    /// event (empty for a list), which the agent's "policy applied" line names.
+    Policy(PolicyInput, String),
 }
 
 /// A change of what NetworkPolicy enforcement is computed from.
@@ -95,13 +96,17 @@ impl Watched for Pod {
         self.resource_version.clone()
     }
     fn listed(all: Vec<Self>) -> Input {
-        Input::Policy(PolicyInput::Pods(all))
+        Input::Policy(PolicyInput::Pods(all), String::new())
     }
     fn upserted(self) -> Input {
-        Input::Policy(PolicyInput::Pod(self))
+        let version = self.resource_version.clone();
+        Input::Policy(PolicyInput::Pod(self), version)
     }
     fn deleted(self) -> Input {
-        Input::Policy(PolicyInput::PodGone(self.namespace, self.name))
+        Input::Policy(
+            PolicyInput::PodGone(self.namespace, self.name),
+            self.resource_version,
+        )
     }
 }
 
@@ -112,13 +117,14 @@ impl Watched for Namespace {
         self.resource_version.clone()
     }
     fn listed(all: Vec<Self>) -> Input {
-        Input::Policy(PolicyInput::Namespaces(all))
+        Input::Policy(PolicyInput::Namespaces(all), String::new())
     }
     fn upserted(self) -> Input {
-        Input::Policy(PolicyInput::Namespace(self))
+        let version = self.resource_version.clone();
+        Input::Policy(PolicyInput::Namespace(self), version)
     }
     fn deleted(self) -> Input {
-        Input::Policy(PolicyInput::NamespaceGone(self.name))
+        Input::Policy(PolicyInput::NamespaceGone(self.name), self.resource_version)
     }
 }
 
@@ -129,13 +135,17 @@ impl Watched for NetworkPolicy {
         self.resource_version.clone()
     }
     fn listed(all: Vec<Self>) -> Input {
-        Input::Policy(PolicyInput::Policies(all))
+        Input::Policy(PolicyInput::Policies(all), String::new())
     }
     fn upserted(self) -> Input {
-        Input::Policy(PolicyInput::Policy(self))
+        let version = self.resource_version.clone();
+        Input::Policy(PolicyInput::Policy(self), version)
     }
     fn deleted(self) -> Input {
-        Input::Policy(PolicyInput::PolicyGone(self.namespace, self.name))
+        Input::Policy(
+            PolicyInput::PolicyGone(self.namespace, self.name),
+            self.resource_version,
+        )
     }
 }
 

@@ -83,6 +83,10 @@ pub struct AgentArgs {
         default_value = "127.0.0.1:9465"
     )]
     health_addr: SocketAddr,
+    /// Also serve /metrics alone on this address (for a Prometheus outside the node, e.g.
+    /// 0.0.0.0:9466); unset: /metrics only on the health listener
+    #[arg(long, value_name = "ADDRESS:PORT", env = "ROUTED_CNI_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
     /// How pod traffic reaches other nodes: never (direct routes only: all nodes share a
     /// link), vxlan (every node through the VXLAN device), crosssubnet (direct where the kernel
     /// reaches the node without a gateway, VXLAN elsewhere)
@@ -177,6 +181,7 @@ impl AgentArgs {
             // Unhealthy after three missed resyncs unless told otherwise.
             stale_after: self.stale_seconds.unwrap_or(self.resync_seconds * 3),
             health_addr: self.health_addr,
+            metrics_addr: self.metrics_addr,
             install: self.install.into_settings(),
             tunnel: TunnelOptions {
                 mode: self.encapsulation,

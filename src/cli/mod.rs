@@ -44,7 +44,7 @@ enum Command {
     Install(install::InstallArgs),
     Uninstall(install::UninstallArgs),
     Audit(AuditArgs),
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     Policy(policy::PolicyArgs),
 }
 
