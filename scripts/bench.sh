@@ -24,6 +24,11 @@
 #                                            throughput and connection rate with 0 vs 1,000
 #                                            policies, ADD with enforcement on vs off; in
 #                                            scripts/bench-policy.sh, its own section, ~3-4 min
+#        sudo scripts/bench.sh agent        the agent at cluster scale: 5,000 Nodes, 150,000 Pods,
+#                                            2,000 NetworkPolicies from the stand-in; first sync,
+#                                            RSS, CPU per 1,000 events, event -> programmed under
+#                                            churn; in scripts/bench-agent.sh, its own section,
+#                                            ~6 min and ~5 GB of RAM (the stand-in's)
 #        BENCH_KEEP=dir keeps the raw results (JSON) and strace profiles there
 #        BENCH_DOC=file writes the report there instead of docs/benchmarks.md
 set -euo pipefail
@@ -43,6 +48,7 @@ need=()
 pkgs=(containernetworking-plugins time strace python3 iproute2 iptables)
 [ "${1:-}" = "--encap" ] && pkgs=(iperf3 python3 iproute2 iptables openssl jq)
 [ "${1:-}" = "--policy" ] && pkgs=(iperf3 python3 iproute2 iptables nftables openssl jq)
+[ "${1:-}" = "agent" ] && pkgs=(python3 iproute2 iptables nftables openssl jq curl bc)
 for pkg in "${pkgs[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
@@ -53,6 +59,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 [ "${1:-}" = "--encap" ] && exec "$REPO/scripts/bench-encap.sh" "$DOC"
 [ "${1:-}" = "--policy" ] && exec "$REPO/scripts/bench-policy.sh" "$DOC"
+[ "${1:-}" = "agent" ] && exec "$REPO/scripts/bench-agent.sh" "$DOC"
 for f in /usr/lib/cni/ptp /usr/lib/cni/host-local /usr/bin/time; do
     [ -x "$f" ] || { echo "bench.sh: $f missing after install" >&2; exit 1; }
 done

@@ -519,8 +519,10 @@ impl ApiClient {
         // Rounded up: rounding down would leave a sliver of the resync period for a second,
         // pointless watch request.
         let secs = timeout.as_secs_f64().ceil().max(1.0) as u64;
+        // `path` may carry a query of its own (a field selector).
+        let sep = if path.contains('?') { '&' } else { '?' };
         let path = format!(
-            "{path}?watch=1&resourceVersion={resource_version}&allowWatchBookmarks=true&timeoutSeconds={secs}"
+            "{path}{sep}watch=1&resourceVersion={resource_version}&allowWatchBookmarks=true&timeoutSeconds={secs}"
         );
         let resp = self.get(&path, Duration::from_secs(secs) + WATCH_GRACE)?;
         Ok(WatchStream {

@@ -90,7 +90,11 @@ impl Watched for Node {
 }
 
 impl Watched for Pod {
-    const PATH: &'static str = "/api/v1/pods";
+    /// Finished pods (Succeeded, Failed: a cluster's completed Jobs can be most of its pods)
+    /// are neither targets nor peers; the server leaves them out, and a pod that finishes
+    /// arrives as DELETED, as the watch cache does for an object that stops matching.
+    const PATH: &'static str =
+        "/api/v1/pods?fieldSelector=status.phase%21%3DSucceeded%2Cstatus.phase%21%3DFailed";
     const WHAT: &'static str = "pod";
     fn version(&self) -> String {
         self.resource_version.clone()
