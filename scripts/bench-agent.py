@@ -333,7 +333,7 @@ def cmd_churn(a):
         t_tick = time.time()
         credit["join"] += a.node_joins * tick
         credit["status"] += a.status_updates * tick
-        credit["pod"] += a.pod_creates * tick
+        credit["pod"] += a.pod_creates * tick if a.namespaces else 0
         while credit["join"] >= 1:
             credit["join"] -= 1
             i = next_node
@@ -427,7 +427,7 @@ def cmd_latency(a):
             m = re.search(r"policy applied: .*through resourceVersion (\d+)", line)
             if m:
                 applied.append((t, int(m.group(1))))
-            m = re.search(r"route (added|removed): .*\(node (\S+?)[) ]", line)
+            m = re.search(r"route (added|removed): .*\(node ([^\s,)]+)", line)
             if m:
                 routes.setdefault((m.group(1), m.group(2)), t)
     pod_lat, node_lat, missed = [], [], 0
@@ -507,11 +507,11 @@ def cmd_report(a):
         meta["file_bytes"]["nodes"] / 1e6,
         ", Pods %.0f MB" % (meta["file_bytes"]["pods"] / 1e6) if meta["file_bytes"].get("pods") else ""))
     w("### First complete sync, from a clean node\n")
-    w("| agent | routes synced | policy applied | peak RSS | RSS after | CPU | received from the API | routes | FDB | neighbours |")
+    w("| agent | routes synced | policy applied | peak RSS | RSS after | CPU (agent + nft) | received from the API | routes | FDB | neighbours |")
     w("|---|---|---|---|---|---|---|---|---|---|")
     names = {"never-nopolicy": "`--encapsulation never`, policy off", "vxlan-nopolicy": "`vxlan`, policy off",
-             "vxlan-policy": "`vxlan`, policy on"}
-    for name in ("never-nopolicy", "vxlan-nopolicy", "vxlan-policy"):
+             "crosssubnet-nopolicy": "`crosssubnet` (all on-link), policy off", "vxlan-policy": "`vxlan`, policy on"}
+    for name in ("never-nopolicy", "vxlan-nopolicy", "crosssubnet-nopolicy", "vxlan-policy"):
         path = os.path.join(r, "sync-%s.env" % name)
         if not os.path.exists(path):
             continue
@@ -549,7 +549,7 @@ def cmd_report(a):
     w("")
     w("| measure | value |")
     w("|---|---|")
-    w("| agent CPU per 1,000 events | %.0f ms (%.1f%% of one core over the run) |" % (
+    w("| agent CPU (with its nft children) per 1,000 events | %.0f ms (%.1f%% of one core over the run) |" % (
         cpu_ms * 1000 / max(events, 1), cpu_ms / 10 / secs))
     w("| received from the API server | %.1f MB (%.1f kB per event) |" % (int(ch["rx_bytes"]) / 1e6, int(ch["rx_bytes"]) / 1e3 / max(events, 1)))
     for k, label in (("pod", "pod event → set programmed (Running with an address, deleted)"),

@@ -7,6 +7,7 @@
 #   size real ones are. Three starts of the agent on the loaded cluster, each from a clean node:
 #     never  / policy off   routes only, every node on A's link
 #     vxlan  / policy off   every other node through the VXLAN device (route + FDB + neighbour)
+#     crosssubnet / off     the default: a route lookup per node decides (all direct here)
 #     vxlan  / policy on    the same plus the Pods, Namespaces, NetworkPolicies watches and nft
 #   For each: time to the first complete sync (from exec to the agent's log line saying so),
 #   peak and settled RSS, CPU, bytes received from the API server, routes/FDB/neighbour entries
@@ -162,7 +163,8 @@ clean_node() {
 }
 rx_bytes() { ip -n "$A" -j -s link show apilink | jq '.[0].stats64.rx.bytes'; }
 proc_field() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$AGENT/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$AGENT/stat"; }
+# the agent's CPU time and that of the children it has waited for (nft), in clock ticks
+cpu_ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$AGENT/stat"; }
 
 # add_pod NS NAME: a pod namespace and CNI ADD with the installed binary and conflist; prints
 # "NS NAME IPv4" for the generator
@@ -260,6 +262,8 @@ first_sync never-nopolicy never false
 stop_agent
 first_sync vxlan-nopolicy vxlan false
 stop_agent
+first_sync crosssubnet-nopolicy crosssubnet false
+stop_agent
 if [ "$NAMESPACES" -gt 0 ]; then
     first_sync vxlan-policy vxlan true
 else
@@ -270,7 +274,7 @@ fi
 log "churn: ${CHURN_SECONDS}s"
 cpu0=$(cpu_ticks)
 rx0=$(rx_bytes)
-events0=$(grep -c ' event ' "$TMP/apiserver.log" || true)
+events0=$(grep -c '^event ' "$TMP/apiserver.log" || true)
 "$PY" "$HARNESS" churn --nodes "$NODES" --namespaces "$NAMESPACES" --per-ns "$PER_NS" --api "$APIDIR" \
     --local-pods "$TMP/local-pods" --seconds "$CHURN_SECONDS" --out "$RES/churn.json"
 sleep 3 # the last changes programmed
@@ -278,7 +282,7 @@ sleep 3 # the last changes programmed
     echo "cpu_ticks=$(($(cpu_ticks) - cpu0))"
     echo "hz=$(getconf CLK_TCK)"
     echo "rx_bytes=$(($(rx_bytes) - rx0))"
-    echo "events=$(($(grep -c ' event ' "$TMP/apiserver.log" || true) - events0))"
+    echo "events=$(($(grep -c '^event ' "$TMP/apiserver.log" || true) - events0))"
     echo "hwm_kib=$(proc_field VmHWM)"
     echo "rss_kib=$(proc_field VmRSS)"
     echo "routes=$(ip -n "$A" route show proto 77 | wc -l)"

@@ -468,38 +468,43 @@ class Store:
     def patch_node_status(self, name, patch, strategic):
         """Applies a PATCH to a node's status, writes it back to the node's file (the next
         poll would see it anyway; doing it here gives the response its new resourceVersion)."""
-        kind = KINDS["nodes"]
         key = ("", name)
         with self.scan_lock:
-            with self.cond:
-                cur = self.objects["nodes"].get(key)
             paths = self.claims["nodes"].get(key)
-            if cur is None or not paths:
-                return None
-            merged = (strategic_merge if strategic else merge_patch)(copy.deepcopy(cur[0]), patch)
+            with self.cond:
+                if self.objects["nodes"].get(key) is None or not paths:
+                    return None
             path = paths[0]
-            with open(path) as f:
-                doc = json.load(f)
-            new_status = merged.get("status") if isinstance(merged, dict) else None
-
-            def patched(raw):
-                raw = copy.deepcopy(raw)
-                if new_status is None:
-                    raw.pop("status", None)
-                else:
-                    raw["status"] = new_status
-                return raw
-            if doc.get("kind") == "List":
-                doc["items"] = [patched(i) if _get(i, "metadata", "name") == name else i
-                                for i in doc["items"]]
-            else:
-                doc = patched(doc)
-            tmp = os.path.join(os.path.dirname(path), ".%s.tmp-%d" % (
-                os.path.basename(path), os.getpid()))
-            with open(tmp, "w") as f:
-                json.dump(doc, f, indent=4)
-                f.write("\n")
-            os.replace(tmp, path)
+            # A test may rename a new version of the file into place meanwhile: the patch is
+            # applied to the version read and written back only if that is still the file
+            # (else read again), so the test's edit is never lost.
+            for _ in range(20):
+                before = os.stat(path)
+                with open(path) as f:
+                    doc = json.load(f)
+                items = doc["items"] if doc.get("kind") == "List" else [doc]
+                for i, raw in enumerate(items):
+                    if _get(raw, "metadata", "name") == name:
+                        merged = (strategic_merge if strategic else merge_patch)(copy.deepcopy(raw), patch)
+                        raw = dict(raw)
+                        if isinstance(merged, dict) and merged.get("status") is not None:
+                            raw["status"] = merged["status"]
+                        else:
+                            raw.pop("status", None)
+                        items[i] = raw
+                if doc.get("kind") != "List":
+                    doc = items[0]
+                tmp = os.path.join(os.path.dirname(path), ".%s.tmp-%d" % (
+                    os.path.basename(path), os.getpid()))
+                with open(tmp, "w") as f:
+                    json.dump(doc, f, indent=4)
+                    f.write("\n")
+                now = os.stat(path)
+                if (now.st_ino, now.st_mtime_ns, now.st_size) == \
+                        (before.st_ino, before.st_mtime_ns, before.st_size):
+                    os.replace(tmp, path)
+                    break
+                os.unlink(tmp)
             self._scan()  # the write becomes MODIFIED now, not at the next poll
             with self.cond:
                 return self.objects["nodes"][key][0]

@@ -121,13 +121,30 @@ pub struct NodeSpec {
     pub pod_cidrs: Vec<String>,
 }
 
+/// Of a Node's status, only its InternalIPs and its NetworkUnavailable condition are kept,
+/// dropped per node as it is decoded: a list of 5,000 nodes would otherwise hold ~35,000
+/// address and condition entries at once, only to throw them away.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct NodeStatus {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "internal_ips_only")]
     pub addresses: Vec<NodeAddress>,
     /// Only type, status and reason are decoded: messages and times are skipped unread.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "network_condition_only")]
     pub conditions: Vec<RawCondition>,
+}
+
+fn internal_ips_only<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<NodeAddress>, D::Error> {
+    let mut all = Vec::<NodeAddress>::deserialize(d)?;
+    all.retain(|a| a.kind == "InternalIP");
+    Ok(all)
+}
+
+fn network_condition_only<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<RawCondition>, D::Error> {
+    let mut all = Vec::<RawCondition>::deserialize(d)?;
+    all.retain(|c| c.kind == super::condition::CONDITION_TYPE);
+    Ok(all)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

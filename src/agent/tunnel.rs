@@ -4,7 +4,7 @@
 //! at each sync: missing entries come back, entries of nodes that left or moved to a direct
 //! route go. The device is ours by name, so every entry on it is ours too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::str::FromStr;
 
@@ -328,11 +328,18 @@ impl TunnelSync {
             Ok(f) => f,
             Err(e) => return report.failed(e.msg),
         };
+        // Looked up, not scanned: with thousands of peers a scan per peer was most of a sync.
+        let fdb: HashSet<(&[u8], IpAddr)> = fdb
+            .iter()
+            .filter_map(|f| Some((&f.mac[..], f.dst?)))
+            .collect();
+        let neighbours: HashSet<(IpAddr, &[u8])> = neighbours
+            .iter()
+            .filter(|n| n.state == NeighbourState::Permanent)
+            .map(|n| (n.ip, &n.mac[..]))
+            .collect();
         for peer in peers.values() {
-            let fdb_right = fdb
-                .iter()
-                .any(|f| f.mac == peer.mac && f.dst == Some(peer.underlay));
-            if !fdb_right {
+            if !fdb.contains(&(&peer.mac[..], peer.underlay)) {
                 match self.nl.add_fdb(index, &peer.mac, peer.underlay).await {
                     Ok(()) => report.changed(format!(
                         "FDB {} dst {} added (node {})",
@@ -344,10 +351,7 @@ impl TunnelSync {
                 }
             }
             for ip in &peer.tunnels {
-                let right = neighbours.iter().any(|n| {
-                    n.ip == *ip && n.mac == peer.mac && n.state == NeighbourState::Permanent
-                });
-                if right {
+                if neighbours.contains(&(*ip, &peer.mac[..])) {
                     continue;
                 }
                 match self
@@ -402,13 +406,12 @@ impl TunnelSync {
             }
             Err(e) => report.failed(e.msg),
         }
+        let wanted_fdb: HashSet<(&[u8], IpAddr)> =
+            peers.values().map(|p| (&p.mac[..], p.underlay)).collect();
         match self.nl.fdb_entries(index).await {
             Ok(fdb) => {
                 for f in fdb {
-                    let wanted = peers
-                        .values()
-                        .any(|p| p.mac[..] == f.mac[..] && f.dst == Some(p.underlay));
-                    if wanted {
+                    if f.dst.is_some_and(|d| wanted_fdb.contains(&(&f.mac[..], d))) {
                         continue;
                     }
                     let dst = f.dst.map(|d| d.to_string()).unwrap_or_else(|| "-".into());
