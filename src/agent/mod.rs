@@ -245,6 +245,8 @@ pub fn run(opts: AgentOptions) -> i32 {
         nodes: BTreeMap::new(),
         routed_for: BTreeMap::new(),
         on_link: BTreeMap::new(),
+        fresh_next: false,
+        last_device: None,
         installed_for: None,
         said: Vec::new(),
         policy: policy_view.map(|v| PolicySync::new(data_dir, v)),
@@ -272,6 +274,10 @@ struct Agent {
     /// 5,000 per event at 5,000 nodes otherwise); all are asked again at a full pass and when
     /// this node's own routes change.
     on_link: BTreeMap<IpAddr, bool>,
+    /// The next sync compares with a dump of the node, not with what the last one left.
+    fresh_next: bool,
+    /// The VXLAN device's index at the last sync.
+    last_device: Option<u32>,
     /// The notes of the last reconcile (skipped nodes, install wait), so each is logged once
     /// per change rather than at every resync.
     said: Vec<String>,
@@ -385,6 +391,8 @@ impl Agent {
                             }
                         }
                     }
+                    // The kernel removes routes with the link or address they used: look.
+                    self.fresh_next = true;
                     if listed && self.opts.tunnel.mode == Encapsulation::CrossSubnet {
                         self.on_link.clear();
                         crate::info!(
@@ -430,16 +438,21 @@ impl Agent {
         self.said = notes;
         // The entries a new route through the tunnel needs go in before the route; those no
         // route needs any more go after the routes that used them.
+        // Compared with a dump of the node (not with what the last sync left) at full passes,
+        // after this node's own routes changed (the kernel drops routes with a link) and when
+        // the device is another one.
+        let fresh = full || std::mem::take(&mut self.fresh_next) || device != self.last_device;
+        self.last_device = device;
         if let Some(index) = device {
             self.rt.block_on(
                 self.tunnel
-                    .add_entries(index, &plan.vxlan_peers, &mut tunnel),
+                    .add_entries(index, &plan.vxlan_peers, fresh, &mut tunnel),
             );
         }
         let mut routes_in_place = false;
         match self
             .rt
-            .block_on(self.routes.sync(&plan, &self.routed_for, device))
+            .block_on(self.routes.sync(&plan, &self.routed_for, device, fresh))
         {
             Ok(mut report) => {
                 if let Some(index) = device {

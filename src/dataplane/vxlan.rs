@@ -320,14 +320,15 @@ impl Netlink {
         Ok(out)
     }
 
-    /// A permanent neighbour entry marked with `protocol` (`ip neigh show proto N`).
+    /// A permanent neighbour entry marked with `protocol` (`ip neigh show proto N`); returns
+    /// the entry as `tunnel_neighbours` would list it (its message removes it again).
     pub async fn add_tunnel_neighbour(
         &self,
         index: u32,
         ip: IpAddr,
         mac: &[u8],
         protocol: u8,
-    ) -> Result<()> {
+    ) -> Result<TunnelNeighbour> {
         let mut req = self
             .handle
             .neighbours()
@@ -338,11 +339,18 @@ impl Netlink {
         req.message_mut()
             .attributes
             .push(NeighbourAttribute::Protocol(RouteProtocol::from(protocol)));
+        let msg = req.message_mut().clone();
         req.execute().await.map_err(|e| {
             nl_err(
                 format_args!("add neighbour {ip} lladdr {}", format_mac(mac)),
                 e,
             )
+        })?;
+        Ok(TunnelNeighbour {
+            ip,
+            mac: mac.to_vec(),
+            state: NeighbourState::Permanent,
+            msg,
         })
     }
 
@@ -384,8 +392,9 @@ impl Netlink {
 
     /// A permanent FDB entry on the device itself (NTF_SELF): frames for `mac` go to `dst`.
     /// Replaces an entry for the same MAC with another destination.
-    pub async fn add_fdb(&self, index: u32, mac: &[u8], dst: IpAddr) -> Result<()> {
-        let req = self
+    /// Returns the entry as `fdb_entries` would list it (its message removes it again).
+    pub async fn add_fdb(&self, index: u32, mac: &[u8], dst: IpAddr) -> Result<FdbEntry> {
+        let mut req = self
             .handle
             .neighbours()
             .add_bridge(index, mac)
@@ -393,10 +402,15 @@ impl Netlink {
             .state(NeighbourState::Permanent)
             .destination(dst)
             .replace();
+        let entry = FdbEntry {
+            mac: mac.to_vec(),
+            dst: Some(dst),
+            msg: req.message_mut().clone(),
+        };
         match req.execute().await {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(entry),
             // The same entry already there (some kernels answer EEXIST to a same-value replace).
-            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(entry),
             Err(e) => Err(nl_err(
                 format_args!("add FDB entry {} dst {dst}", format_mac(mac)),
                 e,
