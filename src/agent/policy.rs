@@ -30,6 +30,9 @@ pub struct PolicySync {
     /// When each change not yet in force arrived: the next successful sync observes each in
     /// the event-to-programmed histogram.
     waiting: Vec<Instant>,
+    /// The node's nft, found once and kept: it remembers what our last apply wrote, so the
+    /// next one neither lists the table first nor rewrites what did not change.
+    nft: Option<nft::Nft>,
     /// The newest resourceVersion among the changes received, named by "policy applied" so a
     /// benchmark can tell which API events a sync included.
     through: Option<u64>,
@@ -43,6 +46,7 @@ impl PolicySync {
             reapply: false,
             waiting: Vec::new(),
             through: None,
+            nft: None,
         }
     }
 
@@ -147,12 +151,20 @@ impl PolicySync {
         let ruleset = compile(&view.cache, &local);
         let unchanged = view.applied.as_ref() == Some(&ruleset);
         drop(view);
-        if unchanged && !std::mem::take(&mut self.reapply) {
+        let reapply = std::mem::take(&mut self.reapply);
+        if unchanged && !reapply {
             self.write().local = local;
             self.programmed();
             return Ok(None);
         }
-        let applied = nft::apply(&ruleset).map_err(|e| e.to_string())?;
+        if self.nft.is_none() {
+            self.nft = Some(nft::Nft::find().map_err(|e| e.to_string())?);
+        }
+        let nft = self.nft.as_ref().expect("found above");
+        if reapply {
+            nft.forget();
+        }
+        let applied = nft.apply(&ruleset).map_err(|e| e.to_string())?;
         let pods = [
             ruleset.pods.len(),
             ruleset.ingress.len(),

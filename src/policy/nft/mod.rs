@@ -25,6 +25,7 @@
 //!
 //! `nft` is the only program run; errors carry its stderr and what to do. Nothing here prints.
 
+mod incremental;
 mod lookup;
 mod read;
 mod render;
@@ -256,6 +257,12 @@ impl Nft {
             "the agent retries on its next sync; if it keeps failing, run `nft -j list table inet routed-cni` and report this message",
         )?;
         Ok(r)
+    }
+
+    /// The next apply lists the table and rewrites all of it (the agent's resync: the table
+    /// may have been changed by hand).
+    pub fn forget(&self) {
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// What the table holds now; `None` when it does not exist.

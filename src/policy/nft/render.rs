@@ -41,17 +41,15 @@ enum Cmd<'a> {
     Raw(Value),
 }
 
-#[derive(Serialize)]
-struct Batch<'a> {
-    nftables: Vec<Cmd<'a>>,
-}
-
 /// What is installed now, by name (from a terse listing): what a new batch must delete.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Names {
     pub chains: BTreeSet<String>,
     pub sets: BTreeSet<String>,
     pub maps: BTreeSet<String>,
+    /// The content hash of each set, map and chain as our last batch wrote it (incremental.rs);
+    /// empty when the table was listed rather than written by us.
+    pub contents: BTreeMap<String, u64>,
 }
 
 /// A rendered batch and its size, for `Applied`.
@@ -733,8 +731,18 @@ pub fn render(rs: &Ruleset, names: &Names) -> Result<Rendered, PolicyError> {
             .chain(derived)
             .collect(),
         maps: FIXED_MAPS.iter().map(|s| s.to_string()).collect(),
+        contents: BTreeMap::new(),
     };
-    out.json = serde_json::to_string(&Batch { nftables: b })
-        .map_err(|e| PolicyError::Invalid(format!("cannot write the nft batch as JSON: {e}")))?;
+    let invalid = |e: serde_json::Error| {
+        PolicyError::Invalid(format!("cannot write the nft batch as JSON: {e}"))
+    };
+    let cmds = b
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<Value>, _>>()
+        .map_err(invalid)?;
+    let (cmds, contents) = super::incremental::prune(cmds, &names.contents);
+    out.names.contents = contents;
+    out.json = serde_json::to_string(&json!({ "nftables": cmds })).map_err(invalid)?;
     Ok(out)
 }

@@ -228,6 +228,7 @@ fn what_the_ruleset_no_longer_has_is_emptied_then_deleted_after_the_maps_are_ref
             .map(String::from)
             .into(),
         maps: ["ingress", "egress", "stray"].map(String::from).into(),
+        contents: Default::default(),
     };
     let r = render(&rs, &names).unwrap();
     assert_eq!(r.removed_chains, vec!["ing-old".to_string()]);
