@@ -168,12 +168,16 @@ fn json_line(level: Level, msg: &str, extra: &[(String, String)]) -> String {
     )
 }
 
-/// RFC 3339 UTC with milliseconds, without a date crate.
+/// Now, as RFC 3339 UTC with milliseconds.
 fn timestamp() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
+    rfc3339(SystemTime::now(), true)
+}
+
+/// `t` as RFC 3339 in UTC, to the millisecond or (as Kubernetes' metav1.Time) to the second,
+/// without a date crate.
+pub fn rfc3339(t: SystemTime, millis: bool) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -185,12 +189,16 @@ fn timestamp() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
+    let fraction = if millis {
+        format!(".{:03}", since.subsec_millis())
+    } else {
+        String::new()
+    };
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        now.subsec_millis()
     )
 }
 

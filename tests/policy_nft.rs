@@ -607,7 +607,9 @@ fn reapply_removes_what_is_gone_and_remove_table_leaves_nothing() {
     assert!(again.removed_chains.is_empty() && again.removed_sets.is_empty());
     let now = lab.nft.read().unwrap().unwrap();
     assert!(
-        now.chains["egr-c"].dropped.is_some_and(|(packets, _)| packets >= 1),
+        now.chains["egr-c"]
+            .dropped
+            .is_some_and(|(packets, _)| packets >= 1),
         "the drop counter was reset: {:?}",
         now.chains["egr-c"]
     );

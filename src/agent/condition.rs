@@ -25,7 +25,7 @@
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::backoff::Backoff;
 use super::health::Health;
@@ -142,26 +142,9 @@ pub fn patch_body(want: &Want, seen: Option<&NetworkCondition>, now: &str) -> se
     json!({ "status": { "conditions": [condition] } })
 }
 
-/// RFC 3339 in UTC to the second, as metav1.Time serializes, without a date crate.
+/// RFC 3339 in UTC to the second, as metav1.Time serializes.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::log::rfc3339(t, false)
 }
 
 /// Keeps the condition in line across passes: the client, and when a failed patch may be
@@ -404,7 +387,7 @@ mod tests {
 
     #[test]
     fn times_as_the_api_writes_them() {
-        let t = |s: u64| rfc3339(UNIX_EPOCH + Duration::from_secs(s));
+        let t = |s: u64| rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(s));
         assert_eq!(t(0), "1970-01-01T00:00:00Z");
         // date -u -d @1795618931
         assert_eq!(t(1_795_618_931), "2026-11-25T15:02:11Z");
