@@ -23,7 +23,8 @@
 # table for the whole host: it must not raise them here). Everything is removed on exit.
 #
 # Called by scripts/bench.sh (which has installed the packages) with the doc to write as $1.
-# BENCH_AGENT_NODES / _NAMESPACES / _PER_NS / CHURN_SECONDS scale it down for a quick look.
+# BENCH_AGENT_NODES / _NAMESPACES / _PER_NS / CHURN_SECONDS scale it down for a quick look;
+# BENCH_AGENT_BIN runs another build of the binary.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -87,9 +88,13 @@ mkdir -p "$RES" "$APIDIR"/{nodes,pods,namespaces,networkpolicies}
 
 # ------------------------------------------------------------------ build
 command -v cargo >/dev/null || die "cargo not found; install Rust (rustup), then re-run"
-cargo build --release --quiet
 BIN=$TMP/routed-cni
-cp "$REPO/target/release/routed-cni" "$BIN"
+if [ -n "${BENCH_AGENT_BIN:-}" ]; then # another build (an older commit, an unstripped one for perf)
+    cp "$BENCH_AGENT_BIN" "$BIN"
+else
+    cargo build --release --quiet
+    cp "$REPO/target/release/routed-cni" "$BIN"
+fi
 REV=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || REV="$REV+uncommitted changes"
 KERNEL_TABLES=()

@@ -95,6 +95,50 @@ fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
     same_family(a, &b.network()) && (a.contains(b.network()) || b.contains(a.network()))
 }
 
+/// The podCIDRs already planned, as address ranges, so that finding one a new CIDR overlaps
+/// is a lookup rather than a scan (a scan per node made planning 5,000 nodes quadratic: 70 ms
+/// of every sync). Planned CIDRs never overlap each other, so the only one that can contain a
+/// new CIDR is the last to start at or before it, and the others it may overlap start inside it.
+#[derive(Default)]
+struct Claimed {
+    /// (IPv6?, first address) → (last address, the CIDR).
+    ranges: BTreeMap<(bool, u128), (u128, IpNetwork)>,
+}
+
+impl Claimed {
+    fn span(n: &IpNetwork) -> (bool, u128, u128) {
+        match n {
+            IpNetwork::V4(v) => (
+                false,
+                u32::from(v.network()).into(),
+                u32::from(v.broadcast()).into(),
+            ),
+            IpNetwork::V6(v) => {
+                let first = u128::from(v.network());
+                // The host bits all set (none for a /128).
+                let host = u128::MAX.checked_shr(u32::from(v.prefix())).unwrap_or(0);
+                (true, first, first | host)
+            }
+        }
+    }
+
+    fn overlapping(&self, n: &IpNetwork) -> Option<IpNetwork> {
+        let (v6, first, last) = Self::span(n);
+        let before = self
+            .ranges
+            .range(..=(v6, first))
+            .next_back()
+            .filter(|((f6, _), (end, _))| *f6 == v6 && *end >= first);
+        let inside = self.ranges.range((v6, first)..=(v6, last)).next();
+        before.or(inside).map(|(_, (_, dst))| *dst)
+    }
+
+    fn insert(&mut self, n: &IpNetwork) {
+        let (v6, first, last) = Self::span(n);
+        self.ranges.insert((v6, first), (last, *n));
+    }
+}
+
 /// The routes to every other node's podCIDRs. Direct, via the node's first InternalIP of the
 /// same family, when the mode is `never`, or `crosssubnet` and the kernel reaches that address
 /// without a gateway; otherwise through VXLAN to the node's InternalIP of the underlay's
@@ -102,6 +146,7 @@ fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
 /// Never a route into our own podCIDRs, or via one of our own addresses.
 pub fn plan(nodes: &BTreeMap<String, NodeInfo>, own_name: &str, reach: &Reach) -> Plan {
     let mut out = Plan::default();
+    let mut claimed = Claimed::default();
     let own = nodes.get(own_name);
     let own_cidrs: &[IpNetwork] = own.map(|n| n.pod_cidrs.as_slice()).unwrap_or(&[]);
     let own_ips: &[IpAddr] = own.map(|n| n.internal_ips.as_slice()).unwrap_or(&[]);
@@ -168,7 +213,7 @@ pub fn plan(nodes: &BTreeMap<String, NodeInfo>, own_name: &str, reach: &Reach) -
                 ));
                 continue;
             }
-            if let Some(taken) = out.routes.values().find(|r| overlaps(&r.dst, dst)) {
+            if let Some(taken) = claimed.overlapping(dst).and_then(|d| out.routes.get(&d)) {
                 out.skipped.push(format!(
                     "node {}'s podCIDR {dst} overlaps node {}'s {}; routing only the latter",
                     node.name, taken.node, taken.dst
@@ -187,6 +232,7 @@ pub fn plan(nodes: &BTreeMap<String, NodeInfo>, own_name: &str, reach: &Reach) -
                     });
                 peer.tunnels.push(via);
             }
+            claimed.insert(dst);
             out.routes.insert(
                 *dst,
                 PodRoute {
@@ -493,6 +539,43 @@ impl RouteSync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claimed_finds_what_a_cidr_overlaps_either_way() {
+        let n = |s: &str| s.parse::<IpNetwork>().unwrap();
+        let mut c = Claimed::default();
+        for cidr in [
+            "10.244.1.0/24",
+            "10.244.4.0/22",
+            "fd00:10:244:1::/64",
+            "10.0.0.7/32",
+        ] {
+            assert_eq!(c.overlapping(&n(cidr)), None, "{cidr}");
+            c.insert(&n(cidr));
+        }
+        // Inside a claimed one, containing one, the same, and neighbours that touch nothing.
+        assert_eq!(
+            c.overlapping(&n("10.244.1.128/25")),
+            Some(n("10.244.1.0/24"))
+        );
+        assert_eq!(c.overlapping(&n("10.244.0.0/16")), Some(n("10.244.1.0/24")));
+        assert_eq!(c.overlapping(&n("10.244.6.0/24")), Some(n("10.244.4.0/22")));
+        assert_eq!(c.overlapping(&n("10.0.0.0/29")), Some(n("10.0.0.7/32")));
+        assert_eq!(c.overlapping(&n("10.244.2.0/24")), None);
+        assert_eq!(c.overlapping(&n("10.244.8.0/24")), None);
+        assert_eq!(c.overlapping(&n("10.0.0.8/32")), None);
+        // Families never overlap, even where the numbers would.
+        assert_eq!(c.overlapping(&n("::a00:7/128")), None);
+        assert_eq!(
+            c.overlapping(&n("fd00:10:244:1:8000::/65")),
+            Some(n("fd00:10:244:1::/64"))
+        );
+        assert_eq!(
+            c.overlapping(&n("fd00:10:244::/48")),
+            Some(n("fd00:10:244:1::/64"))
+        );
+        assert_eq!(c.overlapping(&n("fd00:10:244:2::/64")), None);
+    }
 
     fn node(name: &str, cidrs: &[&str], ips: &[&str]) -> (String, NodeInfo) {
         (
