@@ -20,7 +20,7 @@ pub use super::condition::{NetworkCondition, RawCondition};
 /// is cut off here.
 const MAX_LIST_BYTES: u64 = 8 << 30;
 /// Read buffer for a list body (serde_json reads byte by byte from it).
-const LIST_READ_BUFFER: usize = 256 << 10;
+const LIST_READ_BUFFER: usize = 64 << 10;
 /// One watch event is one Node object; kubelet's status updates keep it far below this.
 const MAX_EVENT_BYTES: u64 = 16 << 20;
 /// Connecting plus TLS (ureq's connect phase covers both). Short on purpose: the API server is

@@ -214,7 +214,7 @@ pub fn run(opts: AgentOptions) -> i32 {
             .spawn(move || start(c, h, t, every))
             .map(|_| ())
     };
-    let mut started = watcher("node-watch", watch::resource::<kube::Node>);
+    let mut started = watcher("node-watch", watch::resource::<watch::NodeEvent>);
     if opts.network_policy {
         use crate::policy::model::{Namespace, NetworkPolicy, Pod};
         started = started

@@ -72,20 +72,38 @@ pub trait Watched: DeserializeOwned + Send + 'static {
     fn deleted(self) -> Input;
 }
 
-impl Watched for Node {
+/// A Node as the agent keeps it, reduced as it is decoded: a list of 5,000 Nodes never holds
+/// the decoded objects and their projections at once (~2 MiB of a first sync's peak).
+#[derive(Debug, serde::Deserialize)]
+#[serde(from = "Node")]
+pub struct NodeEvent {
+    info: NodeInfo,
+    version: String,
+}
+
+impl From<Node> for NodeEvent {
+    fn from(node: Node) -> NodeEvent {
+        NodeEvent {
+            info: NodeInfo::from_node(&node),
+            version: node.metadata.resource_version,
+        }
+    }
+}
+
+impl Watched for NodeEvent {
     const PATH: &'static str = "/api/v1/nodes";
     const WHAT: &'static str = "node";
     fn version(&self) -> String {
-        self.metadata.resource_version.clone()
+        self.version.clone()
     }
     fn listed(all: Vec<Self>) -> Input {
-        Input::Listed(all.iter().map(NodeInfo::from_node).collect())
+        Input::Listed(all.into_iter().map(|n| n.info).collect())
     }
     fn upserted(self) -> Input {
-        Input::Upserted(NodeInfo::from_node(&self))
+        Input::Upserted(self.info)
     }
     fn deleted(self) -> Input {
-        Input::Deleted(self.metadata.name)
+        Input::Deleted(self.info.name)
     }
 }
 
